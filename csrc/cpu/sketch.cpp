@@ -1,0 +1,133 @@
+// CPU kernels of the sketch family (spec v1, DESIGN.md §3). P is never materialized by the projections:
+// it is generated tile by tile (r x kb columns, a slice of the projected dimension) into a cache-sized
+// buffer and consumed by a GEMM on the tile.
+//   left:  R = P G   = sum_k P[:, k] G[k, :]     (accumulate over column tiles of P)
+//   right: R = G P^T = sum_k G[:, k] P[:, k]^T
+//   unproject left:  Y[k, :] = P[:, k]^T R      (each tile writes its own rows of Y)
+//   unproject right: Y[:, k] = R P[:, k]
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../sketch_args.h"
+#include "../../kernels/sketch.h"
+
+namespace lowrank_ops {
+namespace {
+
+// Column-tile width of P: an eighth of P's columns (so the tile holds at most 1/8 of P's bytes), a
+// multiple of the Rademacher column group, at least one group and at most all of d.
+int64_t tile_columns(int64_t d) {
+  const int64_t group = lro::kRademacherGroup;
+  const int64_t eighth = (d / 8) / group * group;
+  return std::min<int64_t>(d, std::max<int64_t>(group, eighth));
+}
+
+// P[:, k0 : k0 + kb] in `dtype` (float or double), generated row-parallel.
+at::Tensor sketch_tile(int kind, uint64_t seed, int64_t rank, int64_t d, int64_t k0, int64_t kb,
+                       at::ScalarType dtype, at::Tensor tile) {
+  AT_DISPATCH_FLOATING_TYPES(dtype, "lowrank_ops::sketch_tile", [&] {
+    const scalar_t scale = static_cast<scalar_t>(1.0 / std::sqrt(static_cast<double>(d)));
+    scalar_t* base = tile.data_ptr<scalar_t>();
+    const int64_t ld = tile.stride(0);
+    at::parallel_for(0, rank, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i)
+        lro::sketch_fill_segment<scalar_t>(kind, seed, static_cast<uint32_t>(i), k0, kb, scale,
+                                           base + i * ld);
+    });
+  });
+  return tile;
+}
+
+at::Tensor philox4x32_cpu(const at::Tensor& counters, int64_t seed, int64_t rounds) {
+  check_philox_args(counters, rounds);
+  const at::Tensor c = counters.contiguous();
+  at::Tensor out = at::empty_like(c);
+  const int64_t* in = c.data_ptr<int64_t>();
+  int64_t* o = out.data_ptr<int64_t>();
+  const uint64_t key = static_cast<uint64_t>(seed);
+  at::parallel_for(0, c.numel() / 4, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t* x = in + 4 * t;
+      const lro::PhiloxWords w = lro::philox4x32(
+          static_cast<uint32_t>(x[0]), static_cast<uint32_t>(x[1]), static_cast<uint32_t>(x[2]),
+          static_cast<uint32_t>(x[3]), static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32),
+          static_cast<int>(rounds));
+      for (int q = 0; q < 4; ++q) o[4 * t + q] = w.w[q];
+    }
+  });
+  return out;
+}
+
+void sketch_fill_cpu(const at::Tensor& out, int64_t seed, c10::string_view kind) {
+  check_fill_args(out);
+  const int k = parse_kind("sketch_fill_", kind);
+  const at::ScalarType compute = compute_dtype(out.scalar_type());
+  const int64_t rank = out.size(0), d = out.size(1);
+  at::Tensor full = (compute == out.scalar_type() && out.is_contiguous())
+                        ? out
+                        : at::empty({rank, d}, out.options().dtype(compute));
+  sketch_tile(k, static_cast<uint64_t>(seed), rank, d, 0, d, compute, full);
+  if (!full.is_same(out)) out.copy_(full);
+}
+
+at::Tensor sketch_project_cpu(const at::Tensor& G, int64_t seed, int64_t rank, c10::string_view kind,
+                              c10::string_view side, std::optional<at::ScalarType> out_dtype) {
+  const ProjectionArgs a = check_project_args("sketch_project", G, rank, kind, side);
+  const at::ScalarType compute = compute_dtype(G.scalar_type());
+  const int64_t d = a.dim;
+  const int64_t other = a.left ? G.size(1) : G.size(0);
+  at::Tensor acc = a.left ? at::zeros({rank, other}, G.options().dtype(compute))
+                          : at::zeros({other, rank}, G.options().dtype(compute));
+  const int64_t kb = tile_columns(d);
+  at::Tensor tile = at::empty({rank, kb}, G.options().dtype(compute));
+  for (int64_t k0 = 0; k0 < d; k0 += kb) {
+    const int64_t w = std::min(kb, d - k0);
+    at::Tensor p = sketch_tile(a.kind, static_cast<uint64_t>(seed), rank, d, k0, w, compute,
+                               tile.narrow(1, 0, w));
+    if (a.left) {
+      acc.addmm_(p, G.narrow(0, k0, w).to(compute));
+    } else {
+      acc.addmm_(G.narrow(1, k0, w).to(compute), p.t());
+    }
+  }
+  return acc.to(out_dtype.value_or(G.scalar_type()));
+}
+
+at::Tensor sketch_unproject_cpu(const at::Tensor& R, int64_t seed, int64_t dim, c10::string_view kind,
+                                c10::string_view side, std::optional<at::ScalarType> out_dtype) {
+  const ProjectionArgs a = check_unproject_args("sketch_unproject", R, dim, kind, side);
+  const at::ScalarType compute = compute_dtype(R.scalar_type());
+  const at::Tensor r = R.to(compute);
+  const int64_t rank = a.rank;
+  const int64_t other = a.left ? R.size(1) : R.size(0);
+  at::Tensor out = a.left ? at::empty({dim, other}, R.options().dtype(compute))
+                          : at::empty({other, dim}, R.options().dtype(compute));
+  const int64_t kb = tile_columns(dim);
+  at::Tensor tile = at::empty({rank, kb}, R.options().dtype(compute));
+  for (int64_t k0 = 0; k0 < dim; k0 += kb) {
+    const int64_t w = std::min(kb, dim - k0);
+    at::Tensor p = sketch_tile(a.kind, static_cast<uint64_t>(seed), rank, dim, k0, w, compute,
+                               tile.narrow(1, 0, w));
+    if (a.left) {
+      at::Tensor rows = out.narrow(0, k0, w);
+      at::mm_out(rows, p.t(), r);
+    } else {
+      at::Tensor cols = out.narrow(1, k0, w);
+      at::mm_out(cols, r, p);
+    }
+  }
+  return out.to(out_dtype.value_or(R.scalar_type()));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lowrank_ops, CPU, m) {
+  m.impl("philox4x32", &philox4x32_cpu);
+  m.impl("sketch_fill_", &sketch_fill_cpu);
+  m.impl("sketch_project", &sketch_project_cpu);
+  m.impl("sketch_unproject", &sketch_unproject_cpu);
+}
+
+}  // namespace lowrank_ops

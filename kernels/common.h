@@ -1,0 +1,19 @@
+// Portability layer for the framework-agnostic kernels: the same header compiles with a plain C++
+// compiler (host unit tests, the CPU backend), with nvcc, and with NVRTC (no standard headers there).
+#pragma once
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define LRO_HD __host__ __device__ __forceinline__
+#else
+#define LRO_HD inline
+#endif
+
+#if defined(__CUDACC_RTC__)
+typedef unsigned int uint32_t;
+typedef int int32_t;
+typedef unsigned long long uint64_t;
+typedef long long int64_t;
+#else
+#include <cmath>
+#include <cstdint>
+#endif
