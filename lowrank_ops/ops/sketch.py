@@ -1,0 +1,189 @@
+"""The sketch family: seeded Gaussian/Rademacher projections that are regenerated, never stored.
+
+P in R^{r x d} follows spec v1 (DESIGN.md §3; E[P P^T] = I_r as in the duality paper's Table 1):
+  sketch(r, d, seed, kind)                     materializes P
+  sketch_project(G, seed, r, kind, "left")     = P G      (d = G.shape[0])
+  sketch_project(G, seed, r, kind, "right")    = G P^T    (d = G.shape[1])
+  sketch_unproject(R, seed, d, kind, "left")   = P^T R
+  sketch_unproject(R, seed, d, kind, "right")  = R P
+Projections never materialize P: tiles of P are generated and consumed inside the kernels. Project and
+unproject are linear maps and each is the other's adjoint, so each one's backward is the other.
+"""
+
+import torch
+
+from . import _backend, _checks
+from .. import _extension
+from ..reference import sketch as reference
+
+KINDS = ("rademacher", "gaussian")
+SIDES = ("left", "right")
+
+
+def _triton():
+    from ..triton import sketch as triton_sketch  # imported on first use: triton is optional
+
+    return triton_sketch
+
+
+# Triton variants: their own ops, so torch.compile and autograd see them like the C++ ones.
+@torch.library.custom_op("lowrank_ops::sketch_project_triton", mutates_args=())
+def _sketch_project_triton(G: torch.Tensor, seed: int, rank: int, kind: str, side: str,
+                           out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    return _triton().sketch_project(G, seed % 2**64, rank, kind, side, out_dtype)
+
+
+@torch.library.custom_op("lowrank_ops::sketch_unproject_triton", mutates_args=())
+def _sketch_unproject_triton(R: torch.Tensor, seed: int, dim: int, kind: str, side: str,
+                             out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    return _triton().sketch_unproject(R, seed % 2**64, dim, kind, side, out_dtype)
+
+
+@torch.library.custom_op("lowrank_ops::sketch_fill_triton_", mutates_args=("out",))
+def _sketch_fill_triton_(out: torch.Tensor, seed: int, kind: str) -> None:
+    _triton().sketch_fill(out, seed % 2**64, kind)
+
+
+def _projected_shape(G, rank, side):
+    return (rank, G.shape[1]) if side == "left" else (G.shape[0], rank)
+
+
+def _unprojected_shape(R, dim, side):
+    return (dim, R.shape[1]) if side == "left" else (R.shape[0], dim)
+
+
+def _fake_project(G, seed, rank, kind, side, out_dtype=None):
+    return G.new_empty(_projected_shape(G, rank, side), dtype=out_dtype or G.dtype)
+
+
+def _fake_unproject(R, seed, dim, kind, side, out_dtype=None):
+    return R.new_empty(_unprojected_shape(R, dim, side), dtype=out_dtype or R.dtype)
+
+
+def _register_linear_pair(project, unproject):
+    """Fake kernels and autograd for one (project, unproject) op pair of the same backend.
+
+    d/dG <dY, P G> = P^T dY and d/dR <dY, P^T R> = P dY (left; right likewise), so the backward of
+    each op is the other op of the same backend, applied to the incoming gradient."""
+    torch.library.register_fake(project)(_fake_project)
+    torch.library.register_fake(unproject)(_fake_unproject)
+
+    def setup_project(ctx, inputs, output):
+        G, seed, rank, kind, side, _ = inputs
+        ctx.args = (seed, G.shape[0] if side == "left" else G.shape[1], kind, side, G.dtype)
+
+    def backward_project(ctx, grad):
+        seed, dim, kind, side, dtype = ctx.args
+        return unproject(grad, seed, dim, kind, side, dtype), None, None, None, None, None
+
+    def setup_unproject(ctx, inputs, output):
+        R, seed, dim, kind, side, _ = inputs
+        ctx.args = (seed, R.shape[0] if side == "left" else R.shape[1], kind, side, R.dtype)
+
+    def backward_unproject(ctx, grad):
+        seed, rank, kind, side, dtype = ctx.args
+        return project(grad, seed, rank, kind, side, dtype), None, None, None, None, None
+
+    torch.library.register_autograd(project, backward_project, setup_context=setup_project)
+    torch.library.register_autograd(unproject, backward_unproject, setup_context=setup_unproject)
+
+
+_register_linear_pair(_sketch_project_triton, _sketch_unproject_triton)
+if _extension.LOADED:
+    _register_linear_pair("lowrank_ops::sketch_project", "lowrank_ops::sketch_unproject")
+
+    @torch.library.register_fake("lowrank_ops::philox4x32")
+    def _fake_philox(counters, seed, rounds=10):
+        return torch.empty_like(counters)
+
+    @torch.library.register_fake("lowrank_ops::sketch_fill_")
+    def _fake_fill(out, seed, kind):
+        return None
+
+
+def philox4x32(counters: torch.Tensor, seed: int, rounds: int = 10, *, backend=None) -> torch.Tensor:
+    """Philox4x32-`rounds` (Random123): int64 counters [..., 4] holding uint32 values -> the four output
+    words as int64 [..., 4], key = (seed & 0xffffffff, seed >> 32)."""
+    op = "philox4x32"
+    seed64 = _checks.seed_to_int64(op, seed)
+    if not isinstance(counters, torch.Tensor) or counters.dtype != torch.int64:
+        got = counters.dtype if isinstance(counters, torch.Tensor) else type(counters).__name__
+        raise _checks.error(op, "counters", "an int64 tensor [..., 4]", got)
+    if counters.dim() < 1 or counters.shape[-1] != 4:
+        raise _checks.error(op, "counters", "of shape [..., 4]", list(counters.shape))
+    if not 1 <= rounds <= 16:
+        raise _checks.error(op, "rounds", "in [1, 16]", rounds)
+    if counters.numel() and (counters.min() < 0 or counters.max() >= 2**32):
+        raise _checks.error(op, "counters", "uint32 values in [0, 2^32)",
+                            f"values in [{int(counters.min())}, {int(counters.max())}]")
+    chosen = _backend.resolve(op, backend, counters.device)
+    if chosen in ("cpu", "cuda"):
+        return torch.ops.lowrank_ops.philox4x32(counters, seed64, rounds)
+    if chosen == "triton":
+        raise RuntimeError("lowrank_ops.philox4x32: no Triton variant; the Triton kernels use tl.randint4x")
+    return torch.stack(reference.philox4x32(*counters.unbind(-1), seed, rounds), dim=-1)
+
+
+def sketch(rows: int, cols: int, seed: int, kind: str = "rademacher", dtype: torch.dtype = torch.float32,
+           device=None, *, backend=None) -> torch.Tensor:
+    """Materializes P (rows x cols) of spec v1: entries +-1/sqrt(cols) (Rademacher) or N(0, 1/cols)
+    (Gaussian), computed in float32 (float64 for dtype float64) and cast to `dtype`."""
+    op = "sketch"
+    rows, cols = _checks.positive_int(op, "rows", rows), _checks.positive_int(op, "cols", cols)
+    seed64 = _checks.seed_to_int64(op, seed)
+    _checks.choice(op, "kind", kind, KINDS)
+    if _checks.float_dtype(op, "dtype", dtype) is None:
+        raise _checks.error(op, "dtype", "a floating dtype", None)
+    device = torch.device(device) if device is not None else torch.get_default_device()
+    chosen = _backend.resolve("sketch_fill_", backend, device)
+    if chosen == "reference":
+        return reference.sketch(rows, cols, seed, kind, dtype, device)
+    out = torch.empty(rows, cols, dtype=dtype, device=device)
+    if chosen == "triton":
+        torch.ops.lowrank_ops.sketch_fill_triton_(out, seed64, kind)
+    else:
+        torch.ops.lowrank_ops.sketch_fill_(out, seed64, kind)
+    return out
+
+
+def sketch_project(G: torch.Tensor, seed: int, rank: int, kind: str = "rademacher", side: str = "left", *,
+                   out_dtype: torch.dtype | None = None, backend=None) -> torch.Tensor:
+    """P G (side "left", d = G.shape[0], result r x n) or G P^T (side "right", d = G.shape[1], result
+    m x r) for the seeded sketch P (r x d), without materializing P. Accumulates in float32 (float64 for
+    float64 G); the result has `out_dtype` (default G's dtype). Differentiable in G."""
+    op = "sketch_project"
+    _checks.float_matrix(op, "G", G)
+    seed64 = _checks.seed_to_int64(op, seed)
+    rank = _checks.positive_int(op, "rank", rank)
+    _checks.choice(op, "kind", kind, KINDS)
+    _checks.choice(op, "side", side, SIDES)
+    _checks.float_dtype(op, "out_dtype", out_dtype)
+    if G.shape[0 if side == "left" else 1] < 1:
+        raise _checks.error(op, "G", f"non-empty along the projected dimension (side {side!r})", list(G.shape))
+    chosen = _backend.resolve(op, backend, G.device)
+    if chosen == "reference":
+        return reference.sketch_project(G, seed, rank, kind, side, out_dtype)
+    if chosen == "triton":
+        return torch.ops.lowrank_ops.sketch_project_triton(G, seed64, rank, kind, side, out_dtype)
+    return torch.ops.lowrank_ops.sketch_project(G, seed64, rank, kind, side, out_dtype)
+
+
+def sketch_unproject(R: torch.Tensor, seed: int, dim: int, kind: str = "rademacher", side: str = "left", *,
+                     out_dtype: torch.dtype | None = None, backend=None) -> torch.Tensor:
+    """P^T R (side "left", R r x n, result dim x n) or R P (side "right", R m x r, result m x dim) for the
+    seeded sketch P (r x dim), without materializing P. Differentiable in R."""
+    op = "sketch_unproject"
+    _checks.float_matrix(op, "R", R)
+    seed64 = _checks.seed_to_int64(op, seed)
+    dim = _checks.positive_int(op, "dim", dim)
+    _checks.choice(op, "kind", kind, KINDS)
+    _checks.choice(op, "side", side, SIDES)
+    _checks.float_dtype(op, "out_dtype", out_dtype)
+    if R.shape[0 if side == "left" else 1] < 1:
+        raise _checks.error(op, "R", f"at least one row of the rank dimension (side {side!r})", list(R.shape))
+    chosen = _backend.resolve(op, backend, R.device)
+    if chosen == "reference":
+        return reference.sketch_unproject(R, seed, dim, kind, side, out_dtype)
+    if chosen == "triton":
+        return torch.ops.lowrank_ops.sketch_unproject_triton(R, seed64, dim, kind, side, out_dtype)
+    return torch.ops.lowrank_ops.sketch_unproject(R, seed64, dim, kind, side, out_dtype)
