@@ -90,7 +90,8 @@ def _register_linear_pair(project, unproject):
 
 _register_linear_pair(_sketch_project_triton, _sketch_unproject_triton)
 if _extension.LOADED:
-    _register_linear_pair("lowrank_ops::sketch_project", "lowrank_ops::sketch_unproject")
+    _register_linear_pair(torch.ops.lowrank_ops.sketch_project.default,
+                          torch.ops.lowrank_ops.sketch_unproject.default)
 
     @torch.library.register_fake("lowrank_ops::philox4x32")
     def _fake_philox(counters, seed, rounds=10):
@@ -134,11 +135,10 @@ def sketch(rows: int, cols: int, seed: int, kind: str = "rademacher", dtype: tor
     _checks.choice(op, "kind", kind, KINDS)
     if _checks.float_dtype(op, "dtype", dtype) is None:
         raise _checks.error(op, "dtype", "a floating dtype", None)
-    device = torch.device(device) if device is not None else torch.get_default_device()
-    chosen = _backend.resolve("sketch_fill_", backend, device)
+    out = torch.empty(rows, cols, dtype=dtype, device=device)  # device None: torch's default device
+    chosen = _backend.resolve("sketch_fill_", backend, out.device)
     if chosen == "reference":
-        return reference.sketch(rows, cols, seed, kind, dtype, device)
-    out = torch.empty(rows, cols, dtype=dtype, device=device)
+        return reference.sketch(rows, cols, seed, kind, dtype, out.device)
     if chosen == "triton":
         torch.ops.lowrank_ops.sketch_fill_triton_(out, seed64, kind)
     else:

@@ -1,0 +1,61 @@
+"""Shared test utilities: the backends to compare and the tolerance rule of DESIGN.md §5."""
+
+import pytest
+import torch
+
+from lowrank_ops.ops import _backend
+
+
+def backends(device_type: str = "cpu"):
+    """pytest params over every backend; unavailable ones are skipped with the reason, GPU ones marked."""
+    device = torch.device(device_type)
+    params = []
+    for name in _backend.BACKENDS:
+        if name == "cuda" and device_type == "cpu" or name in ("cpu", "reference") and device_type == "cuda":
+            continue
+        reason = _backend.unavailable_reason(name, "sketch_project", device)
+        marks = [pytest.mark.skipif(reason is not None, reason=str(reason))]
+        if device_type == "cuda":
+            marks.append(pytest.mark.gpu)
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref||_F / ||ref||_F in float64 (0 when both are 0)."""
+    diff = torch.linalg.norm(out.double() - ref.double())
+    norm = torch.linalg.norm(ref.double())
+    return float(diff / norm) if norm > 0 else float(diff)
+
+
+# Spec v1 lets Gaussian entries differ across backends by a few float32 ulp (log/cos/sin of different
+# math libraries); that relative perturbation of P carries into the result, so it is added to the bound.
+GAUSSIAN_ENTRY_TOL = 4 * torch.finfo(torch.float32).eps
+
+
+def assert_within_torch_error(out, ref64, torch_out, what="", k=1, entry_tol=0.0):
+    """flash-attention's rule: our error against the float64 reference is at most twice the error of
+    plain torch doing the same computation in the same precision, plus one unit roundoff of the output
+    dtype (so an exact torch result does not demand more than exact rounding from us).
+
+    For float64 outputs the reference has the op's own precision and plain torch's measured error is 0,
+    so the floor becomes the probabilistic bound of a length-k float64 summation, sqrt(k) * u
+    (Higham & Mary, SIAM J. Sci. Comput. 2019). `entry_tol` is the spec's allowed relative variation of
+    the operator's entries (GAUSSIAN_ENTRY_TOL for Gaussian sketches)."""
+    ours, theirs = rel_err(out, ref64), rel_err(torch_out, ref64)
+    unit = torch.finfo(out.dtype).eps
+    bound = 2 * theirs + (unit * k**0.5 if out.dtype == torch.float64 else unit) + entry_tol
+    assert ours <= bound, f"{what}: relative error {ours:.3e} > bound {bound:.3e} (plain torch: {theirs:.3e})"
+
+
+def random_matrix(shape, dtype, rng, layout="contiguous"):
+    """A random matrix of `shape` in a given memory layout: contiguous, transposed (stride (1, m)) or a
+    strided slice of a larger tensor."""
+    m, n = shape
+    if layout == "contiguous":
+        return torch.randn(m, n, generator=rng).to(dtype)
+    if layout == "transposed":
+        return torch.randn(n, m, generator=rng).to(dtype).t()
+    if layout == "sliced":
+        return torch.randn(2 * m + 1, 3 * n, generator=rng).to(dtype)[1::2, ::3]
+    raise ValueError(layout)

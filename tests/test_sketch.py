@@ -1,0 +1,305 @@
+"""The sketch family (spec v1) on every available backend: Random123 known answers, bit-identity of
+words and Rademacher values across backends, Gaussian values within a few ulp, projections against the
+float64 reference under the tolerance rule, opcheck, gradcheck, torch.compile and argument errors."""
+
+import math
+
+import pytest
+import torch
+
+from lowrank_ops import ops
+from lowrank_ops.reference import sketch as reference
+from helpers import GAUSSIAN_ENTRY_TOL, assert_within_torch_error, backends, random_matrix
+
+KINDS = ("rademacher", "gaussian")
+SIDES = ("left", "right")
+CPU_BACKENDS = backends("cpu")
+GPU_BACKENDS = backends("cuda")
+LARGE_SEED = 2**64 - 12345  # exercises the high key word and the int64 wrap of the schema
+
+# Random123's published known-answer vectors for Philox4x32 (counter, key = (k0, k1), rounds, output).
+PHILOX_KAT = [
+    ((0, 0, 0, 0), (0, 0), 10, (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF, 0xFFFFFFFF), 10, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0), 10,
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+    ((0, 0, 0, 0), (0, 0), 7, (0x5F6FB709, 0x0D893F64, 0x4F121F81, 0x4F730A48)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF, 0xFFFFFFFF), 7, (0x5207DDC2, 0x45165E59, 0x4D8EE751, 0x8C52F662)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0), 7,
+     (0x4DFCCABA, 0x190A87F0, 0xC47362BA, 0xB6B5242A)),
+]
+
+
+def philox_backends():
+    return [p for p in CPU_BACKENDS if p.values[0] != "triton"]
+
+
+@pytest.mark.parametrize("backend", philox_backends())
+@pytest.mark.parametrize("counter,key,rounds,expected", PHILOX_KAT)
+def test_philox_known_answers(backend, counter, key, rounds, expected):
+    seed = key[0] | (key[1] << 32)
+    out = ops.philox4x32(torch.tensor([counter]), seed, rounds, backend=backend)
+    assert out.tolist() == [list(expected)]
+
+
+@pytest.mark.parametrize("backend", philox_backends())
+def test_philox_words_equal_reference_on_random_counters(backend, rng):
+    counters = torch.randint(0, 2**32, (3, 5, 4), generator=rng, dtype=torch.int64)
+    seed = int(torch.randint(0, 2**62, (), generator=rng)) * 3
+    ref = torch.stack(reference.philox4x32(*counters.unbind(-1), seed), dim=-1)
+    assert torch.equal(ops.philox4x32(counters, seed, backend=backend), ref)
+
+
+SKETCH_SHAPES = [(1, 1), (1, 7), (3, 128), (5, 129), (17, 300), (64, 1000)]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("rows,cols", SKETCH_SHAPES)
+@pytest.mark.parametrize("seed", [0, 7, LARGE_SEED])
+def test_rademacher_sketch_bit_identical(backend, rows, cols, seed):
+    ref = reference.sketch(rows, cols, seed, "rademacher")
+    out = ops.sketch(rows, cols, seed, "rademacher", backend=backend)
+    assert torch.equal(out, ref)
+    assert torch.equal(out.abs(), torch.full_like(out, float(torch.tensor(1 / math.sqrt(cols)))))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("rows,cols", SKETCH_SHAPES)
+@pytest.mark.parametrize("seed", [3, LARGE_SEED])
+def test_gaussian_sketch_within_few_ulp(backend, rows, cols, seed):
+    """libm, SLEEF and libdevice round log/cos/sin differently by an ulp or two; each entry is
+    rho * cos(theta) / sqrt(d) with rho <= 5.7, so allow 4 ulp of that magnitude."""
+    ref = reference.sketch(rows, cols, seed, "gaussian")
+    out = ops.sketch(rows, cols, seed, "gaussian", backend=backend)
+    scale = 1 / math.sqrt(cols)
+    tol = 4 * torch.finfo(torch.float32).eps * scale * torch.clamp(ref.abs() / scale, min=1.0)
+    assert ((out - ref).abs() <= tol).all(), f"max diff {(out - ref).abs().max():.3e}"
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_sketch_output_dtypes(backend, dtype):
+    out = ops.sketch(9, 131, 11, "gaussian", dtype=dtype, backend=backend)
+    ref = reference.sketch(9, 131, 11, "gaussian", dtype=dtype)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, ref, rtol=4 * torch.finfo(dtype).eps, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sketch_is_normalized_and_seeded(kind):
+    """E[P P^T] = I_r (duality paper, Table 1): each row has unit expected norm and rows are nearly
+    orthogonal for large d; a different seed gives a different sketch, the same seed the same one."""
+    r, d = 8, 4096
+    P = ops.sketch(r, d, 5, kind).double()
+    gram = P @ P.T
+    assert (gram - torch.eye(r, dtype=torch.float64)).abs().max() < 6 / math.sqrt(d)
+    assert torch.equal(ops.sketch(r, d, 5, kind), ops.sketch(r, d, 5, kind))
+    assert not torch.equal(ops.sketch(r, d, 5, kind), ops.sketch(r, d, 6, kind))
+
+
+def entry_tol(kind):
+    return GAUSSIAN_ENTRY_TOL if kind == "gaussian" else 0.0
+
+
+def plain_torch_project(G, seed, rank, kind, side):
+    """The same computation by plain torch in G's precision: materialize P in G's dtype, then matmul."""
+    d = G.shape[0] if side == "left" else G.shape[1]
+    P = reference.sketch(rank, d, seed, kind, dtype=G.dtype)
+    return P @ G if side == "left" else G @ P.T
+
+
+def plain_torch_unproject(R, seed, dim, kind, side):
+    rank = R.shape[0] if side == "left" else R.shape[1]
+    P = reference.sketch(rank, dim, seed, kind, dtype=R.dtype)
+    return P.T @ R if side == "left" else R @ P
+
+
+PROJECT_CASES = [((1, 1), 1), ((7, 1), 3), ((1, 9), 2), ((129, 33), 5), ((300, 77), 17), ((65, 260), 33)]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+LAYOUTS = ["contiguous", "transposed", "sliced"]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("shape,rank", PROJECT_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("side", SIDES)
+def test_project_matches_float64_reference(backend, shape, rank, dtype, layout, kind, side, rng):
+    G = random_matrix(shape, dtype, rng, layout)
+    out = ops.sketch_project(G, 99, rank, kind, side, backend=backend)
+    expected_shape = (rank, shape[1]) if side == "left" else (shape[0], rank)
+    assert out.shape == expected_shape and out.dtype == dtype
+    ref64 = reference.sketch_project(G.double(), 99, rank, kind, side)
+    assert_within_torch_error(out, ref64, plain_torch_project(G, 99, rank, kind, side),
+                              f"{backend} project {side} {kind} {dtype}", k=shape[0 if side == "left" else 1],
+                              entry_tol=entry_tol(kind))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("shape,rank", PROJECT_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("side", SIDES)
+def test_unproject_matches_float64_reference(backend, shape, rank, dtype, layout, kind, side, rng):
+    m, n = shape
+    dim = m if side == "left" else n
+    R = random_matrix((rank, n) if side == "left" else (m, rank), dtype, rng, layout)
+    out = ops.sketch_unproject(R, LARGE_SEED, dim, kind, side, backend=backend)
+    assert out.shape == shape and out.dtype == dtype
+    ref64 = reference.sketch_unproject(R.double(), LARGE_SEED, dim, kind, side)
+    assert_within_torch_error(out, ref64, plain_torch_unproject(R, LARGE_SEED, dim, kind, side),
+                              f"{backend} unproject {side} {kind} {dtype}", k=rank, entry_tol=entry_tol(kind))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rademacher_projections_bit_identical(backend, side, dtype, rng):
+    """With d = 64 the entries are +-1/8 and G is integer-valued, so every partial sum is exact in
+    float32: any summation order gives the same bits, and the results must be equal, not close."""
+    d, other, rank = 64, 37, 9
+    G = torch.randint(-4, 5, (d, other) if side == "left" else (other, d), generator=rng).to(dtype)
+    out = ops.sketch_project(G, LARGE_SEED, rank, "rademacher", side, out_dtype=torch.float32, backend=backend)
+    assert torch.equal(out, reference.sketch_project(G.double(), LARGE_SEED, rank, "rademacher", side).float())
+    R = torch.randint(-4, 5, (rank, other) if side == "left" else (other, rank), generator=rng).to(dtype)
+    back = ops.sketch_unproject(R, LARGE_SEED, d, "rademacher", side, out_dtype=torch.float32, backend=backend)
+    assert torch.equal(back, reference.sketch_unproject(R.double(), LARGE_SEED, d, "rademacher", side).float())
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_out_dtype(backend, rng):
+    G = torch.randn(40, 30, generator=rng).to(torch.bfloat16)
+    assert ops.sketch_project(G, 1, 4, out_dtype=torch.float32, backend=backend).dtype == torch.float32
+    R = torch.randn(4, 30, generator=rng)
+    assert ops.sketch_unproject(R, 1, 40, out_dtype=torch.bfloat16, backend=backend).dtype == torch.bfloat16
+
+
+def cpp_and_triton_ops():
+    """(op overload, backend) pairs of every compiled/Triton op reachable on CPU here."""
+    available = {p.values[0] for p in CPU_BACKENDS if not p.marks[0].args[0]}
+    pairs = []
+    if "cpu" in available:
+        pairs += [(torch.ops.lowrank_ops.sketch_project.default, "cpu"),
+                  (torch.ops.lowrank_ops.sketch_unproject.default, "cpu")]
+    if "triton" in available:
+        pairs += [(torch.ops.lowrank_ops.sketch_project_triton.default, "triton"),
+                  (torch.ops.lowrank_ops.sketch_unproject_triton.default, "triton")]
+    return pairs
+
+
+@pytest.mark.parametrize("op,backend", cpp_and_triton_ops(), ids=lambda x: str(x))
+@pytest.mark.parametrize("side", SIDES)
+def test_opcheck_projections(op, backend, side, rng):
+    is_project = "unproject" not in str(op)
+    for dtype in (torch.float32, torch.bfloat16):
+        X = torch.randn(23, 19, generator=rng).to(dtype).requires_grad_(dtype == torch.float32)
+        size = 5 if is_project else (23 if side == "left" else 19)
+        if not is_project:
+            X = torch.randn((5, 19) if side == "left" else (23, 5), generator=rng).to(dtype)
+            X.requires_grad_(dtype == torch.float32)
+        for kind in KINDS:
+            torch.library.opcheck(op, (X, 42, size, kind, side, None))
+
+
+def test_opcheck_fill_and_philox():
+    from lowrank_ops import _extension
+
+    if not _extension.LOADED:
+        pytest.skip("compiled extension not loaded")
+    torch.library.opcheck(torch.ops.lowrank_ops.sketch_fill_.default, (torch.empty(6, 70), 3, "gaussian"))
+    counters = torch.randint(0, 2**32, (8, 4), dtype=torch.int64)
+    torch.library.opcheck(torch.ops.lowrank_ops.philox4x32.default, (counters, -5, 10))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("side", SIDES)
+def test_gradcheck_float64(backend, kind, side, rng):
+    G = torch.randn(13, 11, dtype=torch.float64, generator=rng, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: ops.sketch_project(x, 8, 4, kind, side, backend=backend), (G,))
+    R = torch.randn((4, 11) if side == "left" else (13, 4), dtype=torch.float64, generator=rng,
+                    requires_grad=True)
+    dim = 13 if side == "left" else 11
+    assert torch.autograd.gradcheck(lambda x: ops.sketch_unproject(x, 8, dim, kind, side, backend=backend), (R,))
+    assert torch.autograd.gradgradcheck(lambda x: ops.sketch_project(x, 8, 4, kind, side, backend=backend), (G,))
+
+
+@pytest.mark.parametrize("backend", [p for p in CPU_BACKENDS if p.values[0] != "triton"])
+def test_torch_compile_fullgraph_matches_eager(backend, rng):
+    def f(G):
+        R = ops.sketch_project(G, 5, 6, "gaussian", "right", backend=backend)
+        P = ops.sketch(6, 7, 9, "rademacher", backend=backend)
+        return ops.sketch_unproject(torch.tanh(R), 5, G.shape[1], "gaussian", "right", backend=backend), P
+
+    G = torch.randn(10, 7, generator=rng)
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    for got, want in zip(compiled(G), f(G)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: ops.sketch_project(torch.randn(3, 4, 5), 0, 2), "argument 'G' must be a 2-D tensor"),
+    (lambda: ops.sketch_project(torch.ones(3, 4, dtype=torch.int32), 0, 2), "argument 'G' must be float32"),
+    (lambda: ops.sketch_project(torch.randn(3, 4), 0, 0), "argument 'rank' must be >= 1, got 0"),
+    (lambda: ops.sketch_project(torch.randn(3, 4), -1, 2), "argument 'seed' must be an int in [0, 2^64), got -1"),
+    (lambda: ops.sketch_project(torch.randn(3, 4), 2**64, 2), "argument 'seed' must be an int in [0, 2^64)"),
+    (lambda: ops.sketch_project(torch.randn(3, 4), 0, 2, "uniform"), "argument 'kind' must be 'rademacher' or"),
+    (lambda: ops.sketch_project(torch.randn(3, 4), 0, 2, side="up"), "argument 'side' must be 'left' or 'right'"),
+    (lambda: ops.sketch_project(torch.randn(0, 4), 0, 2), "argument 'G' must be non-empty along the projected"),
+    (lambda: ops.sketch_project(torch.randn(3, 4), 0, 2, backend="gpu"), "argument 'backend' must be one of"),
+    (lambda: ops.sketch_unproject(torch.randn(2, 4), 0, 0), "argument 'dim' must be >= 1, got 0"),
+    (lambda: ops.sketch_unproject(torch.randn(2), 0, 3), "argument 'R' must be a 2-D tensor"),
+    (lambda: ops.sketch(0, 4, 1), "lowrank_ops.sketch: argument 'rows' must be >= 1, got 0"),
+    (lambda: ops.sketch(2, 4, 1, dtype=torch.int64), "argument 'dtype' must be float32"),
+    (lambda: ops.philox4x32(torch.zeros(3, 3, dtype=torch.int64), 0), "argument 'counters' must be of shape [..., 4]"),
+    (lambda: ops.philox4x32(torch.zeros(3, 4), 0), "argument 'counters' must be an int64 tensor"),
+    (lambda: ops.philox4x32(torch.full((1, 4), 2**32), 0), "uint32 values in [0, 2^32)"),
+    (lambda: ops.philox4x32(torch.zeros(1, 4, dtype=torch.int64), 0, rounds=0), "argument 'rounds' must be in [1, 16]"),
+])
+def test_bad_arguments_raise_clear_errors(call, message):
+    with pytest.raises(ValueError) as info:
+        call()
+    assert message in str(info.value), str(info.value)
+
+
+def test_seed_type_error():
+    with pytest.raises(TypeError, match="argument 'seed' must be an int"):
+        ops.sketch(2, 3, 1.5)
+
+
+def test_cpu_backend_rejects_bad_input_too():
+    """The C++ ops check their arguments themselves, for C++ and torch.ops callers."""
+    from lowrank_ops import _extension
+
+    if not _extension.LOADED:
+        pytest.skip("compiled extension not loaded")
+    with pytest.raises(RuntimeError, match="lowrank_ops.sketch_project: argument 'rank' must be >= 1"):
+        torch.ops.lowrank_ops.sketch_project(torch.randn(3, 4), 0, 0, "gaussian", "left")
+    with pytest.raises(RuntimeError, match="argument 'kind' must be"):
+        torch.ops.lowrank_ops.sketch_unproject(torch.randn(3, 4), 0, 5, "normal", "left")
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("side", SIDES)
+def test_gpu_parity_with_cpu(backend, dtype, kind, side, rng):
+    """CUDA and Triton on the GPU against the CPU op: Rademacher sketches equal, projections within the
+    tolerance rule of the float64 reference."""
+    assert torch.equal(ops.sketch(33, 517, LARGE_SEED, "rademacher", device="cuda", backend=backend).cpu(),
+                       ops.sketch(33, 517, LARGE_SEED, "rademacher"))
+    for layout in LAYOUTS:
+        G = random_matrix((517, 301), dtype, rng, layout)
+        out = ops.sketch_project(G.cuda(), 3, 64, kind, side, backend=backend).cpu()
+        ref64 = reference.sketch_project(G.double(), 3, 64, kind, side)
+        assert_within_torch_error(out, ref64, plain_torch_project(G, 3, 64, kind, side), f"{backend} {side}",
+                                  k=517 if side == "left" else 301, entry_tol=entry_tol(kind))
+        R = ops.sketch_project(G, 3, 64, kind, side)
+        dim = 517 if side == "left" else 301
+        back = ops.sketch_unproject(R.cuda(), 3, dim, kind, side, backend=backend).cpu()
+        ref64 = reference.sketch_unproject(R.double(), 3, dim, kind, side)
+        assert_within_torch_error(back, ref64, plain_torch_unproject(R, 3, dim, kind, side), f"{backend} {side}",
+                                  k=64, entry_tol=entry_tol(kind))
