@@ -24,4 +24,13 @@ TORCH_LIBRARY(lowrank_ops, m) {
   m.def("sketch_project(Tensor G, int seed, int rank, str kind, str side, ScalarType? out_dtype=None) -> Tensor");
   // P^T R (left) or R P (right) without materializing P.
   m.def("sketch_unproject(Tensor R, int seed, int dim, str kind, str side, ScalarType? out_dtype=None) -> Tensor");
+
+  // --- lowrank_adam: the fused project -> Adam -> unproject step (lowrank_ops/ops/lowrank_adam.py) ---
+  // R = L G R^T with each side "none" | "rademacher" | "gaussian" (seeded) | "matrix" (explicit rank x d);
+  // moments on R (fp32); W <- W - lr wd W - lr scale L^T N R ("full") or the adapter form with `delta`.
+  m.def(
+      "lowrank_adamw_step_(Tensor(a!) W, Tensor G, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, "
+      "Tensor(d!)? delta, str left_kind, int left_seed, int left_rank, Tensor? left_matrix, "
+      "str right_kind, int right_seed, int right_rank, Tensor? right_matrix, float lr, float beta1, "
+      "float beta2, float eps, float weight_decay, int step, float scale, str wd_mode) -> ()");
 }

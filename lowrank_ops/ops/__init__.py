@@ -1,6 +1,16 @@
 """Public op functions. Each validates its arguments, picks a backend (`backend=None`: the default for
 the tensor's device; or "cpu", "cuda", "triton", "reference") and calls torch.ops.lowrank_ops.*."""
 
+from .lowrank_adam import lowrank_adamw_step_
+from .projection import Projection, SideOperator
 from .sketch import philox4x32, sketch, sketch_project, sketch_unproject
 
-__all__ = ["philox4x32", "sketch", "sketch_project", "sketch_unproject"]
+__all__ = [
+    "Projection",
+    "SideOperator",
+    "lowrank_adamw_step_",
+    "philox4x32",
+    "sketch",
+    "sketch_project",
+    "sketch_unproject",
+]

@@ -1,0 +1,76 @@
+"""The fused low-rank AdamW step: project -> Adam moments -> unproject -> weight update, in place.
+
+Math and conventions: lowrank_ops/reference/lowrank_adam.py (the eager reference) and
+lowrank_ops/ops/projection.py (the projection argument). Backends fuse the moment update into the
+projection GEMM's epilogue and the weight update into the unprojection GEMM's epilogue, so no m x n
+temporary is formed.
+"""
+
+import torch
+
+from . import _backend, _checks
+from .projection import Projection, SideOperator
+from ..reference import lowrank_adam as reference
+
+WD_MODES = ("full", "adapter")
+OP = "lowrank_adamw_step_"
+
+
+def _flatten_side(op: SideOperator | None):
+    """(kind, seed as int64, rank, matrix) schema arguments of one side; identity is kind "none"."""
+    if op is None:
+        return "none", 0, 0, None
+    return op.kind, _checks.seed_to_int64(OP, op.seed), op.rank, op.matrix
+
+
+def _check(W, G, exp_avg, exp_avg_sq, projection, step, wd_mode, delta):
+    _checks.float_matrix(OP, "W", W)
+    _checks.float_matrix(OP, "G", G)
+    if W.dtype not in (torch.float32, torch.bfloat16, torch.float64):
+        raise _checks.error(OP, "W", "float32, bfloat16 or float64", W.dtype)
+    if G.shape != W.shape:
+        raise _checks.error(OP, "G", f"of W's shape {list(W.shape)}", list(G.shape))
+    if not isinstance(projection, Projection):
+        raise TypeError(f"lowrank_ops.{OP}: argument 'projection' must be a lowrank_ops.ops.Projection, "
+                        f"got {type(projection).__name__}")
+    shape = projection.projected_shape(W.shape)
+    for side, op, dim in (("left", projection.left, W.shape[0]), ("right", projection.right, W.shape[1])):
+        if op is not None and op.kind == "matrix" and op.matrix.shape[1] != dim:
+            raise _checks.error(OP, f"projection.{side}.matrix", f"of shape [{op.rank}, {dim}]",
+                                list(op.matrix.shape))
+    state_dtypes = (torch.float32, torch.float64) if W.dtype == torch.float64 else (torch.float32,)
+    states = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)] + ([("delta", delta)] if delta is not None else [])
+    for name, state in states:
+        ok = isinstance(state, torch.Tensor) and tuple(state.shape) == shape and state.dtype in state_dtypes
+        if not ok:
+            got = (list(state.shape), state.dtype) if isinstance(state, torch.Tensor) else type(state).__name__
+            raise _checks.error(OP, name, f"a float32 tensor of the projected shape {list(shape)}", got)
+        if state.device != W.device:
+            raise _checks.error(OP, name, f"on W's device {W.device}", state.device)
+    if step < 1:
+        raise _checks.error(OP, "step", ">= 1 (the step count after increment)", step)
+    _checks.choice(OP, "wd_mode", wd_mode, WD_MODES)
+    if wd_mode == "adapter" and delta is None:
+        raise _checks.error(OP, "delta", "a tensor when wd_mode='adapter'", None)
+
+
+def lowrank_adamw_step_(W: torch.Tensor, G: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                        projection: Projection, *, lr: float, beta1: float, beta2: float, eps: float,
+                        weight_decay: float, step: int, scale: float = 1.0, wd_mode: str = "full",
+                        delta: torch.Tensor | None = None, backend=None) -> None:
+    """One AdamW step of W through the projection, in place on W, exp_avg, exp_avg_sq (and `delta` in
+    wd_mode "adapter"). W fp32/bf16 (fp32 math, one rounding on store) or fp64; G any float dtype;
+    moments fp32 in the projected shape; `step` is the count after increment (t >= 1)."""
+    _check(W, G, exp_avg, exp_avg_sq, projection, step, wd_mode, delta)
+    chosen = _backend.resolve(OP, backend, W.device)
+    hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, step=step, scale=scale,
+                 wd_mode=wd_mode)
+    if chosen == "reference":
+        reference.lowrank_adamw_step_(W, G, exp_avg, exp_avg_sq, projection, delta=delta, **hyper)
+        return
+    args = (W, G, exp_avg, exp_avg_sq, delta, *_flatten_side(projection.left), *_flatten_side(projection.right),
+            float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), int(step), float(scale), wd_mode)
+    if chosen == "triton":
+        torch.ops.lowrank_ops.lowrank_adamw_step_triton_(*args)
+    else:
+        torch.ops.lowrank_ops.lowrank_adamw_step_(*args)
