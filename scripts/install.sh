@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs lowrank_ops and everything its tests and benchmarks need into the current Python environment.
+# Idempotent; safe to run again. Never pulls a CUDA build of torch: torch is pinned first, and the
+# extension is built with --no-build-isolation against that installed torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  "$PY" -m pip install -q "torch==${TORCH_VERSION}"
+fi
+"$PY" -m pip install -q setuptools wheel ninja numpy scipy pytest expecttest tqdm "triton>=3.2"
+MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q --no-build-isolation --no-deps -e .
+"$PY" -c "import lowrank_ops, json; print('lowrank_ops build:', json.dumps(lowrank_ops.build_info()))"
