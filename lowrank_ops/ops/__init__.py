@@ -3,13 +3,16 @@ the tensor's device; or "cpu", "cuda", "triton", "reference") and calls torch.op
 
 from .lowrank_adam import lowrank_adamw_step_
 from .projection import Projection, SideOperator
+from .range_finder import adaptive_rank, range_finder
 from .sketch import philox4x32, sketch, sketch_project, sketch_unproject
 
 __all__ = [
     "Projection",
     "SideOperator",
+    "adaptive_rank",
     "lowrank_adamw_step_",
     "philox4x32",
+    "range_finder",
     "sketch",
     "sketch_project",
     "sketch_unproject",
