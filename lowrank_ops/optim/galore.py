@@ -1,0 +1,144 @@
+"""GaLoreAdamW: a drop-in for galore-torch's `GaLoreAdamW` (param-group keys rank, update_proj_gap,
+scale, proj_type) that reproduces its arithmetic (../shared/ANCHORS.md) on the fused op.
+
+galore-torch, per low-rank param at step t (t counted after the increment):
+  refresh when (t - 1) % update_proj_gap == 0: fp32 SVD of G, vectors cast back to G's dtype;
+      std: right (P = Vh[:r], R = G P^T) if m >= n else left (R = U[:, :r]^T G); reverse_std: swapped;
+      left / right: that side; full: both sides, R = U[:, :r]^T G Vh[:r]^T. Moments are not transformed.
+  m <- b1 m + (1 - b1) R;  v <- b2 v + (1 - b2) R^2;  u = m / (sqrt(v) + eps)
+  W <- W - s scale unproject(u),  s = lr sqrt(1 - b2^t) / (1 - b1^t)  (s = lr without correct_bias)
+  W <- W - lr wd W                                                     (only if wd > 0, after the update)
+The fused op computes W <- W - lr wd W - lr scale' unproject((m / bc1) / (sqrt(v) / sqrt(bc2) + eps')),
+bc_i = 1 - b_i^t. Both are equal for eps' = eps / sqrt(bc2) and scale' = scale (1 - lr wd)
+(times bc1 / sqrt(bc2) without correct_bias), so results agree to fp32 rounding.
+Params without a rank (and non-matrix params of rank groups) get galore-torch's HF-style AdamW, written out
+below in the same op order.
+
+Differences, each deliberate: moments of low-rank params are fp32 for bf16 weights (galore-torch keeps
+them in the gradient's dtype); the side is fixed from the weight's shape, so square and rank >= dim
+projected gradients cannot pick the wrong side on the way back (user complaint #7); the rank is capped at
+min(m, n); the state holds only tensors and ints (no projector objects: torch.load(weights_only=True)
+works); a failed SVD keeps the previous basis (a seeded semi-orthogonal one at the first refresh) and a
+NaN/Inf gradient at a refresh skips that param's step, instead of NaN weights (complaints #5, #6).
+"""
+
+import math
+
+import torch
+
+from .. import projections
+from ..ops.lowrank_adam import lowrank_adamw_step_
+from ..projections import Layout
+from ._base import PerParamOptimizer, check_hyper, check_int, is_matrix, lowrank_state, refresh_if_due
+
+PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
+GROUP_DEFAULTS = dict(
+    update_proj_gap=200, scale=1.0, proj_type="std"
+)  # galore-torch's GaLoreProjector defaults
+FALLBACK_BASE_SEED = 0  # galore-torch has no seed; the fallback basis of a failed first SVD uses this one
+
+
+def galore_layout(shape, rank: int, proj_type: str) -> Layout:
+    m, n = shape
+    r = min(rank, m, n)
+    if proj_type == "full":
+        return Layout((m, n), r, r)
+    side = {
+        "std": "right" if m >= n else "left",
+        "reverse_std": "left" if m >= n else "right",
+        "left": "left",
+        "right": "right",
+    }[proj_type]
+    return Layout((m, n), r, 0) if side == "left" else Layout((m, n), 0, r)
+
+
+class GaLoreAdamW(PerParamOptimizer):
+    """galore-torch's GaLoreAdamW (HF-style AdamW: eps=1e-6, weight_decay=0.0, correct_bias) on the fused
+    low-rank step. A param group is low-rank when it has a "rank" key. `no_deprecation_warning` is
+    accepted for signature compatibility and has no effect (there is no deprecation to warn about)."""
+
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-6,
+        weight_decay=0.0,
+        correct_bias=True,
+        no_deprecation_warning=False,
+        *,
+        backend=None,
+    ):
+        self._backend = backend
+        super().__init__(
+            params,
+            dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, correct_bias=correct_bias),
+        )
+
+    def _check_group(self, group, where):
+        check_hyper(group, where)
+        if "rank" not in group:
+            return
+        for key, value in GROUP_DEFAULTS.items():
+            group.setdefault(key, value)
+        check_int(group["rank"], where, "rank", 1)
+        check_int(group["update_proj_gap"], where, "update_proj_gap", 1)
+        if group["proj_type"] not in PROJ_TYPES:
+            raise ValueError(f"{where}: 'proj_type' must be one of {PROJ_TYPES}, got {group['proj_type']!r}")
+
+    def _step_group(self, group, params):
+        for p in params:
+            if "rank" in group and is_matrix(p):
+                self._step_lowrank(p, group)
+            else:
+                self._hf_adamw(p, group)
+
+    def _hf_adamw(self, p, group):
+        state = self.state[p]
+        if not state:
+            state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        beta1, beta2 = group["betas"]
+        state["step"] += 1
+        grad, exp_avg, exp_avg_sq = p.grad, state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        denom = exp_avg_sq.sqrt().add_(group["eps"])
+        step_size = group["lr"]
+        if group["correct_bias"]:
+            step_size = step_size * math.sqrt(1.0 - beta2 ** state["step"]) / (1.0 - beta1 ** state["step"])
+        p.add_(exp_avg / denom, alpha=-step_size)
+        if group["weight_decay"] > 0.0:
+            p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+
+    def _step_lowrank(self, p, group):
+        layout = galore_layout(p.shape, group["rank"], group["proj_type"])
+        kind = projections.get("two_sided_svd" if group["proj_type"] == "full" else "svd")
+        state = self.state[p]
+        if not state:
+            lowrank_state(state, self._layer_index[p], layout.projected_shape, p, with_delta=False)
+        G = p.grad
+        if not refresh_if_due(
+            state, kind, G, layout, group["update_proj_gap"], FALLBACK_BASE_SEED, self._warn
+        ):
+            return
+        state["step"] += 1
+        t, (beta1, beta2), lr = state["step"], group["betas"], group["lr"]
+        wd = max(0.0, group["weight_decay"])
+        bc1, bc2 = 1.0 - beta1**t, 1.0 - beta2**t
+        scale = group["scale"] * (1.0 - lr * wd) * (1.0 if group["correct_bias"] else bc1 / math.sqrt(bc2))
+        lowrank_adamw_step_(
+            p,
+            G,
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            kind.projection(state, layout),
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"] / math.sqrt(bc2),
+            weight_decay=wd,
+            step=t,
+            scale=scale,
+            wd_mode="full",
+            backend=self._backend,
+        )

@@ -1,0 +1,181 @@
+"""LowRankAdamW: AdamW whose 2-D weights are updated through a low-rank projection of their gradients
+(GaLore-style; the projection kinds of the duality paper's Table 1, lowrank_ops.projections).
+
+Per low-rank parameter W (m x n) with projection R = L G R^T, every step:
+  at steps 0, update_gap, 2 update_gap, ... (before the increment): refresh the basis from the seed
+      derive_seed(seed, layer index, refresh index) and, for "svd" kinds, the current gradient; in
+      wd_mode "adapter" the adapter delta restarts at 0 (the adapter is merged into W and re-initialized,
+      as in the paper's Table 2 runs). Moments are kept, not transformed (as galore-torch).
+  step += 1; lowrank_ops.ops.lowrank_adamw_step_: Adam moments in the projected shape (fp32),
+      W <- W - lr wd W - lr scale L^T N R (wd_mode "full"), or decay of the adapter only ("adapter").
+Params of groups without a rank (rank None), and non-matrix params of any group (biases, norms: never
+an SVD), are plain AdamW through torch's own functional `torch.optim.adamw.adamw` with torch's state
+layout, so they follow torch.optim.AdamW bit for bit.
+
+State per low-rank param: ints step, layer, refresh, proj_seed; fp32 tensors exp_avg, exp_avg_sq
+(projected shape), delta ("adapter" mode), and the basis matrices of matrix kinds (proj_left/proj_right).
+Seeded kinds persist ints only. `state_dict()` loads with torch.load(weights_only=True), and save ->
+load -> continue is bit-identical to not stopping.
+
+A gradient with NaN/Inf is checked only at refresh steps (one reduction every update_gap steps): there the
+param's step is skipped and the basis kept (warned once). Between refreshes a non-finite gradient is
+the caller's business, as with torch.optim.AdamW: a GradScaler's found_inf check skips the whole step.
+"""
+
+import torch
+from torch.optim.adamw import adamw as torch_adamw
+
+from .. import projections
+from ..ops.lowrank_adam import WD_MODES, lowrank_adamw_step_
+from ._base import (
+    SEED_LIMIT,
+    PerParamOptimizer,
+    check_hyper,
+    check_int,
+    is_matrix,
+    lowrank_state,
+    refresh_if_due,
+)
+
+
+def _scalar_dtype():
+    """dtype of torch.optim.AdamW's `step` tensor."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+class LowRankAdamW(PerParamOptimizer):
+    """AdamW with low-rank gradient projections.
+
+    Param-group keys (defaults from the constructor): `rank` (int, a (left, right) pair for two-sided
+    kinds, or None for plain AdamW), `projection` (one of lowrank_ops.projections.names()), `update_gap`,
+    `scale` (multiplies the unprojected update), `side` ("auto": the smaller dimension; "left"/"right"),
+    `wd_mode` ("full": decay W; "adapter": decay only the low-rank delta since the last refresh, App. B),
+    `seed` (the base seed of the per-layer, per-refresh sketch seeds). `backend` picks the fused op's
+    backend (None: the default for the device).
+
+    The default projection is "rademacher": it persists one int per layer, never stalls on an SVD, and
+    trains on par with GaLore's SVD in the duality paper's Table 2.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=1e-2,
+        *,
+        seed=0,
+        rank=None,
+        projection="rademacher",
+        update_gap=200,
+        scale=1.0,
+        side="auto",
+        wd_mode="full",
+        foreach=None,
+        backend=None,
+    ):
+        self._backend = backend
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            seed=seed,
+            rank=rank,
+            projection=projection,
+            update_gap=update_gap,
+            scale=scale,
+            side=side,
+            wd_mode=wd_mode,
+            foreach=foreach,
+        )
+        super().__init__(params, defaults)
+
+    def _check_group(self, group, where):
+        check_hyper(group, where)
+        check_int(group["seed"], where, "seed", 0, SEED_LIMIT)
+        if group["rank"] is None:
+            return
+        projections.get(group["projection"], where).check_settings(group["rank"], group["side"], where)
+        check_int(group["update_gap"], where, "update_gap", 1)
+        if group["wd_mode"] not in WD_MODES:
+            raise ValueError(f"{where}: 'wd_mode' must be one of {WD_MODES}, got {group['wd_mode']!r}")
+
+    def _step_group(self, group, params):
+        lowrank = group["rank"] is not None
+        plain = [p for p in params if not (lowrank and is_matrix(p))]
+        if plain:
+            self._adamw(group, plain)
+        if lowrank:
+            kind = projections.get(group["projection"])
+            for p in params:
+                if is_matrix(p):
+                    self._step_lowrank(p, group, kind)
+
+    def _adamw(self, group, params):
+        """torch.optim.AdamW's step for `params`: its state layout and its functional implementation."""
+        grads, exp_avgs, exp_avg_sqs, steps = [], [], [], []
+        for p in params:
+            if p.grad.is_sparse:
+                raise RuntimeError("lowrank_ops.optim.LowRankAdamW does not support sparse gradients")
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+        beta1, beta2 = group["betas"]
+        torch_adamw(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            [],
+            steps,
+            foreach=group["foreach"],
+            has_complex=any(torch.is_complex(p) for p in params),
+            amsgrad=False,
+            beta1=beta1,
+            beta2=beta2,
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=False,
+        )
+
+    def _step_lowrank(self, p, group, kind):
+        layout = kind.layout(p.shape, group["rank"], group["side"])
+        state = self.state[p]
+        if not state:
+            lowrank_state(
+                state, self._layer_index[p], layout.projected_shape, p, group["wd_mode"] == "adapter"
+            )
+        G = p.grad
+        refreshes = state["refresh"]
+        if not refresh_if_due(state, kind, G, layout, group["update_gap"], group["seed"], self._warn):
+            return
+        if state["refresh"] != refreshes and "delta" in state:
+            state["delta"].zero_()
+        state["step"] += 1
+        beta1, beta2 = group["betas"]
+        lowrank_adamw_step_(
+            p,
+            G,
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            kind.projection(state, layout),
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            step=state["step"],
+            scale=group["scale"],
+            wd_mode=group["wd_mode"],
+            delta=state.get("delta"),
+            backend=self._backend,
+        )

@@ -1,0 +1,33 @@
+"""Projection kinds for the low-rank optimizers: how each layer's basis is chosen at a refresh and what
+of it is persisted (the duality paper's Table 1; conventions in DESIGN.md §3).
+
+    kind                 basis at each refresh                                 persisted per layer
+    "gaussian"           seeded Gaussian sketch, E[P P^T] = I (Flora)          one int seed
+    "rademacher"         seeded +-1/sqrt(d) sketch                             one int seed
+    "two_sided_gaussian" seeded Gaussian L and R                               one int seed
+    "orthogonal"         orthonormalized seeded Gaussian sketch                P (r x d) and its seed
+    "svd"                top-r singular vectors of the gradient (GaLore)       P (r x d)
+    "two_sided_svd"      L = U[:, :r1]^T, R = Vh[:r2] of the gradient          L and R
+
+Seeds: per layer and refresh from one user seed (seeds.derive_seed, splitmix64). Adding a kind: a module
+that subclasses base.ProjectionKind and calls base.register, and an import line below.
+"""
+
+from . import orthogonal, seeded, svd  # noqa: F401  (importing a kind module registers its kinds)
+from .base import Layout, ProjectionKind, get, names, refresh, register
+from .orthogonal import semi_orthogonal
+from .seeds import derive_seed, splitmix64
+from .svd import top_singular_vectors
+
+__all__ = [
+    "Layout",
+    "ProjectionKind",
+    "derive_seed",
+    "get",
+    "names",
+    "refresh",
+    "register",
+    "semi_orthogonal",
+    "splitmix64",
+    "top_singular_vectors",
+]

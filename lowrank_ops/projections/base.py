@@ -1,0 +1,200 @@
+"""The projection-kind interface, the registry of kinds, and the robust refresh shared by the optimizers.
+
+A kind decides, at each refresh of a layer, the basis through which that layer's gradient is projected
+(R = L G R^T, lowrank_ops.ops.Projection), and what of it lives in the optimizer state. A kind keeps
+its state under keys starting with "proj_" in the parameter's optimizer-state dict, holding only ints
+(seeds) and tensors (matrices), so `state_dict()` loads with `torch.load(weights_only=True)`.
+A new kind ("dct", "rsvd", "adaptive", ...) is a module that subclasses ProjectionKind and calls
+`register(...)`, plus one import line in lowrank_ops/projections/__init__.py.
+"""
+
+import math
+import operator
+from dataclasses import dataclass
+
+import torch
+
+from ..ops.projection import Projection, SideOperator
+from .seeds import splitmix64
+
+SIDES = ("auto", "left", "right")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a parameter of `shape` (m, n) is projected: `left_rank` rows of L (0: identity on the left)
+    and `right_rank` rows of R (0: identity on the right)."""
+
+    shape: tuple[int, int]
+    left_rank: int
+    right_rank: int
+
+    @property
+    def projected_shape(self) -> tuple[int, int]:
+        m, n = self.shape
+        return (self.left_rank or m, self.right_rank or n)
+
+    def sides(self):
+        """(side, rank, d) for each projected side: d is the dimension the side operator acts on."""
+        m, n = self.shape
+        return [
+            (side, rank, d)
+            for side, rank, d in (("left", self.left_rank, m), ("right", self.right_rank, n))
+            if rank
+        ]
+
+
+def side_seeds(seed: int, layout: Layout) -> dict[str, int]:
+    """Seed of each projected side: a one-sided projection uses `seed`; a two-sided one uses `seed` on the
+    left and the independent splitmix64(seed) on the right (seeds.py)."""
+    names = [side for side, _, _ in layout.sides()]
+    return {side: seed if i == 0 else splitmix64(seed) for i, side in enumerate(names)}
+
+
+class ProjectionKind:
+    """Base of the projection kinds. Subclasses set `name` and `two_sided` and implement `refresh` and
+    `projection`; kinds whose refresh reads the gradient and can fail (SVD) set `uses_gradient` and
+    implement `fallback`."""
+
+    name: str = ""
+    two_sided: bool = False
+    uses_gradient: bool = False
+    persists_matrix: bool = False
+
+    # -- layout --------------------------------------------------------------------------------------
+    def max_rank(self, shape, side: str) -> int:
+        """The largest useful rank on `side`: the dimension it acts on (a rank above it only adds state)."""
+        return shape[0] if side == "left" else shape[1]
+
+    def check_settings(self, rank, side, where: str) -> None:
+        """Raises a clear error for a bad `rank` / `side` of a param group (`where` names it)."""
+        ranks = rank if self.two_sided and isinstance(rank, (tuple, list)) else (rank,)
+        if self.two_sided and len(ranks) not in (1, 2):
+            raise ValueError(
+                f"{where}: 'rank' of projection {self.name!r} must be an int or a pair "
+                f"(left_rank, right_rank), got {rank!r}"
+            )
+        for r in ranks:
+            if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+                raise ValueError(
+                    f"{where}: 'rank' must be an int >= 1"
+                    f"{' or a pair of them' if self.two_sided else ''}, got {rank!r}"
+                )
+        if side not in SIDES:
+            raise ValueError(f"{where}: 'side' must be one of {SIDES}, got {side!r}")
+        if self.two_sided and side != "auto":
+            raise ValueError(
+                f"{where}: projection {self.name!r} projects both sides; 'side' must be 'auto', got {side!r}"
+            )
+
+    def layout(self, shape, rank, side: str = "auto") -> Layout:
+        """Layout of a 2-D parameter: side "auto" projects the smaller dimension (right when m >= n, GaLore's
+        "std"); ranks are capped at max_rank."""
+        m, n = (operator.index(s) for s in shape)
+        if self.two_sided:
+            r_left, r_right = (rank, rank) if isinstance(rank, int) else rank
+            return Layout(
+                (m, n),
+                min(r_left, self.max_rank((m, n), "left")),
+                min(r_right, self.max_rank((m, n), "right")),
+            )
+        if side == "auto":
+            side = "right" if m >= n else "left"
+        r = min(rank, self.max_rank((m, n), side))
+        return Layout((m, n), r, 0) if side == "left" else Layout((m, n), 0, r)
+
+    # -- basis -----------------------------------------------------------------------------------------
+    def refresh(self, state: dict, G: torch.Tensor, layout: Layout, seed: int) -> bool:
+        """Writes the new basis for refresh seed `seed` into `state`. Returns False when G gives no basis
+        (only kinds with `uses_gradient`); G is finite here."""
+        raise NotImplementedError
+
+    def fallback(self, state: dict, G: torch.Tensor, layout: Layout, seed: int) -> None:
+        """A seeded basis for the first refresh of a kind whose refresh failed (no previous basis)."""
+        raise NotImplementedError(f"projection {self.name!r} cannot fail to refresh")
+
+    def has_basis(self, state: dict) -> bool:
+        return "proj_seed" in state
+
+    def projection(self, state: dict, layout: Layout) -> Projection:
+        """The current basis as the fused op's Projection argument."""
+        raise NotImplementedError
+
+    def persisted_bytes(self, layout: Layout, dtype: torch.dtype) -> int:
+        """Bytes this kind persists per layer: matrices in `dtype`, or the 8-byte seed of seeded kinds."""
+        if self.persists_matrix:
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            return sum(rank * d for _, rank, d in layout.sides()) * itemsize
+        return 8
+
+
+def matrix_projection(state: dict, layout: Layout) -> Projection:
+    """Projection of the matrices a kind keeps in state["proj_left"] / state["proj_right"]."""
+    ops = {
+        side: SideOperator("matrix", rank, matrix=state[f"proj_{side}"]) for side, rank, _ in layout.sides()
+    }
+    return Projection(**ops)
+
+
+_REGISTRY: dict[str, ProjectionKind] = {}
+
+
+def register(kind: ProjectionKind) -> ProjectionKind:
+    if not kind.name or kind.name in _REGISTRY:
+        raise ValueError(
+            f"lowrank_ops.projections.register: name {kind.name!r} is empty or already registered"
+        )
+    _REGISTRY[kind.name] = kind
+    return kind
+
+
+def get(name: str, where: str = "lowrank_ops.projections") -> ProjectionKind:
+    """The kind registered as `name`; `where` prefixes the error (e.g. the optimizer and param group)."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"{where}: unknown projection {name!r}; registered kinds are {names()}") from None
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def refresh(kind: ProjectionKind, state: dict, G: torch.Tensor, layout: Layout, seed: int, warn) -> bool:
+    """Refreshes the basis in `state` from the gradient G with the refresh seed `seed`, robustly.
+
+    - G with a NaN/Inf: the basis is kept and False is returned; the caller skips this parameter's step
+      (writing it would put NaN into the weight and the moments).
+    - A zero gradient, or an SVD that fails or returns non-finite vectors (an ill-conditioned G), for a
+      kind that reads G: the previous basis is kept, or at the first refresh the kind's seeded fallback
+      is used; the step goes ahead.
+    `warn(key, message)` is called for each event and should warn once per key. One inf-norm reduction of
+    G (and a host sync) per refresh, every update_gap steps."""
+    gmax = float(torch.linalg.vector_norm(G, math.inf))  # max |G|: exact in any dtype
+    if not math.isfinite(gmax):
+        warn(
+            "nonfinite",
+            f"lowrank_ops: a gradient of shape {list(G.shape)} has NaN/Inf at a projection refresh; "
+            "the basis is kept and this parameter's step is skipped (warned once)",
+        )
+        return False
+    if not kind.uses_gradient:
+        return kind.refresh(state, G, layout, seed)
+    if gmax > 0 and kind.refresh(state, G, layout, seed):
+        return True
+    reason = "is zero" if gmax == 0 else "gave no usable SVD (ill-conditioned)"
+    if kind.has_basis(state):
+        warn(
+            "refresh_failed",
+            f"lowrank_ops: a gradient of shape {list(G.shape)} {reason} at a refresh of "
+            f"projection {kind.name!r}; the previous basis is kept (warned once)",
+        )
+    else:
+        warn(
+            "refresh_failed",
+            f"lowrank_ops: a gradient of shape {list(G.shape)} {reason} at the first refresh "
+            f"of projection {kind.name!r}; a seeded random semi-orthogonal basis is used "
+            "instead (warned once)",
+        )
+        kind.fallback(state, G, layout, seed)
+    return True

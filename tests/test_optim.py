@@ -1,0 +1,734 @@
+"""The optimizer layer (lowrank_ops.optim): torch.optim.AdamW identity, LowRankAdamW and GaLoreAdamW
+against independent transcriptions of their formulas (tolerance rule of DESIGN.md §5), bit-identical
+resume, per-layer stepping under gradient accumulation, the tiny-model training run of every kind, and
+the training-loop features (refresh robustness, params without grads, tied params, GradScaler,
+torch.compile)."""
+
+import io
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import GAUSSIAN_ENTRY_TOL, assert_within_torch_error
+
+from lowrank_ops import ops, projections
+from lowrank_ops.optim import GaLoreAdamW, LowRankAdamW, step_in_backward
+
+ALL_KINDS = ("gaussian", "rademacher", "orthogonal", "svd", "two_sided_gaussian", "two_sided_svd")
+ONE_SIDED = ("gaussian", "rademacher", "orthogonal", "svd")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The machine is shared: one intra-op thread avoids oversubscription stalls on tiny tensors."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A tiny language model: embedding, a residual MLP block, LayerNorm, an output head (optionally tied to
+# the embedding) and a layer that is never used (its params get no grads).
+
+VOCAB, DIM, HIDDEN = 13, 12, 20
+
+
+class TinyLM(torch.nn.Module):
+    def __init__(self, tied=False):
+        super().__init__()
+        self.emb = torch.nn.Embedding(VOCAB, DIM)
+        self.norm = torch.nn.LayerNorm(DIM)
+        self.fc1 = torch.nn.Linear(DIM, HIDDEN)
+        self.fc2 = torch.nn.Linear(HIDDEN, DIM)
+        self.out = torch.nn.Linear(DIM, VOCAB, bias=False)
+        if tied:
+            self.out.weight = self.emb.weight
+        self.unused = torch.nn.Linear(4, 4)
+
+    def forward(self, tokens):
+        h = self.emb(tokens)
+        h = h + self.fc2(torch.tanh(self.fc1(self.norm(h))))
+        return self.out(h)
+
+
+def make_model(dtype=torch.float32, tied=False, seed=0):
+    torch.manual_seed(seed)
+    return TinyLM(tied).to(dtype)
+
+
+def batch(i, size=16):
+    g = torch.Generator().manual_seed(1000 + i)
+    return torch.randint(0, VOCAB, (size, 6), generator=g)
+
+
+def lm_loss(model, tokens):
+    logits = model(tokens[:, :-1])
+    return F.cross_entropy(logits.float().reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
+
+
+def split_groups(model, all_matrices=False, **lowrank):
+    """Low-rank group: the 2-D weights (the embedding too when all_matrices); plain group: the rest."""
+    lr_params, plain = [], []
+    for name, p in model.named_parameters():
+        (lr_params if p.dim() == 2 and (all_matrices or not name.startswith("emb")) else plain).append(p)
+    return [dict(params=lr_params, **lowrank), dict(params=plain)]
+
+
+def train(model, opt, steps, start=0, accumulation=1):
+    for i in range(start, start + steps):
+        opt.zero_grad(set_to_none=True)
+        for k in range(accumulation):
+            loss = lm_loss(model, batch(i * accumulation + k)) / accumulation
+            loss.backward()
+        opt.step()
+
+
+def state_equal(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+# ---------------------------------------------------------------------------------------------------
+# torch.optim.AdamW identity
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_without_rank_matches_torch_adamw_bitwise(dtype):
+    ours_model, ref_model = make_model(dtype), make_model(dtype)
+    hyper = dict(lr=3e-3, betas=(0.8, 0.95), eps=1e-7)
+    ours = LowRankAdamW(
+        [
+            dict(params=list(ours_model.fc1.parameters()), weight_decay=0.3),
+            dict(params=[p for n, p in ours_model.named_parameters() if not n.startswith("fc1")]),
+        ],
+        **hyper,
+    )
+    ref = torch.optim.AdamW(
+        [
+            dict(params=list(ref_model.fc1.parameters()), weight_decay=0.3),
+            dict(params=[p for n, p in ref_model.named_parameters() if not n.startswith("fc1")]),
+        ],
+        **hyper,
+    )
+    train(ours_model, ours, 20)
+    train(ref_model, ref, 20)
+    for p, q in zip(ours_model.parameters(), ref_model.parameters()):
+        assert torch.equal(p, q)
+        assert (p in ours.state) == (q in ref.state)
+        if p in ours.state:
+            state_equal(ours.state[p], ref.state[q])
+
+
+def test_non_matrix_params_of_a_rank_group_are_plain_adamw_never_svd(monkeypatch):
+    def no_svd(*args, **kwargs):
+        raise AssertionError("SVD called on a non-matrix parameter")
+
+    monkeypatch.setattr(torch.linalg, "svd", no_svd)
+    ours_model, ref_model = make_model(), make_model()
+    vectors = lambda m: [p for p in m.parameters() if p.dim() != 2]
+    ours = LowRankAdamW([dict(params=vectors(ours_model), rank=2, projection="svd", update_gap=1)], lr=1e-2)
+    ref = torch.optim.AdamW(vectors(ref_model), lr=1e-2)
+    train(ours_model, ours, 20)
+    train(ref_model, ref, 20)
+    assert all(torch.equal(p, q) for p, q in zip(vectors(ours_model), vectors(ref_model)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# LowRankAdamW against a transcription of its formulas (DESIGN.md §3, lowrank_ops.projections docs)
+
+
+def quadratic_grad(W, X, Y):
+    """Gradient of 0.5 ||W X - Y||^2 / cols: (W X - Y) X^T / cols, in W's dtype."""
+    return (W @ X - Y) @ X.T / X.shape[1]
+
+
+def transcribed_basis(kind, G, shape, rank, seed, dtype):
+    """(L, R) of `kind` at a refresh, as DESIGN.md §3 and the duality paper's Table 1 state them, with side
+    "auto" (right when m >= n) for one-sided kinds."""
+    m, n = shape
+    right = m >= n
+
+    def seeded(sketch_kind, r, d, s):
+        return ops.sketch(r, d, s, sketch_kind, torch.float32).to(dtype)
+
+    def orthogonal(r, d, s):
+        Q, R = torch.linalg.qr(ops.sketch(r, d, s, "gaussian", torch.float32).double().T)
+        return (Q * torch.sign(R.diagonal())).T.to(dtype)
+
+    if kind in ("gaussian", "rademacher"):
+        P = seeded(kind, rank, n if right else m, seed)
+    elif kind == "orthogonal":
+        P = orthogonal(rank, n if right else m, seed)
+    elif kind == "two_sided_gaussian":
+        return seeded("gaussian", rank, m, seed), seeded("gaussian", rank, n, projections.splitmix64(seed))
+    else:
+        U, _, Vh = torch.linalg.svd(G.to(dtype), full_matrices=False)
+        if kind == "two_sided_svd":
+            return U[:, :rank].T, Vh[:rank]
+        P = Vh[:rank] if right else U[:, :rank].T
+    return (None, P) if right else (P, None)
+
+
+def transcribed_lowrank_adamw(
+    kind, W0, X, Y, steps, *, rank, gap, seed, lr, betas, eps, wd, scale, wd_mode, dtype
+):
+    W = W0.to(dtype).clone()
+    X, Y = X.to(dtype), Y.to(dtype)
+    b1, b2 = betas
+    L = R = m = v = D = None
+    for t in range(1, steps + 1):
+        G = quadratic_grad(W, X, Y)
+        if (t - 1) % gap == 0:
+            L, R = transcribed_basis(
+                kind, G, W.shape, rank, projections.derive_seed(seed, 0, (t - 1) // gap), dtype
+            )
+            D = torch.zeros(
+                (rank if L is not None else W.shape[0], rank if R is not None else W.shape[1]), dtype=dtype
+            )
+        Rg = G
+        if L is not None:
+            Rg = L @ Rg
+        if R is not None:
+            Rg = Rg @ R.T
+        m = (1 - b1) * Rg if m is None else b1 * m + (1 - b1) * Rg
+        v = (1 - b2) * Rg * Rg if v is None else b2 * v + (1 - b2) * Rg * Rg
+        N = (m / (1 - b1**t)) / (torch.sqrt(v) / math.sqrt(1 - b2**t) + eps)
+        direction = N if wd_mode == "full" else N + wd * D
+        U = direction
+        if L is not None:
+            U = L.T @ U
+        if R is not None:
+            U = U @ R
+        W = W - lr * scale * U - (lr * wd * W if wd_mode == "full" else 0)
+        D = D - lr * direction
+    return W
+
+
+@pytest.mark.parametrize(
+    "kind,wd_mode", [(k, "full") for k in ALL_KINDS] + [("gaussian", "adapter"), ("svd", "adapter")]
+)
+@pytest.mark.parametrize("shape", [(14, 9), (9, 14)])
+def test_lowrank_adamw_follows_its_formulas(kind, wd_mode, shape, rng):
+    m, n = shape
+    W0 = torch.randn(m, n, generator=rng, dtype=torch.float64)
+    X = torch.randn(n, 30, generator=rng, dtype=torch.float64)
+    Y = torch.randn(m, 30, generator=rng, dtype=torch.float64)
+    hyper = dict(
+        rank=3, gap=3, seed=77, lr=2e-2, betas=(0.9, 0.95), eps=1e-8, wd=0.1, scale=0.5, wd_mode=wd_mode
+    )
+    steps = 8  # refreshes before steps 1, 4, 7
+    W = torch.nn.Parameter(W0.float())
+    opt = LowRankAdamW(
+        [dict(params=[W], rank=3, projection=kind, update_gap=3, scale=0.5, wd_mode=wd_mode)],
+        lr=2e-2,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+        weight_decay=0.1,
+        seed=77,
+    )
+    for _ in range(steps):
+        W.grad = quadratic_grad(W.detach(), X.float(), Y.float())
+        opt.step()
+    ref64 = transcribed_lowrank_adamw(kind, W0, X, Y, steps, dtype=torch.float64, **hyper)
+    plain32 = transcribed_lowrank_adamw(kind, W0, X, Y, steps, dtype=torch.float32, **hyper)
+    entry_tol = GAUSSIAN_ENTRY_TOL if "gaussian" in kind or kind == "orthogonal" else 0.0
+    assert_within_torch_error(W.detach(), ref64, plain32, f"{kind} {wd_mode} {shape}", entry_tol=entry_tol)
+    assert opt.state[W]["step"] == steps and opt.state[W]["refresh"] == 3
+
+
+def test_adapter_mode_keeps_the_adapter_view_identity(rng):
+    """wd_mode "adapter" (duality paper App. B): between refreshes W = W_refresh + scale L^T delta R."""
+    W = torch.nn.Parameter(torch.randn(15, 11, generator=rng, dtype=torch.float64))
+    opt = LowRankAdamW(
+        [
+            dict(
+                params=[W],
+                rank=4,
+                projection="two_sided_gaussian",
+                update_gap=5,
+                scale=0.7,
+                wd_mode="adapter",
+            )
+        ],
+        lr=1e-2,
+        weight_decay=0.2,
+        seed=3,
+    )
+    for step in range(9):
+        if step % 5 == 0:
+            W_refresh = W.detach().clone()
+        W.grad = torch.randn(15, 11, generator=rng, dtype=torch.float64)
+        opt.step()
+        state = opt.state[W]
+        seed = state["proj_seed"]
+        L = ops.sketch(4, 15, seed, "gaussian", torch.float64)
+        R = ops.sketch(4, 11, projections.splitmix64(seed), "gaussian", torch.float64)
+        expected = W_refresh + 0.7 * L.T @ state["delta"] @ R
+        assert torch.linalg.norm(W.detach() - expected) <= 1e-13 * torch.linalg.norm(W.detach())
+    assert state["refresh"] == 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# GaLoreAdamW against galore-torch's arithmetic as ../shared/ANCHORS.md states it
+
+
+def galore_maps(side, A, B):
+    """galore-torch's project / project_back for a side, with A = U[:, :r] and B = Vh[:r]."""
+    if side == "right":
+        return (lambda g: g @ B.T), (lambda x: x @ B)
+    if side == "left":
+        return (lambda g: A.T @ g), (lambda x: A @ x)
+    return (lambda g: A.T @ g @ B.T), (lambda x: A @ x @ B)
+
+
+def transcribed_galore(
+    W0, X, Y, steps, *, rank, gap, proj_type, lr, betas, eps, wd, scale, correct_bias, dtype
+):
+    """galore-torch 1.0's GaLoreAdamW step for one weight, transcribed from ANCHORS.md (not lowrank_ops)."""
+    W = W0.to(dtype).clone()
+    X, Y = X.to(dtype), Y.to(dtype)
+    b1, b2 = betas
+    m_, n_ = W.shape
+    m = v = None
+    for t in range(steps):  # t: galore's state["step"] before the increment
+        G = quadratic_grad(W, X, Y)
+        if t % gap == 0:
+            U, _, Vh = torch.linalg.svd(G.float(), full_matrices=False)  # fp32 SVD, cast back
+            A, B = U[:, :rank].to(dtype), Vh[:rank].to(dtype)
+        side = {"std": "right" if m_ >= n_ else "left", "reverse_std": "left" if m_ >= n_ else "right"}.get(
+            proj_type, proj_type
+        )
+        project, back = galore_maps(side, A, B)
+        g = project(G)
+        if m is None:
+            m, v = torch.zeros_like(g), torch.zeros_like(g)
+        t1 = t + 1
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        denom = torch.sqrt(v) + eps
+        step_size = lr * math.sqrt(1 - b2**t1) / (1 - b1**t1) if correct_bias else lr
+        W = W - step_size * (back(m / denom) * scale)
+        if wd > 0:
+            W = W - lr * wd * W
+    return W
+
+
+@pytest.mark.parametrize("proj_type", ["std", "reverse_std", "left", "right", "full"])
+@pytest.mark.parametrize("shape", [(14, 9), (9, 14), (10, 10)])
+@pytest.mark.parametrize("correct_bias", [True, False])
+def test_galore_adamw_matches_galore_formulas(proj_type, shape, correct_bias, rng):
+    m, n = shape
+    W0 = torch.randn(m, n, generator=rng, dtype=torch.float64)
+    X = torch.randn(n, 30, generator=rng, dtype=torch.float64)
+    Y = torch.randn(m, 30, generator=rng, dtype=torch.float64)
+    hyper = dict(
+        rank=4,
+        gap=3,
+        proj_type=proj_type,
+        lr=1e-2,
+        betas=(0.9, 0.999),
+        eps=1e-6,
+        wd=0.05,
+        scale=0.25,
+        correct_bias=correct_bias,
+    )
+    W = torch.nn.Parameter(W0.float())
+    opt = GaLoreAdamW(
+        [dict(params=[W], rank=4, update_proj_gap=3, scale=0.25, proj_type=proj_type)],
+        lr=1e-2,
+        weight_decay=0.05,
+        correct_bias=correct_bias,
+    )
+    for _ in range(8):
+        W.grad = quadratic_grad(W.detach(), X.float(), Y.float())
+        opt.step()
+    ref64 = transcribed_galore(W0, X, Y, 8, dtype=torch.float64, **hyper)
+    plain32 = transcribed_galore(W0, X, Y, 8, dtype=torch.float32, **hyper)
+    assert_within_torch_error(W.detach(), ref64, plain32, f"galore {proj_type} {shape}")
+
+
+def test_galore_adamw_plain_groups_are_hf_adamw(rng):
+    b = torch.nn.Parameter(torch.randn(7, generator=rng))
+    b64 = b.detach().double().clone()
+    opt = GaLoreAdamW([b], lr=1e-2, weight_decay=0.1)
+    mom = vel = torch.zeros(7, dtype=torch.float64)
+    for t in range(1, 11):
+        g = torch.randn(7, generator=rng)
+        b.grad = g
+        opt.step()
+        mom, vel = 0.9 * mom + 0.1 * g.double(), 0.999 * vel + 0.001 * g.double() ** 2
+        b64 = b64 - 1e-2 * math.sqrt(1 - 0.999**t) / (1 - 0.9**t) * mom / (vel.sqrt() + 1e-6)
+        b64 = b64 - 1e-2 * 0.1 * b64
+    assert torch.linalg.norm(b.detach().double() - b64) <= 8 * torch.finfo(
+        torch.float32
+    ).eps * torch.linalg.norm(b64)
+
+
+def test_galore_state_is_plain_and_resumes(rng):
+    model = make_model()
+    opt = GaLoreAdamW(
+        split_groups(model, rank=3, update_proj_gap=2, proj_type="std"), lr=1e-2, weight_decay=0.01
+    )
+    train(model, opt, 3)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    resumed_model = make_model(seed=9)
+    resumed_model.load_state_dict(saved["model"])
+    resumed = GaLoreAdamW(
+        split_groups(resumed_model, rank=3, update_proj_gap=2, proj_type="std"), lr=1e-2, weight_decay=0.01
+    )
+    resumed.load_state_dict(saved["opt"])
+    train(model, opt, 4, start=3)
+    train(resumed_model, resumed, 4, start=3)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed_model.parameters()))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resume: save -> torch.load(weights_only=True) -> continue is bit-identical to never stopping
+
+
+def lowrank_opt(model, kind, **extra):
+    groups = split_groups(model, rank=3, projection=kind, update_gap=4, **extra)
+    return LowRankAdamW(groups, lr=5e-3, weight_decay=0.05, seed=11)
+
+
+RESUME_CASES = [(k, torch.float32, "full") for k in ALL_KINDS] + [
+    ("svd", torch.bfloat16, "full"),
+    ("rademacher", torch.bfloat16, "adapter"),
+    ("orthogonal", torch.float32, "adapter"),
+]
+
+
+@pytest.mark.parametrize("kind,dtype,wd_mode", RESUME_CASES)
+def test_resume_is_bit_identical(kind, dtype, wd_mode):
+    model = make_model(dtype)
+    opt = lowrank_opt(model, kind, wd_mode=wd_mode)
+    train(model, opt, 6)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+
+    matrices = {"orthogonal": 1, "svd": 1, "two_sided_svd": 2}.get(kind, 0)
+    for state in saved["opt"]["state"].values():
+        if "layer" in state:  # low-rank: fp32 moments; seeded kinds persist ints only
+            tensors = {k for k, v in state.items() if isinstance(v, torch.Tensor)}
+            bases = {k for k in tensors if k.startswith("proj_")}
+            assert len(bases) == matrices
+            assert tensors - bases == {"exp_avg", "exp_avg_sq"} | (
+                {"delta"} if wd_mode == "adapter" else set()
+            )
+            assert state["exp_avg"].dtype == torch.float32
+            assert all(isinstance(v, int) for k, v in state.items() if k not in tensors)
+
+    resumed_model = make_model(dtype, seed=5)
+    resumed_model.load_state_dict(saved["model"])
+    resumed = lowrank_opt(resumed_model, kind, wd_mode=wd_mode)
+    resumed.load_state_dict(saved["opt"])
+    train(model, opt, 7, start=6)  # crosses the refresh at step 8
+    train(resumed_model, resumed, 7, start=6)
+    for p, q in zip(model.parameters(), resumed_model.parameters()):
+        assert torch.equal(p, q)
+        if p in opt.state:
+            state_equal(opt.state[p], resumed.state[q])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per-layer mode (post-accumulate-grad hooks) under gradient accumulation
+
+
+@pytest.mark.parametrize("optimizer", ["lowrank", "galore"])
+def test_per_layer_equals_regular_step_under_accumulation(optimizer):
+    def make(model):
+        if optimizer == "galore":
+            return GaLoreAdamW(
+                split_groups(model, all_matrices=True, rank=3, update_proj_gap=2), lr=1e-2, weight_decay=0.01
+            )
+        return LowRankAdamW(
+            split_groups(model, all_matrices=True, rank=3, projection="svd", update_gap=2), lr=1e-2, seed=4
+        )
+
+    accumulation, steps = 3, 4
+    regular_model, layer_model = make_model(tied=True), make_model(tied=True)
+    regular, per_layer = make(regular_model), make(layer_model)
+    stepper = step_in_backward(layer_model, per_layer, accumulation_steps=accumulation)
+    norms = []
+    for i in range(steps):
+        regular.zero_grad(set_to_none=True)
+        for k in range(accumulation):
+            (lm_loss(regular_model, batch(i * accumulation + k)) / accumulation).backward()
+        norms.append(
+            torch.linalg.vector_norm(
+                torch.stack(
+                    [
+                        torch.linalg.vector_norm(p.grad)
+                        for p in regular_model.parameters()
+                        if p.grad is not None
+                    ]
+                )
+            )
+        )
+        regular.step()
+        for k in range(accumulation):
+            (lm_loss(layer_model, batch(i * accumulation + k)) / accumulation).backward()
+        assert stepper.steps == i + 1
+        logged = stepper.grad_norm()
+        assert float(logged) > 0 and abs(float(logged) - float(norms[-1])) <= 1e-5 * float(norms[-1])
+    for p, q in zip(regular_model.parameters(), layer_model.parameters()):
+        assert torch.equal(p, q)
+        assert q.grad is None  # freed by the hooks
+        if p in regular.state:
+            state_equal(regular.state[p], per_layer.state[q])
+    assert per_layer.state[layer_model.fc1.weight]["step"] == steps  # one count per optimizer step (#62)
+    stepper.remove()
+
+
+def test_per_layer_flush_and_errors():
+    model = make_model()
+    opt = LowRankAdamW(split_groups(model, rank=2), lr=1e-2)
+    stepper = step_in_backward(model, opt, accumulation_steps=4)
+    lm_loss(model, batch(0)).backward()
+    before = model.fc1.weight.detach().clone()
+    stepper.flush()  # a short last window: step what was accumulated
+    assert not torch.equal(before, model.fc1.weight) and model.fc1.weight.grad is None
+    assert opt.state[model.fc1.weight]["step"] == 1
+    with pytest.raises(ValueError, match="accumulation_steps' must be an int >= 1"):
+        step_in_backward(model, opt, accumulation_steps=0)
+    with pytest.raises(TypeError, match="must have a step_param"):
+        step_in_backward(model, torch.optim.AdamW(model.parameters()))
+    with pytest.raises(RuntimeError, match="track_grad_norm=True"):
+        step_in_backward(model, opt, track_grad_norm=False).grad_norm()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tiny-model training: every kind, both sides, fp32 and bf16 weights, 200 steps
+
+
+def regression_data():
+    g = torch.Generator().manual_seed(31)
+    X = torch.randn(256, 32, generator=g)
+    W1, W2 = torch.randn(64, 32, generator=g) / 32**0.5, torch.randn(16, 64, generator=g) / 8
+    return X, torch.tanh(X @ W1.T) @ W2.T
+
+
+def train_mlp(kind, side, dtype, steps=200):
+    X, Y = regression_data()
+    torch.manual_seed(1)
+    mlp = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(), torch.nn.Linear(64, 16)).to(dtype)
+    if kind is None:
+        opt = LowRankAdamW(mlp.parameters(), lr=1e-2)
+    else:
+        weights = [mlp[0].weight, mlp[2].weight]
+        opt = LowRankAdamW(
+            [
+                dict(params=weights, rank=8, projection=kind, side=side),
+                dict(params=[mlp[0].bias, mlp[2].bias]),
+            ],
+            lr=1e-2,
+            update_gap=25,
+            seed=3,
+        )
+    losses = []
+    for _ in range(steps):
+        loss = F.mse_loss(mlp(X.to(dtype)).float(), Y)
+        losses.append(loss.item())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    final = F.mse_loss(mlp(X.to(dtype)).float(), Y).item()
+    assert all(torch.isfinite(p).all() for p in mlp.parameters())
+    return losses[0], final
+
+
+TINY_CASES = [(k, s) for k in ONE_SIDED for s in ("left", "right")] + [(k, "auto") for k in ALL_KINDS[4:]]
+
+
+def test_tiny_model_every_kind_decreases_the_loss(capsys):
+    rows = [("adamw (no projection)", "-")] + TINY_CASES
+    results = {}
+    for kind, side in rows:
+        for dtype in (torch.float32, torch.bfloat16):
+            results[kind, side, dtype] = train_mlp(None if side == "-" else kind, side, dtype)
+    lines = [f"{'projection':<24}{'side':<7}{'initial':>10}{'final fp32':>12}{'final bf16':>12}"]
+    for kind, side in rows:
+        initial = results[kind, side, torch.float32][0]
+        lines.append(
+            f"{kind:<24}{side:<7}{initial:>10.4f}{results[kind, side, torch.float32][1]:>12.5f}"
+            f"{results[kind, side, torch.bfloat16][1]:>12.5f}"
+        )
+    with capsys.disabled():
+        print("\nTiny MLP 32-64-16, rank 8, update_gap 25, lr 1e-2, 200 full-batch steps (MSE):")
+        print("\n".join(lines))
+    for (kind, side, dtype), (initial, final) in results.items():
+        assert final < 0.5 * initial, f"{kind} {side} {dtype}: loss {initial:.4f} -> {final:.4f}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training-loop features
+
+
+def test_nan_gradient_at_refresh_skips_the_step_and_warns_once():
+    model = make_model()
+    opt = LowRankAdamW(split_groups(model, rank=3, projection="svd", update_gap=2), lr=1e-2)
+    train(model, opt, 2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for bad in (math.nan, math.inf):
+            before = model.fc1.weight.detach().clone()
+            state_before = {
+                k: v.clone() if isinstance(v, torch.Tensor) else v
+                for k, v in opt.state[model.fc1.weight].items()
+            }
+            opt.zero_grad()
+            lm_loss(model, batch(50)).backward()
+            model.fc1.weight.grad[0, 0] = bad
+            opt.step()  # step 2 % 2 == 0: a refresh step
+            assert torch.equal(model.fc1.weight, before)
+            state_equal(opt.state[model.fc1.weight], state_before)
+    assert len([w for w in caught if "NaN/Inf" in str(w.message)]) == 1
+    train(model, opt, 4, start=3)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_zero_gradient_at_first_svd_refresh_uses_seeded_fallback_and_warns_once():
+    W = torch.nn.Parameter(torch.randn(10, 7))
+    V = torch.nn.Parameter(torch.randn(8, 5))
+    opt = LowRankAdamW([dict(params=[W, V], rank=2, projection="svd", update_gap=1)], lr=1e-2, seed=21)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        W.grad, V.grad = torch.zeros(10, 7), torch.zeros(8, 5)
+        opt.step()
+        opt.step()
+    assert len([w for w in caught if "refresh" in str(w.message)]) == 1
+    # first refresh (index 0): the seeded fallback; second: zero again, the fallback basis is kept
+    expected = projections.semi_orthogonal(2, 7, projections.derive_seed(21, 0, 0), torch.float32)
+    assert torch.equal(opt.state[W]["proj_right"], expected) and opt.state[W]["refresh"] == 2
+    assert torch.isfinite(W).all() and torch.isfinite(V).all()
+
+
+def test_params_without_grads_are_left_alone():
+    model = make_model()
+    opt = LowRankAdamW(split_groups(model, rank=3), lr=1e-2)
+    unused = [model.unused.weight.detach().clone(), model.unused.bias.detach().clone()]
+    train(model, opt, 3)
+    assert torch.equal(model.unused.weight, unused[0]) and torch.equal(model.unused.bias, unused[1])
+    assert model.unused.weight not in opt.state and model.unused.bias not in opt.state
+
+
+def test_tied_weight_is_stepped_once_with_the_summed_gradient():
+    model = make_model(tied=True)
+    opt = LowRankAdamW(split_groups(model, all_matrices=True, rank=3, projection="orthogonal"), lr=1e-2)
+    names = [n for n, _ in model.named_parameters()]
+    assert "out.weight" not in names  # one Parameter, one state
+    train(model, opt, 3)
+    assert opt.state[model.emb.weight]["step"] == 3 and model.out.weight is model.emb.weight
+
+
+def test_grad_scaler_with_bf16_autocast_matches_the_unscaled_run():
+    """A power-of-two loss scale is exact: scaled-then-unscaled grads equal the plain ones, so the run must
+    be bit-identical to the one without a scaler; an inf gradient makes the scaler skip the step."""
+
+    def run(use_scaler, inf_at=None):
+        model = make_model()
+        opt = LowRankAdamW(split_groups(model, rank=3, projection="rademacher", update_gap=3), lr=1e-2)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8) if use_scaler else None
+        for i in range(6):
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = lm_loss(model, batch(i))
+            if scaler is None:
+                loss.backward()
+                opt.step()
+                continue
+            scaler.scale(loss).backward()
+            if i == inf_at:
+                model.fc2.weight.grad[0, 0] = math.inf
+            scaler.unscale_(opt)
+            scaler.step(opt)
+            scaler.update()
+        return model, opt, scaler
+
+    plain, _, _ = run(False)
+    scaled, _, _ = run(True)
+    assert all(torch.equal(p, q) for p, q in zip(plain.parameters(), scaled.parameters()))
+    skipped, opt, scaler = run(True, inf_at=5)
+    assert scaler.get_scale() == 2.0**7
+    assert opt.state[skipped.fc2.weight]["step"] == 5
+
+
+def test_torch_compile_of_the_model():
+    """The optimizer trains a torch.compile'd model; per-layer hooks fire under it and give exactly the
+    regular step's result on the same compiled graph (one model, reset in between: one compilation)."""
+    torch._dynamo.reset()
+    model = make_model()
+    initial = {name: p.detach().clone() for name, p in model.named_parameters()}
+    compiled = torch.compile(model)
+
+    def run(per_layer):
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(initial[name])
+        opt = LowRankAdamW(split_groups(model, rank=3, projection="gaussian", update_gap=2), lr=1e-2)
+        stepper = step_in_backward(model, opt) if per_layer else None
+        losses = []
+        for _ in range(5):
+            opt.zero_grad(set_to_none=True)
+            loss = lm_loss(compiled, batch(0))
+            losses.append(loss.item())
+            loss.backward()
+            if stepper is None:
+                opt.step()
+        if stepper is not None:
+            stepper.remove()
+        return losses, {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    regular_losses, regular = run(per_layer=False)
+    layer_losses, layer = run(per_layer=True)
+    assert regular_losses[-1] < regular_losses[0]
+    assert layer_losses == regular_losses
+    assert all(torch.equal(regular[name], layer[name]) for name in regular)
+
+
+def test_bf16_weights_keep_fp32_moments_through_load():
+    model = make_model(torch.bfloat16)
+    opt = lowrank_opt(model, "gaussian")
+    train(model, opt, 2)
+    fresh = lowrank_opt(model, "gaussian")
+    fresh.load_state_dict(opt.state_dict())
+    assert fresh.state[model.fc1.weight]["exp_avg"].dtype == torch.float32
+    assert fresh.state[model.fc1.bias]["exp_avg"].dtype == torch.bfloat16  # plain AdamW: torch's policy
+
+
+@pytest.mark.parametrize(
+    "group,match",
+    [
+        (dict(rank=2, projection="dct"), "unknown projection 'dct'"),
+        (dict(rank=0), "'rank' must be an int >= 1"),
+        (dict(rank=2, side="top"), "'side' must be one of"),
+        (dict(rank=2, wd_mode="decay"), "'wd_mode' must be one of"),
+        (dict(rank=2, update_gap=0), "'update_gap' must be an int >= 1"),
+        (
+            dict(rank=2, projection="two_sided_svd", side="left"),
+            "projection 'two_sided_svd' projects both sides; 'side' must be 'auto'",
+        ),
+        (dict(seed=-1), "'seed' must be an int in \\[0, 2\\^64\\)"),
+        (dict(lr=-1.0), "invalid 'lr'"),
+    ],
+)
+def test_bad_group_settings_raise_clear_errors(group, match):
+    with pytest.raises(ValueError, match="^lowrank_ops.optim.LowRankAdamW: param group 0: " + match):
+        LowRankAdamW([dict(params=[torch.nn.Parameter(torch.zeros(3, 3))], **group)])
+
+
+def test_galore_bad_proj_type():
+    with pytest.raises(ValueError, match="GaLoreAdamW: param group 0: 'proj_type' must be one of"):
+        GaLoreAdamW([dict(params=[torch.nn.Parameter(torch.zeros(3, 3))], rank=2, proj_type="middle")])
