@@ -7,7 +7,8 @@ Layers: compiled kernels (lowrank_ops._C: C++ CPU and CUDA; lowrank_ops.triton),
 
 from . import _extension  # noqa: F401  (loads the compiled ops, or warns once)
 from . import ops
+from . import memory, optim, projections
 from ._build_info import build_info, version
 
-__all__ = ["build_info", "ops"]
+__all__ = ["build_info", "memory", "ops", "optim", "projections"]
 __version__ = version()
