@@ -15,6 +15,14 @@ enum SketchKind : int { kRademacher = 0, kGaussian = 1 };
 constexpr int kRademacherGroup = 128;  // columns served by one Philox call
 constexpr int kGaussianGroup = 4;
 
+// w.w[q] and z[q] for a runtime q, written as selects: indexing a register array with a runtime value
+// would put it in local memory on the GPU.
+LRO_HD uint32_t word_at(const PhiloxWords& w, int q) {
+  return q == 0 ? w.w[0] : q == 1 ? w.w[1] : q == 2 ? w.w[2] : w.w[3];
+}
+
+LRO_HD float quad_at(const float z[4], int q) { return q == 0 ? z[0] : q == 1 ? z[1] : q == 2 ? z[2] : z[3]; }
+
 LRO_HD PhiloxWords sketch_words(uint64_t seed, uint32_t row, uint32_t group) {
   return philox4x32(group, row, 0u, 0u, static_cast<uint32_t>(seed & 0xffffffffu),
                     static_cast<uint32_t>(seed >> 32));
@@ -47,12 +55,12 @@ LRO_HD void gaussian_quad(uint64_t seed, uint32_t row, uint32_t group, float z[4
 LRO_HD float sketch_entry(int kind, uint64_t seed, uint32_t i, int64_t j) {
   if (kind == kRademacher) {
     const PhiloxWords w = sketch_words(seed, i, static_cast<uint32_t>(j / kRademacherGroup));
-    const uint32_t word = w.w[(j % kRademacherGroup) / 32];
+    const uint32_t word = word_at(w, static_cast<int>((j % kRademacherGroup) / 32));
     return ((word >> (j % 32)) & 1u) ? 1.0f : -1.0f;
   }
   float z[4];
   gaussian_quad(seed, i, static_cast<uint32_t>(j / kGaussianGroup), z);
-  return z[j % kGaussianGroup];
+  return quad_at(z, static_cast<int>(j % kGaussianGroup));
 }
 
 // out[t] = scale * entry(row, j0 + t) for t in [0, len). One Philox call per column group touched.
@@ -68,14 +76,14 @@ LRO_HD void sketch_fill_segment(int kind, uint64_t seed, uint32_t row, int64_t j
     const PhiloxWords w = sketch_words(seed, row, static_cast<uint32_t>(group));
     if (kind == kRademacher) {
       for (; j < group_end; ++j) {
-        const uint32_t word = w.w[(j % kRademacherGroup) / 32];
+        const uint32_t word = word_at(w, static_cast<int>((j % kRademacherGroup) / 32));
         out[j - j0] = ((word >> (j % 32)) & 1u) ? scale : -scale;
       }
     } else {
       float z[4];
       box_muller(w.w[0], w.w[1], &z[0], &z[1]);
       box_muller(w.w[2], w.w[3], &z[2], &z[3]);
-      for (; j < group_end; ++j) out[j - j0] = static_cast<T>(z[j % kGaussianGroup]) * scale;
+      for (; j < group_end; ++j) out[j - j0] = static_cast<T>(quad_at(z, static_cast<int>(j % kGaussianGroup))) * scale;
     }
   }
 }
