@@ -1,0 +1,119 @@
+// Argument checks of the lowrank_adam family (the fused low-rank AdamW step), shared by the CPU and CUDA
+// bindings so that a C++ or torch.ops caller gets the same clear error (op, argument, expected vs got) on
+// every device. lowrank_ops/ops/lowrank_adam.py checks the same things before dispatch.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+
+#include "sketch_args.h"
+
+namespace lowrank_ops {
+
+// One side operator of the projection R = L G R^T (lowrank_ops/ops/projection.py).
+enum SideKind : int { kSideNone = -1, kSideRademacher = lro::kRademacher, kSideGaussian = lro::kGaussian, kSideMatrix = 2 };
+
+struct SideOp {
+  int kind = kSideNone;
+  uint64_t seed = 0;
+  int64_t rank = 0;   // rows of P
+  int64_t dim = 0;    // columns of P: the projected dimension of W
+  at::Tensor matrix;  // kSideMatrix: P (rank x dim), in the compute dtype
+  bool present() const { return kind != kSideNone; }
+  bool seeded() const { return kind == kSideRademacher || kind == kSideGaussian; }
+};
+
+// The scalars of one step, as the schema passes them.
+struct AdamArgs {
+  double lr, beta1, beta2, eps, weight_decay, scale;
+  int64_t step;
+  bool adapter;  // wd_mode == "adapter"
+};
+
+inline constexpr char kAdamOp[] = "lowrank_adamw_step_";
+
+inline SideOp parse_side_op(const char* side, c10::string_view kind, int64_t seed, int64_t rank,
+                         const std::optional<at::Tensor>& matrix, int64_t dim, const at::Tensor& W) {
+  SideOp s;
+  if (kind == "none") {
+    s.kind = kSideNone;
+  } else if (kind == "rademacher") {
+    s.kind = kSideRademacher;
+  } else if (kind == "gaussian") {
+    s.kind = kSideGaussian;
+  } else if (kind == "matrix") {
+    s.kind = kSideMatrix;
+  } else {
+    TORCH_CHECK(false, "lowrank_ops.", kAdamOp, ": argument '", side,
+                "_kind' must be \"none\", \"rademacher\", \"gaussian\" or \"matrix\", got \"", std::string(kind),
+                "\"");
+  }
+  if (!s.present()) return s;
+  TORCH_CHECK(rank >= 1, "lowrank_ops.", kAdamOp, ": argument '", side, "_rank' must be >= 1, got ", rank);
+  s.seed = static_cast<uint64_t>(seed);
+  s.rank = rank;
+  s.dim = dim;
+  const bool has_matrix = matrix.has_value() && matrix->defined();
+  TORCH_CHECK(has_matrix == (s.kind == kSideMatrix), "lowrank_ops.", kAdamOp, ": argument '", side,
+              "_matrix' must be ", s.kind == kSideMatrix ? "a tensor for kind \"matrix\"" : "None for a seeded kind",
+              ", got ", has_matrix ? "a tensor" : "None");
+  if (has_matrix) {
+    const std::string name = std::string(side) + "_matrix";
+    check_float_matrix(kAdamOp, name.c_str(), *matrix);
+    TORCH_CHECK(matrix->size(0) == rank && matrix->size(1) == dim, "lowrank_ops.", kAdamOp, ": argument '", name,
+                "' must have shape [", rank, ", ", dim, "], got ", shape_str(*matrix));
+    TORCH_CHECK(matrix->device() == W.device(), "lowrank_ops.", kAdamOp, ": argument '", name,
+                "' must be on W's device ", W.device(), ", got ", matrix->device());
+    s.matrix = matrix->to(compute_dtype(W.scalar_type()));
+  }
+  return s;
+}
+
+inline void check_state(const char* name, const at::Tensor& t, const at::Tensor& W, int64_t rows, int64_t cols) {
+  const bool dtype_ok =
+      t.scalar_type() == at::kFloat || (W.scalar_type() == at::kDouble && t.scalar_type() == at::kDouble);
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols && dtype_ok, "lowrank_ops.", kAdamOp,
+              ": argument '", name, "' must be a float32 tensor of the projected shape [", rows, ", ", cols,
+              "], got ", t.scalar_type(), " of shape ", shape_str(t));
+  TORCH_CHECK(t.device() == W.device(), "lowrank_ops.", kAdamOp, ": argument '", name, "' must be on W's device ",
+              W.device(), ", got ", t.device());
+}
+
+// Checks every argument; returns the two sides (left acts on W's rows, right on its columns).
+inline std::pair<SideOp, SideOp> check_adam_args(const at::Tensor& W, const at::Tensor& G, const at::Tensor& exp_avg,
+                                                 const at::Tensor& exp_avg_sq, const std::optional<at::Tensor>& delta,
+                                                 c10::string_view left_kind, int64_t left_seed, int64_t left_rank,
+                                                 const std::optional<at::Tensor>& left_matrix,
+                                                 c10::string_view right_kind, int64_t right_seed, int64_t right_rank,
+                                                 const std::optional<at::Tensor>& right_matrix, int64_t step,
+                                                 c10::string_view wd_mode) {
+  check_float_matrix(kAdamOp, "W", W);
+  check_float_matrix(kAdamOp, "G", G);
+  const at::ScalarType w = W.scalar_type();
+  TORCH_CHECK(w == at::kFloat || w == at::kBFloat16 || w == at::kDouble, "lowrank_ops.", kAdamOp,
+              ": argument 'W' must be float32, bfloat16 or float64, got ", w);
+  TORCH_CHECK(G.sizes() == W.sizes(), "lowrank_ops.", kAdamOp, ": argument 'G' must be of W's shape ",
+              shape_str(W), ", got ", shape_str(G));
+  TORCH_CHECK(G.device() == W.device(), "lowrank_ops.", kAdamOp, ": argument 'G' must be on W's device ",
+              W.device(), ", got ", G.device());
+  const SideOp left = parse_side_op("left", left_kind, left_seed, left_rank, left_matrix, W.size(0), W);
+  const SideOp right = parse_side_op("right", right_kind, right_seed, right_rank, right_matrix, W.size(1), W);
+  TORCH_CHECK(left.present() || right.present(), "lowrank_ops.", kAdamOp,
+              ": at least one of 'left_kind' and 'right_kind' must not be \"none\"");
+  const int64_t rows = left.present() ? left.rank : W.size(0);
+  const int64_t cols = right.present() ? right.rank : W.size(1);
+  check_state("exp_avg", exp_avg, W, rows, cols);
+  check_state("exp_avg_sq", exp_avg_sq, W, rows, cols);
+  TORCH_CHECK(wd_mode == "full" || wd_mode == "adapter", "lowrank_ops.", kAdamOp,
+              ": argument 'wd_mode' must be \"full\" or \"adapter\", got \"", std::string(wd_mode), "\"");
+  const bool has_delta = delta.has_value() && delta->defined();
+  TORCH_CHECK(has_delta || wd_mode != "adapter", "lowrank_ops.", kAdamOp,
+              ": argument 'delta' must be a tensor when wd_mode is \"adapter\", got None");
+  if (has_delta) check_state("delta", *delta, W, rows, cols);
+  TORCH_CHECK(step >= 1, "lowrank_ops.", kAdamOp, ": argument 'step' must be >= 1 (the step count after increment), got ",
+              step);
+  return {left, right};
+}
+
+}  // namespace lowrank_ops

@@ -1,0 +1,397 @@
+"""Triton backend of the lowrank_adam family: the fused low-rank AdamW step (math and conventions:
+lowrank_ops/reference/lowrank_adam.py, lowrank_ops/ops/projection.py).
+
+Two GEMM kernels, each with its epilogue, on a side operator P (r x d) and a data matrix X:
+  _project_kernel     C = P X (left) or X P^T (right); EPILOGUE "adam": the moment update of every element
+                      of C and the direction (N, or N + wd D in the adapter mode) written out, so the
+                      projected gradient never goes to memory. EPILOGUE "store": C written out (the first
+                      GEMM of a two-sided projection).
+  _unproject_kernel   C = P^T Y (left) or Y P (right); EPILOGUE "update": W <- W (1 - lr wd) - lr scale C
+                      (one rounding to W's dtype) on the W tile the program owns, so no m x n temporary
+                      exists. EPILOGUE "store": C written out (the first GEMM of a two-sided unprojection).
+A seeded P is generated tile by tile inside the K-loop with the sketch family's tile generator
+(lowrank_ops.triton.sketch._sketch_tile); an explicit P (kind "matrix") is read from memory.
+
+Precision: accumulation and the elementwise math are float32 (float64 for float64 W). Products run on the
+operands' own precision where that loses nothing the result can keep: a 16-bit G is multiplied with P
+rounded to G's dtype (tensor cores; as the sketch family does), and for a bfloat16 W the unprojection
+multiplies the direction and P rounded to bfloat16 (their relative error, 2^-9 of the update, is far below
+the rounding of W itself). float32 and float64 products are IEEE (no TF32). sqrt and division are the
+correctly rounded ones (sqrt_rn, div_rn), as on the CPU.
+
+Launchers take torch tensors (CUDA tensors; CPU tensors when TRITON_INTERPRET=1 was set before import) and
+trust lowrank_ops.ops.lowrank_adam to have validated their arguments.
+"""
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .sketch import _INTERPRETED, _TRITON_TYPES, AOT_RANK, KIND_IDS, _cast, _sketch_tile, gemm_config
+
+MATRIX = 2  # side kind id of an explicit P, next to the sketch kinds RADEMACHER = 0, GAUSSIAN = 1
+SIDE_KIND_IDS = {**KIND_IDS, "matrix": MATRIX}
+
+STORE, ADAM, UPDATE = 0, 1, 2  # epilogues
+# The float64 scalar arguments of _project_kernel's ADAM epilogue, in order (adam_scalars).
+PROJECT_SCALARS = ("beta1_weight", "beta2", "one_minus_beta2", "bias1", "bias2_sqrt", "eps", "lr", "adapter_decay")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Device functions
+# --------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _operator_tile(p_ptr, stride_p0, stride_p1, seed, rank, d, row0, col0, ROWS: tl.constexpr, COLS: tl.constexpr,
+                   KIND: tl.constexpr, DTYPE: tl.constexpr, INTERPRETED: tl.constexpr):
+    """P[row0 : row0 + ROWS, col0 : col0 + COLS] as DTYPE, rounded to nearest (sketch._cast): generated
+    (seeded kinds; entries past r or d are finite values that the callers cancel with zero-padded data
+    tiles) or loaded (MATRIX; zero outside)."""
+    if KIND == 2:
+        rows = row0 + tl.arange(0, ROWS)[:, None]
+        cols = col0 + tl.arange(0, COLS)[None, :]
+        tile = tl.load(p_ptr + rows.to(tl.int64) * stride_p0 + cols.to(tl.int64) * stride_p1,
+                       mask=(rows < rank) & (cols < d), other=0.0)
+        return _cast(tile, DTYPE, INTERPRETED)
+    else:
+        return _sketch_tile(seed, row0, col0, d, ROWS, COLS, KIND, DTYPE, INTERPRETED)
+
+
+@triton.jit
+def _operator_gemm(x_ptr, stride_x0, stride_x1, p_ptr, stride_p0, stride_p1, seed, M, N, K, rank, d, m0, n0,
+                   KIND: tl.constexpr, P_IS_A: tl.constexpr, P_T: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr,
+                   INTERPRETED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The [m0 : m0 + BLOCK_M, n0 : n0 + BLOCK_N] tile of C = A B (M x N, inner K), accumulated in ACC, where
+    one operand is a view of P and the other the data matrix X (strides stride_x0, stride_x1):
+      P_IS_A, not P_T:  A = P    (project left)      P_IS_A, P_T:  A = P^T  (unproject left)
+      B, P_T:           B = P^T  (project right)     B, not P_T:   B = P    (unproject right)
+    Both operands are rounded to DOT before the product. X tiles past the matrix load as zeros. INTERPRETED
+    (Triton's interpreter runs the kernel): casts round as on the GPU (sketch._cast), and bfloat16 tiles are
+    multiplied as float32, the same products, as a bfloat16 product is exact in float32 (the interpreter's
+    tl.dot would multiply raw bfloat16 bits, triton-lang/triton#11584)."""
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    IEEE: tl.constexpr = DOT == tl.float32 or DOT == tl.float64
+    UPCAST: tl.constexpr = INTERPRETED and DOT == tl.bfloat16
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + offs_k
+        if P_IS_A:
+            if P_T:  # P^T[m-block, k-block] = (P[k-block, m-block])^T
+                a = tl.trans(_operator_tile(p_ptr, stride_p0, stride_p1, seed, rank, d, k0, m0, BLOCK_K, BLOCK_M,
+                                            KIND, DOT, INTERPRETED))
+            else:
+                a = _operator_tile(p_ptr, stride_p0, stride_p1, seed, rank, d, m0, k0, BLOCK_M, BLOCK_K, KIND, DOT,
+                                   INTERPRETED)
+            b = tl.load(x_ptr + (ks.to(tl.int64) * stride_x0)[:, None] + (offs_n.to(tl.int64) * stride_x1)[None, :],
+                        mask=(ks < K)[:, None] & (offs_n < N)[None, :], other=0.0)
+            b = _cast(b, DOT, INTERPRETED)
+        else:
+            a = tl.load(x_ptr + (offs_m.to(tl.int64) * stride_x0)[:, None] + (ks.to(tl.int64) * stride_x1)[None, :],
+                        mask=(offs_m < M)[:, None] & (ks < K)[None, :], other=0.0)
+            a = _cast(a, DOT, INTERPRETED)
+            if P_T:  # P^T[k-block, n-block] = (P[n-block, k-block])^T
+                b = tl.trans(_operator_tile(p_ptr, stride_p0, stride_p1, seed, rank, d, n0, k0, BLOCK_N, BLOCK_K,
+                                            KIND, DOT, INTERPRETED))
+            else:
+                b = _operator_tile(p_ptr, stride_p0, stride_p1, seed, rank, d, k0, n0, BLOCK_K, BLOCK_N, KIND, DOT,
+                                   INTERPRETED)
+        if UPCAST:
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee", out_dtype=ACC)
+        elif IEEE:
+            acc = tl.dot(a, b, acc, input_precision="ieee", out_dtype=ACC)
+        else:
+            acc = tl.dot(a, b, acc, out_dtype=ACC)
+    return acc
+
+
+@triton.jit
+def _scalar(x, ACC: tl.constexpr):
+    """A float64 scalar argument rounded to ACC (the interpreter hands it over as a Python float)."""
+    return tl.to_tensor(x).to(ACC)
+
+
+@triton.jit
+def _program_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, P_IS_A: tl.constexpr):
+    """(m0, n0) of this program's C tile. The P-side index runs fastest, so programs that read the same
+    block of X run together."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    if P_IS_A:
+        pid_m = pid % num_m
+        pid_n = pid // num_m
+    else:
+        pid_n = pid % num_n
+        pid_m = pid // num_n
+    return pid_m * BLOCK_M, pid_n * BLOCK_N
+
+
+# --------------------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------------------
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _project_kernel(x_ptr, p_ptr, out_ptr, exp_avg_ptr, exp_avg_sq_ptr, delta_ptr, seed: tl.uint64, M, N, K, rank, d,
+                    stride_x0, stride_x1, stride_p0, stride_p1, beta1_weight: tl.float64, beta2: tl.float64,
+                    one_minus_beta2: tl.float64, bias1: tl.float64, bias2_sqrt: tl.float64, eps: tl.float64,
+                    lr: tl.float64, adapter_decay: tl.float64, KIND: tl.constexpr, LEFT: tl.constexpr,
+                    EPILOGUE: tl.constexpr, ADAPTER: tl.constexpr, INTERPRETED: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """C = P X (LEFT; M = r, K = d) or X P^T (M x r, K = d), then the epilogue on the contiguous M x N
+    buffers out (the compute dtype: float32, or float64), exp_avg, exp_avg_sq and delta (the state dtype):
+      STORE: out = C.
+      ADAM:  m <- m + (1 - b1)(C - m); v <- b2 v + (1 - b2) C^2; N = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps);
+             out = N, or (ADAPTER) out = N + wd D and D <- D - lr out   (kernels/adam.h, same order).
+    The float64 scalars are rounded to the compute dtype here, as the C++ backends round them on the host."""
+    ACC: tl.constexpr = out_ptr.dtype.element_ty
+    X_TYPE: tl.constexpr = x_ptr.dtype.element_ty
+    if ACC == tl.float32 and (X_TYPE == tl.bfloat16 or X_TYPE == tl.float16):
+        DOT: tl.constexpr = X_TYPE
+    else:
+        DOT: tl.constexpr = ACC
+    m0, n0 = _program_tile(M, N, BLOCK_M, BLOCK_N, LEFT)
+    acc = _operator_gemm(x_ptr, stride_x0, stride_x1, p_ptr, stride_p0, stride_p1, seed, M, N, K, rank, d, m0, n0,
+                         KIND, LEFT, not LEFT, DOT, ACC, INTERPRETED, BLOCK_M, BLOCK_N, BLOCK_K)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    idx = (offs_m.to(tl.int64) * N)[:, None] + offs_n[None, :]
+    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    if EPILOGUE == 1:
+        STATE: tl.constexpr = exp_avg_ptr.dtype.element_ty
+        m = tl.load(exp_avg_ptr + idx, mask=mask, other=0.0).to(ACC)
+        v = tl.load(exp_avg_sq_ptr + idx, mask=mask, other=0.0).to(ACC)
+        m = m + _scalar(beta1_weight, ACC) * (acc - m)
+        v = v * _scalar(beta2, ACC) + _scalar(one_minus_beta2, ACC) * acc * acc
+        denom = tl.div_rn(tl.sqrt_rn(v), _scalar(bias2_sqrt, ACC)) + _scalar(eps, ACC)
+        out = tl.div_rn(tl.div_rn(m, _scalar(bias1, ACC)), denom)
+        tl.store(exp_avg_ptr + idx, m.to(STATE), mask=mask)
+        tl.store(exp_avg_sq_ptr + idx, v.to(STATE), mask=mask)
+        if ADAPTER:
+            delta = tl.load(delta_ptr + idx, mask=mask, other=0.0).to(ACC)
+            out = out + _scalar(adapter_decay, ACC) * delta
+            tl.store(delta_ptr + idx, (delta - _scalar(lr, ACC) * out).to(STATE), mask=mask)
+    else:
+        out = acc
+    tl.store(out_ptr + idx, out, mask=mask)
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _unproject_kernel(y_ptr, p_ptr, out_ptr, seed: tl.uint64, M, N, K, rank, d, stride_y0, stride_y1, stride_p0,
+                      stride_p1, stride_o0, stride_o1, weight_multiplier: tl.float64, update_scale: tl.float64,
+                      KIND: tl.constexpr, LEFT: tl.constexpr, EPILOGUE: tl.constexpr, INTERPRETED: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """C = P^T Y (LEFT; M = d, K = r) or Y P (N = d, K = r), Y in the compute dtype, then the epilogue on
+    `out` (strides stride_o0, stride_o1):
+      STORE:  out = C (the compute dtype).
+      UPDATE: out = W <- W * (1 - lr wd) - (lr scale) C, computed in the compute dtype and rounded once to
+              W's dtype (weight_multiplier = 1 in the adapter mode; kernels/adam.h adam_weight_update).
+    For a bfloat16 W the product runs on Y and P rounded to bfloat16 (module docstring)."""
+    ACC: tl.constexpr = y_ptr.dtype.element_ty
+    if EPILOGUE == 2 and out_ptr.dtype.element_ty == tl.bfloat16:
+        DOT: tl.constexpr = tl.bfloat16
+    else:
+        DOT: tl.constexpr = ACC
+    m0, n0 = _program_tile(M, N, BLOCK_M, BLOCK_N, LEFT)
+    acc = _operator_gemm(y_ptr, stride_y0, stride_y1, p_ptr, stride_p0, stride_p1, seed, M, N, K, rank, d, m0, n0,
+                         KIND, LEFT, LEFT, DOT, ACC, INTERPRETED, BLOCK_M, BLOCK_N, BLOCK_K)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    ptrs = out_ptr + (offs_m.to(tl.int64) * stride_o0)[:, None] + (offs_n.to(tl.int64) * stride_o1)[None, :]
+    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    if EPILOGUE == 2:
+        w = tl.load(ptrs, mask=mask, other=0.0).to(ACC)
+        w = w * _scalar(weight_multiplier, ACC) - _scalar(update_scale, ACC) * acc
+        tl.store(ptrs, _cast(w, out_ptr.dtype.element_ty, INTERPRETED), mask=mask)
+    else:
+        tl.store(ptrs, acc, mask=mask)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------------------
+
+
+class _Side:
+    """One side operator as the kernels take it: kind id, seed (uint64), rank, d, and P (kind "matrix")."""
+
+    def __init__(self, kind: str, seed: int, rank: int, matrix, dim: int):
+        self.kind = SIDE_KIND_IDS[kind]
+        self.seed = seed % 2**64
+        self.rank = rank
+        self.dim = dim
+        self.matrix = matrix
+
+    def pointer_args(self, fallback: torch.Tensor) -> tuple:
+        """(p, stride_p0, stride_p1): the matrix, or an unused placeholder for a seeded side."""
+        if self.matrix is None:
+            return fallback, 0, 0
+        return self.matrix, self.matrix.stride(0), self.matrix.stride(1)
+
+
+def _grid(cfg: dict, M: int, N: int) -> tuple:
+    return (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]), )
+
+
+def _config(op: str, left: bool, rank: int, dtype: torch.dtype) -> dict:
+    """sketch.gemm_config for the operand dtype, with the output tile halved for 16-bit operands: the
+    epilogues keep the state tiles (or the W tile) live next to the accumulator, and the plain sketch
+    GEMM's 128 x 128 tiles then spill on sm_80 and sm_90. 64 along the rank (project) or along the data
+    matrix (unproject) with 8 warps compiles without spills (python -m lowrank_ops.triton.aot reports
+    registers and spills)."""
+    cfg = gemm_config(op, "left" if left else "right", rank, dtype)
+    if dtype in (torch.bfloat16, torch.float16):
+        if op == "project":
+            key = "BLOCK_M" if left else "BLOCK_N"
+            cfg[key] = min(cfg[key], 64)
+        else:
+            cfg["BLOCK_N" if left else "BLOCK_M"] = 64
+        cfg["num_warps"] = 8
+    return cfg
+
+
+def _project(x: torch.Tensor, side: _Side, left: bool, out: torch.Tensor, states=None, scalars=None) -> torch.Tensor:
+    """out = P x (left) or x P^T (right); with `states` = (exp_avg, exp_avg_sq, delta or None) and
+    `scalars` (adam_scalars), the ADAM epilogue instead (out = the direction)."""
+    M, N = out.shape
+    if out.numel() == 0:
+        return out
+    exp_avg, exp_avg_sq, delta = states if states is not None else (out, out, None)
+    coefficients = [scalars[name] for name in PROJECT_SCALARS] if states is not None else [0.0] * len(PROJECT_SCALARS)
+    p, sp0, sp1 = side.pointer_args(x)
+    cfg = _config("project", left, side.rank, x.dtype)
+    _project_kernel[_grid(cfg, M, N)](
+        x, p, out, exp_avg, exp_avg_sq, delta if delta is not None else exp_avg, side.seed, M, N, side.dim, side.rank,
+        side.dim, x.stride(0), x.stride(1), sp0, sp1, *coefficients, KIND=side.kind, LEFT=left,
+        EPILOGUE=ADAM if states is not None else STORE, ADAPTER=delta is not None, INTERPRETED=_INTERPRETED, **cfg)
+    return out
+
+
+def _unproject(y: torch.Tensor, side: _Side, left: bool, out: torch.Tensor, update=None) -> torch.Tensor:
+    """out = P^T y (left) or y P (right); with `update` = (weight_multiplier, update_scale), `out` is W and
+    gets the UPDATE epilogue instead."""
+    M, N = out.shape
+    if out.numel() == 0:
+        return out
+    p, sp0, sp1 = side.pointer_args(y)
+    multiplier, scale = update if update is not None else (1.0, 0.0)
+    cfg = _config("unproject", left, side.rank, out.dtype if update is not None else y.dtype)
+    _unproject_kernel[_grid(cfg, M, N)](
+        y, p, out, side.seed, M, N, side.rank, side.rank, side.dim, y.stride(0), y.stride(1), sp0, sp1, out.stride(0),
+        out.stride(1), multiplier, scale, KIND=side.kind, LEFT=left, EPILOGUE=UPDATE if update is not None else STORE,
+        INTERPRETED=_INTERPRETED, **cfg)
+    return out
+
+
+def adam_scalars(lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: int, scale: float,
+                 adapter: bool) -> dict:
+    """The step's scalars in float64 (kernels/adam.h make_adam_step); the kernels round them."""
+    return {
+        "beta1_weight": 1.0 - beta1, "beta2": beta2, "one_minus_beta2": 1.0 - beta2, "bias1": 1.0 - beta1**step,
+        "bias2_sqrt": math.sqrt(1.0 - beta2**step), "eps": eps, "lr": lr,
+        "adapter_decay": weight_decay if adapter else 0.0,
+        "weight_multiplier": 1.0 if adapter else 1.0 - lr * weight_decay, "update_scale": lr * scale,
+    }
+
+
+def _working(state: torch.Tensor) -> torch.Tensor:
+    return state if state.is_contiguous() else state.contiguous()
+
+
+def lowrank_adamw_step_(W, G, exp_avg, exp_avg_sq, delta, left_kind, left_seed, left_rank, left_matrix, right_kind,
+                        right_seed, right_rank, right_matrix, lr, beta1, beta2, eps, weight_decay, step, scale,
+                        wd_mode) -> None:
+    """The fused step with the schema's arguments (csrc/registration.cpp), in place on W, the moments and
+    delta. Order of the GEMMs as in csrc/lowrank_adam_driver.h: the one on G first and, for two sides, the
+    order with fewer flops."""
+    if W.dtype == torch.float64 and _INTERPRETED:
+        raise NotImplementedError(
+            "lowrank_ops.triton.lowrank_adam: the Triton interpreter passes float arguments as float32, so a "
+            "float64 W needs the compiled kernels (a CUDA device) or another backend")
+    m, n = W.shape
+    compute = torch.float64 if W.dtype == torch.float64 else torch.float32
+    left = _Side(left_kind, left_seed, left_rank, left_matrix, m) if left_kind != "none" else None
+    right = _Side(right_kind, right_seed, right_rank, right_matrix, n) if right_kind != "none" else None
+    adapter = wd_mode == "adapter"
+    scalars = adam_scalars(lr, beta1, beta2, eps, weight_decay, step, scale, adapter)
+    r1 = left.rank if left else m
+    r2 = right.rank if right else n
+    states = tuple(_working(s) for s in (exp_avg, exp_avg_sq)) + ((_working(delta), ) if adapter else (None, ))
+    direction = torch.empty((r1, r2), dtype=compute, device=W.device)
+
+    if left and right:
+        if m * n * r2 + r1 * m * r2 <= r1 * m * n + r1 * n * r2:
+            inner = _project(G, right, False, torch.empty((m, r2), dtype=compute, device=W.device))
+            _project(inner, left, True, direction, states, scalars)
+        else:
+            inner = _project(G, left, True, torch.empty((r1, n), dtype=compute, device=W.device))
+            _project(inner, right, False, direction, states, scalars)
+    else:
+        _project(G, left or right, left is not None, direction, states, scalars)
+    for work, state in zip(states, (exp_avg, exp_avg_sq, delta)):
+        if work is not None and work is not state:
+            state.copy_(work)
+
+    update = (scalars["weight_multiplier"], scalars["update_scale"])
+    if left and right:
+        if r1 * r2 * n + m * n * r1 <= m * r1 * r2 + m * n * r2:
+            y = _unproject(direction, right, False, torch.empty((r1, n), dtype=compute, device=W.device))
+            _unproject(y, left, True, W, update)
+        else:
+            y = _unproject(direction, left, True, torch.empty((m, r2), dtype=compute, device=W.device))
+            _unproject(y, right, False, W, update)
+    else:
+        _unproject(direction, left or right, left is not None, W, update)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Ahead-of-time compile entries (tier-3 check, lowrank_ops.triton.aot)
+# --------------------------------------------------------------------------------------------------------
+
+
+def aot_entries() -> list:
+    """The kernels as the launcher runs them on contiguous, aligned tensors: the fused projection (ADAM
+    epilogue) for bfloat16 and float32 G and the fused unprojection (UPDATE epilogue) for float32 and
+    bfloat16 W, each side, each kind. A seeded side's p_ptr is a placeholder the launcher fills with the
+    data matrix (it is never read)."""
+    from .aot import AotEntry
+
+    entries = []
+    for left in (True, False):
+        side = "left" if left else "right"
+        for kind, kind_id in SIDE_KIND_IDS.items():
+            for g_dtype in (torch.bfloat16, torch.float32):
+                ty = _TRITON_TYPES[g_dtype]
+                cfg = _config("project", left, AOT_RANK, g_dtype)
+                entries.append(AotEntry(
+                    f"lowrank_adam project/{side} {kind} G {ty}", _project_kernel,
+                    signature={"x_ptr": f"*{ty}", "p_ptr": "*fp32" if kind_id == MATRIX else f"*{ty}", "out_ptr": "*fp32", "exp_avg_ptr": "*fp32",
+                               "exp_avg_sq_ptr": "*fp32", "delta_ptr": "*fp32", "seed": "u64", "M": "i32", "N": "i32",
+                               "K": "i32", "rank": "i32", "d": "i32", "stride_x0": "i32", "stride_p0": "i32",
+                               **{name: "fp64" for name in PROJECT_SCALARS}},
+                    constexprs={"stride_x1": 1, "stride_p1": 1, "KIND": kind_id, "LEFT": left, "EPILOGUE": ADAM,
+                                "ADAPTER": False, "INTERPRETED": False, "BLOCK_M": cfg["BLOCK_M"],
+                                "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"]},
+                    expects_wgmma=g_dtype == torch.bfloat16, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+                    divisible_by_16=("x_ptr", "out_ptr", "exp_avg_ptr", "exp_avg_sq_ptr", "M", "N", "K", "d",
+                                     "stride_x0")))
+            for w_dtype in (torch.float32, torch.bfloat16):
+                ty = _TRITON_TYPES[w_dtype]
+                cfg = _config("unproject", left, AOT_RANK, w_dtype)
+                entries.append(AotEntry(
+                    f"lowrank_adam unproject/{side} {kind} W {ty}", _unproject_kernel,
+                    signature={"y_ptr": "*fp32", "p_ptr": "*fp32", "out_ptr": f"*{ty}", "seed": "u64", "M": "i32",
+                               "N": "i32", "K": "i32", "rank": "i32", "d": "i32", "stride_y0": "i32",
+                               "stride_p0": "i32", "stride_o0": "i32", "weight_multiplier": "fp64",
+                               "update_scale": "fp64"},
+                    constexprs={"stride_y1": 1, "stride_p1": 1, "stride_o1": 1, "KIND": kind_id, "LEFT": left,
+                                "EPILOGUE": UPDATE, "INTERPRETED": False, "BLOCK_M": cfg["BLOCK_M"],
+                                "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"]},
+                    expects_wgmma=w_dtype == torch.bfloat16, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+                    divisible_by_16=("y_ptr", "out_ptr", "M", "N", "K", "d", "stride_y0", "stride_o0")))
+    return entries
