@@ -5,19 +5,30 @@ Algorithms 1-2).
   range_finder(G, rank)           -> (Q, S): Q (d x rank) orthonormal, S (rank) estimated singular values
   adaptive_rank(G, energy, max_r) -> (r, Q_r, S_r): the smallest r keeping a fraction `energy` of ||G||_F^2
 
-A = G (side "left", d = m) or A = G^T (side "right", d = n); l = rank + oversample (capped, see
-reference.range_finder.sketch_size). The computation, in compute_dtype(G.dtype) (float32; float64 for float64):
-  1. Y = A Omega with Omega = P^T, P the l x other Gaussian sketch of spec v1, generated inside the GEMM by
-     the sketch ops (never materialized): for side "left" A Omega = G P^T is sketch_project(G, side="right");
-     for side "right" A Omega = G^T P^T = (P G)^T is sketch_project(G, side="left"), transposed.
-  2. Q = orth(Y), then power_iters times Q = orth(A orth(A^T Q)), orth = cholesky_qr2 below.
-  3. B = Q^T A (l x other); its SVD B = U S V^T rotates Q, and Q U[:, :rank] is kept.
+A = G (side "left", d = m) or A = G^T (side "right", d = n), A is d x other; l = rank + oversample (capped,
+see reference.range_finder.sketch_size). The computation, in compute_dtype(G.dtype) (float32; float64 for
+float64 G), is Halko et al.'s Algorithm 4.4 run on A^T followed by Algorithm 5.1:
+  1. Y = A^T Omega with Omega = P^T, P the l x d Gaussian sketch of spec v1, generated inside the GEMM by the
+     sketch ops (never materialized): for side "left" A^T Omega = G^T P^T = (P G)^T is
+     sketch_project(G, side="left"), transposed; for side "right" A^T Omega = G P^T is
+     sketch_project(G, side="right").
+  2. W = orth(Y) (other x l), then power_iters times W = orth(A^T orth(A W)); orth = cholesky_qr2 below.
+  3. C = A W (d x l) = Q R (cholesky_qr2), R = U_R S V_R^T (the small SVD: B = W^T A^T = C^T is the
+     "Q^T G" of Algorithm 5.1 for A^T, and its right singular vectors Q U_R are A's left ones); the result
+     is Q U_R[:, :rank] and S[:rank].
+Why the sketch starts on the other side: the last pass over G, C = A W, is then also the last half-step of
+the power iteration, so span(C) = span((A A^T)^(q+1) Omega) for q = power_iters, where sketching A itself
+and rotating by the SVD of Q^T A reaches (A A^T)^q A Omega with the same 2q + 2 passes over G. This is
+what torch.svd_lowrank gets on wide matrices (it transposes them). Measured with bench/bench_range_finder.py
+--quick (G 1024 x 2752, rank 32, q = 1, mean of 3 sketches): 1.021 x the optimal error before, 1.009 x now.
+
 The sketch GEMM has CPU/CUDA/Triton kernels (`backend` is passed to sketch_project); the power-iteration
-GEMMs, Gram matrices, Cholesky and triangular solves are single BLAS/cuBLAS/LAPACK calls through torch,
-each over O(d l) or O(d l^2) data: per call the Python overhead is microseconds against milliseconds of
-BLAS work, so no C++ wrapper would pay.
+GEMMs, Gram matrices, Cholesky factorizations, triangular solves and the small SVD are single
+BLAS/cuBLAS/LAPACK calls through torch, each over O(d l) or O(d l^2) data: per call the Python overhead is
+microseconds against milliseconds of BLAS work, so no C++ wrapper would pay.
 """
 
+import contextlib
 import operator
 
 import torch
@@ -61,12 +72,34 @@ def squared_norm(op: str, A: torch.Tensor) -> torch.Tensor:
     return sq
 
 
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device):
+    """Runs the l x l work (Cholesky, the small SVD and the elementwise steps around them) of CPU tensors on
+    one thread; the GEMMs and triangular solves over d x l and other x l matrices keep all threads.
+
+    That work is O(l^3) in many small LAPACK/BLAS-2/elementwise steps, each an OpenMP fork/join. On the
+    benchmark CPU (2 cores shared with other jobs) a float64 eigh of 520 x 520 took 0.3-21 s with 2 threads
+    and 0.09-0.12 s with 1, and a 520 x 520 matrix_norm 60 ms: each join waits for a thread the OS has
+    descheduled. torch.set_num_threads costs ~1 us; it is process-wide for MKL, so torch work on other
+    Python threads also runs on one thread for these few milliseconds."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def cholesky_qr2(Y: torch.Tensor):
-    """(Q, fell_back): Q with orthonormal columns and span(Q) = span(Y), for Y (d x l, d >= l).
+    """(Q, R, fell_back): Y = Q R with Q (d x l) orthonormal and R (l x l) upper triangular, for d >= l.
 
     CholeskyQR2 (Fukaya, Nakatsukasa, Yanagisawa & Yamamoto 2014): Y^T Y = R1^T R1 (Cholesky), Q1 = Y R1^-1,
-    then the same once more on Q1; two Gram GEMMs, two small Cholesky factorizations and two triangular
-    solves, all BLAS-3, instead of Householder QR's panel factorizations (measured 5x faster at 4096 x 520).
+    then the same once more on Q1 (Q1 = Q R2) and R = R2 R1; two Gram GEMMs, two small Cholesky
+    factorizations and two triangular solves, all BLAS-3, instead of Householder QR's panel factorizations
+    (measured 5x faster at 4096 x 520 with 2 threads, more on a loaded machine).
 
     When it fails: one pass leaves ||Q1^T Q1 - I|| ~ u kappa(Y)^2 (u the unit roundoff), so the method breaks
     down once kappa(Y) approaches u^{-1/2} (kappa(Y^T Y) approaching 1/u): the Cholesky factorization
@@ -80,66 +113,57 @@ def cholesky_qr2(Y: torch.Tensor):
     what (b) measures. On failure Y is factored by Householder QR (torch.linalg.qr), which is orthonormal to
     O(u) for any Y, rank-deficient and zero included."""
     gram = Y.mT @ Y
-    L, info = torch.linalg.cholesky_ex(gram)
+    with _one_cpu_thread(Y.device):
+        L1, info = torch.linalg.cholesky_ex(gram)
     if int(info) != 0:
-        return torch.linalg.qr(Y).Q, True
-    Q1 = torch.linalg.solve_triangular(L.mT, Y, upper=True, left=False)  # Y R1^-1, R1 = L^T
+        return (*torch.linalg.qr(Y), True)
+    Q1 = torch.linalg.solve_triangular(L1.mT, Y, upper=True, left=False)  # Y R1^-1, R1 = L1^T
     gram = Q1.mT @ Q1
-    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    loss = torch.linalg.matrix_norm(gram - eye)
-    L, info = torch.linalg.cholesky_ex(gram)
-    if not bool((loss <= ORTHOGONALITY_LIMIT) & (info == 0)):  # NaN loss compares False: falls back too
-        return torch.linalg.qr(Y).Q, True
-    return torch.linalg.solve_triangular(L.mT, Q1, upper=True, left=False), False
-
-
-def _small_svd(B: torch.Tensor):
-    """(U, S) of B (l x k, l small): left singular vectors and singular values, descending.
-
-    float32: the eigendecomposition of B B^T formed in float64. Products of float32 numbers are exact in
-    float64, so the Gram matrix and its eigenvalues s_i^2 are accurate to ~1e-16 s_1^2, and the s_i to at
-    least float32 SVD accuracy; torch.linalg.svd of the wide l x k matrix itself took 1.9-2.4 s at
-    520 x 11008 on the benchmark CPU against ~0.7 s for this route. float64 has no wider type to form the
-    Gram matrix in (it would square the condition number), so it takes the SVD of B."""
-    if B.dtype == torch.float64:
-        U, S, _ = torch.linalg.svd(B, full_matrices=False)
-        return U, S
-    B64 = B.to(torch.float64)
-    lam, U = torch.linalg.eigh(B64 @ B64.mT)  # ascending
-    S = lam.flip(0).clamp_min(0).sqrt()
-    return U.flip(1).to(B.dtype), S.to(B.dtype)
+    with _one_cpu_thread(Y.device):
+        eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        loss = torch.linalg.matrix_norm(gram - eye)
+        L2, info = torch.linalg.cholesky_ex(gram)
+        ok = bool((loss <= ORTHOGONALITY_LIMIT) & (info == 0))  # a NaN loss compares False: falls back too
+        if ok:
+            R = L2.mT @ L1.mT
+    if not ok:
+        return (*torch.linalg.qr(Y), True)
+    return torch.linalg.solve_triangular(L2.mT, Q1, upper=True, left=False), R, False
 
 
 def _range_finder(G, rank, oversample, power_iters, seed, side, backend):
     """The computation of the module docstring; returns (Q, S, ||G||_F^2, number of fallbacks)."""
-    op = "range_finder"
     compute = compute_dtype(G.dtype)
     A = G.to(compute)
-    sqnorm = squared_norm(op, A)
+    sqnorm = squared_norm("range_finder", A)
     if side == "right":
         A = A.mT
     l = reference.sketch_size(rank, oversample, *G.shape)
     if side == "left":
-        Y = sketch_project(G, seed % 2**64, l, "gaussian", "right", out_dtype=compute, backend=backend)
-    else:
         Y = sketch_project(G, seed % 2**64, l, "gaussian", "left", out_dtype=compute, backend=backend).mT
-    Q, fell_back = cholesky_qr2(Y)
+    else:
+        Y = sketch_project(G, seed % 2**64, l, "gaussian", "right", out_dtype=compute, backend=backend)
+    W, _, fell_back = cholesky_qr2(Y)
     fallbacks = int(fell_back)
     for _ in range(power_iters):
-        Z, fell_back = cholesky_qr2(A.mT @ Q)
+        Z, _, fell_back = cholesky_qr2(A @ W)
         fallbacks += fell_back
-        Q, fell_back = cholesky_qr2(A @ Z)
+        W, _, fell_back = cholesky_qr2(A.mT @ Z)
         fallbacks += fell_back
-    U, S = _small_svd(Q.mT @ A)
-    Q = Q @ reference.fix_signs(U[:, :rank])
-    return Q, S[:rank].clone(), sqnorm, torch.tensor(fallbacks, dtype=torch.int64, device=G.device)
+    Q, R, fell_back = cholesky_qr2(A @ W)
+    fallbacks += fell_back
+    with _one_cpu_thread(G.device):
+        U, S, _ = torch.linalg.svd(R)
+        U = reference.fix_signs(U[:, :rank])
+        S = S[:rank].clone()
+    return Q @ U, S, sqnorm, torch.tensor(fallbacks, dtype=torch.int64, device=G.device)
 
 
 @torch.library.custom_op("lowrank_ops::range_finder", mutates_args=())
 def _range_finder_op(G: torch.Tensor, rank: int, oversample: int, power_iters: int, seed: int, side: str,
                      backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(Q, S, sqnorm, fallbacks): range_finder's basis and singular values, ||G||_F^2 (float64, 0-dim) and
-    how many of the 2 * power_iters + 1 orthonormalizations fell back from CholeskyQR2 to Householder QR
+    how many of the 2 * power_iters + 2 orthonormalizations fell back from CholeskyQR2 to Householder QR
     (int64, 0-dim). `backend` runs the sketch GEMM ("cpu", "cuda" or "triton")."""
     return _range_finder(G, rank, oversample, power_iters, seed, side, backend)
 
@@ -204,16 +228,20 @@ def adaptive_rank(G: torch.Tensor, energy: float, max_rank: int, *, min_rank: in
     as range_finder's; 1 <= min_rank <= max_rank <= min(m, n). A zero G gives r = min_rank and an
     orthonormal Q_r.
 
-    How r is found: one range_finder pass at rank max_rank gives Q (d x max_rank) and S. Its prefixes
-    Q_r = Q[:, :r] are the candidate bases, and for them the residual is known in closed form:
-    ||G - Q_r Q_r^T G||_F^2 = ||G||_F^2 - sum_{i<=r} S_i^2, because Q_r^T G = U_r^T B and the rows of U_r^T B
-    have norms S_1..S_r (B = Q'^T G before the rotation, see the module docstring). With ||G||_F^2
-    computed from G itself, one cumulative sum over S gives every candidate's residual, and the first r
-    under the threshold is the answer: O(max_rank) work after the pass, the exact residual of the returned
-    basis rather than an estimate. AdaRankGrad's binary search over r instead evaluates a residual (a
-    range-finder or GEMM pass over G) per probe, O(log max_rank) passes for the same answer, since the
-    residual is monotone in r for nested bases. Rounding: ||G||^2 - sum S_i^2 cancels to an absolute
-    error ~ u ||G||^2, so energies within ~1e-6 of 1 (float32) are not resolved; energy must be in (0, 1).
+    How r is found: one range_finder pass at rank max_rank gives Q (d x max_rank) and S; its prefixes
+    Q_r = Q[:, :r] are the candidate bases. With W the other-side basis of the last power step and
+    A W = C (module docstring), Q_r^T A W = U_R[:, :r]^T R has row norms S_1..S_r, and
+    ||Q_r^T A||_F^2 >= ||Q_r^T A W||_F^2, so
+        ||G - Q_r Q_r^T G||_F^2 = ||G||_F^2 - ||Q_r^T A||_F^2 <= ||G||_F^2 - sum_{i<=r} S_i^2  =: t_r,
+    with equality when G's row space (column space for side "right") lies in span(W), e.g. rank(G) <= l.
+    With ||G||_F^2 computed from G itself, one cumulative sum over S gives every t_r, and r is the first
+    with t_r <= (1 - energy) ||G||_F^2: O(max_rank) work after the pass, and the returned basis is
+    guaranteed to keep the energy. The slack t_r - residual is the part of Q_r's energy outside span(W),
+    which the power iteration makes small; it can make r exceed the smallest feasible rank when the
+    spectrum is nearly flat around r. AdaRankGrad's binary search over r instead evaluates a residual (a
+    range-finder or GEMM pass over G) per probe, O(log max_rank) passes where this needs none.
+    Rounding: ||G||^2 - sum S_i^2 cancels to an absolute error ~ u ||G||^2, so energies within ~1e-6 of 1
+    (float32) are not resolved; energy must be in (0, 1).
 
     Returns r as a Python int (a device sync on CUDA): Q_r's shape depends on it."""
     op = "adaptive_rank"

@@ -1,15 +1,15 @@
 """Reference of the range_finder family: Halko, Martinsson & Tropp's randomized range finder with
-subspace (power) iteration (SIAM Review 2011, Algorithms 4.1 and 4.4, then the truncated SVD of
-Algorithm 5.1), and AdaRankGrad's rank choice (Algorithm 2: the smallest rank that keeps a fraction
-`energy` of ||G||_F^2), written with Householder QR and a full SVD of the small factor.
+subspace (power) iteration (SIAM Review 2011, Algorithm 4.4 on A^T, then the SVD of Algorithm 5.1), and
+AdaRankGrad's rank choice (the smallest rank keeping a fraction `energy` of ||G||_F^2), written with
+Householder QR, a materialized sketch and a full SVD of the small factor.
 
-Notation. A is the matrix whose column space is sought: A = G for side "left" (d = m) and A = G^T for
-side "right" (d = n); `other` is A's other dimension. With l = sketch_size(rank, oversample, m, n) and P the
-l x other Gaussian sketch of spec v1 (seed `seed`), Omega = P^T (other x l) and
-    Y = A Omega,  Q = orth(Y),  then power_iters times:  Q = orth(A orth(A^T Q)),
-    B = Q^T A (l x other),  B = U S V^T,  result Q U[:, :rank] and S[:rank].
-Omega's scale (1/sqrt(other)) does not change span(Y). ||A - Q_r Q_r^T A||_F^2 = ||A||_F^2 - sum_{i<=r} s_i^2
-for Q_r = Q U[:, :r], because Q_r^T A = U[:, :r]^T B.
+Notation. A is the matrix whose dominant column space is sought: A = G for side "left" (d = m) and
+A = G^T for side "right" (d = n); `other` is A's other dimension. With l = sketch_size(rank, oversample,
+m, n) and P the l x d Gaussian sketch of spec v1 (seed `seed`), Omega = P^T (d x l) and
+    W = orth(A^T Omega),  then power_iters times:  W = orth(A^T orth(A W)),
+    A W = U S V^T (thin SVD, d x l),  result U[:, :rank] and S[:rank].
+Omega's scale (1/sqrt(d)) does not change any span. See lowrank_ops/ops/range_finder.py for why the sketch
+starts on A's other side.
 """
 
 import torch
@@ -32,11 +32,11 @@ def fix_signs(U: torch.Tensor) -> torch.Tensor:
 
 
 def select_rank(S: torch.Tensor, sqnorm: torch.Tensor, energy: float, min_rank: int, max_rank: int):
-    """The smallest r in [min_rank, max_rank] with ||G||_F^2 - sum_{i<=r} s_i^2 <= (1 - energy) ||G||_F^2
-    (the residual of the rank-r basis, see the module docstring), or max_rank when none qualifies.
-    S: the max_rank estimated singular values, descending; sqnorm: ||G||_F^2. Computed in float64.
-    Returns a 0-dim int64 tensor."""
-    kept = torch.cumsum(S.to(torch.float64).square(), dim=0)  # kept[r - 1] = sum_{i<=r} s_i^2
+    """The smallest r in [min_rank, max_rank] with t_r = ||G||_F^2 - sum_{i<=r} S_i^2 <= (1 - energy) ||G||_F^2
+    (t_r bounds the residual of the rank-r basis from above, see ops.adaptive_rank), or max_rank when none
+    qualifies. S: the max_rank estimated singular values, descending; sqnorm: ||G||_F^2. Computed in
+    float64. Returns a 0-dim int64 tensor."""
+    kept = torch.cumsum(S.to(torch.float64).square(), dim=0)  # kept[r - 1] = sum_{i<=r} S_i^2
     total = sqnorm.to(torch.float64)
     ok = total - kept <= (1.0 - energy) * total
     ok[: min_rank - 1] = False
@@ -51,15 +51,15 @@ def range_finder(G: torch.Tensor, rank: int, oversample: int = 8, power_iters: i
     Computed in compute_dtype(G.dtype); Omega is materialized."""
     compute = compute_dtype(G.dtype)
     A = G.to(compute) if side == "left" else G.to(compute).mT
-    d, other = A.shape
+    d = A.shape[0]
     l = sketch_size(rank, oversample, *G.shape)
-    Omega = sketch(l, other, seed, "gaussian", compute, G.device).mT
-    Q = torch.linalg.qr(A @ Omega).Q
+    Omega = sketch(l, d, seed, "gaussian", compute, G.device).mT
+    W = torch.linalg.qr(A.mT @ Omega).Q
     for _ in range(power_iters):
-        Z = torch.linalg.qr(A.mT @ Q).Q
-        Q = torch.linalg.qr(A @ Z).Q
-    U, S, _ = torch.linalg.svd(Q.mT @ A, full_matrices=False)
-    return Q @ fix_signs(U[:, :rank]), S[:rank]
+        Z = torch.linalg.qr(A @ W).Q
+        W = torch.linalg.qr(A.mT @ Z).Q
+    U, S, _ = torch.linalg.svd(A @ W, full_matrices=False)
+    return fix_signs(U[:, :rank]), S[:rank]
 
 
 def adaptive_rank(G: torch.Tensor, energy: float, max_rank: int, min_rank: int = 1, oversample: int = 8,
