@@ -1,0 +1,1 @@
+"""Microbenchmarks of lowrank_ops (see bench/README.md). They measure; they never assert or gate CI."""
