@@ -201,8 +201,9 @@ def range_finder(G: torch.Tensor, rank: int, *, oversample: int = 8, power_iters
                  side: str = "left", backend=None):
     """(Q, S): Q (d x rank) with orthonormal columns spanning the estimated dominant left (side "left",
     d = G.shape[0]) or right (side "right", d = G.shape[1]) singular subspace of G, and S (rank) the
-    estimated singular values, descending (S_i <= sigma_i(G)); 1 <= rank <= min(m, n). Both in float32 (float64 for float64 G;
-    bfloat16/float16 G is computed in float32). The projection of DESIGN.md §3 is P = Q^T.
+    estimated singular values, descending (S_i <= sigma_i(G)); 1 <= rank <= min(m, n). Both in float32
+    (float64 for float64 G; a bfloat16/float16 G is converted to a float32 copy first). The projection of
+    DESIGN.md §3 is P = Q^T.
 
     The sketch uses `oversample` extra columns and `seed` (spec v1 Gaussian); `power_iters` subspace
     iterations sharpen it for slowly decaying spectra. The result is a deterministic function of
@@ -222,11 +223,11 @@ def range_finder(G: torch.Tensor, rank: int, *, oversample: int = 8, power_iters
 
 def adaptive_rank(G: torch.Tensor, energy: float, max_rank: int, *, min_rank: int = 1, oversample: int = 8,
                   power_iters: int = 1, seed: int = 0, side: str = "left", backend=None):
-    """(r, Q_r, S_r): the smallest rank r in [min_rank, max_rank] whose basis keeps a fraction `energy` of
-    G's energy, ||G - Q_r Q_r^T G||_F^2 <= (1 - energy) ||G||_F^2 (AdaRankGrad's information fraction;
-    side "right": ||G - G Q_r Q_r^T||_F^2), or max_rank when no r <= max_rank does; Q_r (d x r) and S_r (r)
-    as range_finder's; 1 <= min_rank <= max_rank <= min(m, n). A zero G gives r = min_rank and an
-    orthonormal Q_r.
+    """(r, Q_r, S_r): a rank r in [min_rank, max_rank] whose basis Q_r keeps a fraction `energy` of G's
+    energy, ||G - Q_r Q_r^T G||_F^2 <= (1 - energy) ||G||_F^2 (AdaRankGrad's information fraction; side
+    "right": ||G - G Q_r Q_r^T||_F^2) -- the smallest r for which the bound t_r below shows it -- or
+    max_rank when no r <= max_rank does; Q_r (d x r) and S_r (r) as range_finder's;
+    1 <= min_rank <= max_rank <= min(m, n). A zero G gives r = min_rank and an orthonormal Q_r.
 
     How r is found: one range_finder pass at rank max_rank gives Q (d x max_rank) and S; its prefixes
     Q_r = Q[:, :r] are the candidate bases. With W the other-side basis of the last power step and
