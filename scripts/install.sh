@@ -10,6 +10,8 @@ TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install -q "torch==${TORCH_VERSION}"
 fi
-"$PY" -m pip install -q setuptools wheel ninja numpy scipy pytest expecttest tqdm "triton>=3.2"
+# bitsandbytes: the NF4 byte-compatibility tests and the dequantize baseline (a CPU-capable wheel whose torch
+# requirement the torch above already meets, so it pulls no other torch)
+"$PY" -m pip install -q setuptools wheel ninja numpy scipy pytest expecttest tqdm "triton>=3.2" "bitsandbytes==0.50.2"
 MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q --no-build-isolation --no-deps -e .
 "$PY" -c "import lowrank_ops, json; print('lowrank_ops build:', json.dumps(lowrank_ops.build_info()))"

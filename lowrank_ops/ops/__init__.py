@@ -3,15 +3,20 @@ the tensor's device; or "cpu", "cuda", "triton", "reference") and calls torch.op
 
 from .lowrank_adam import lowrank_adamw_step_
 from .projection import Projection, SideOperator
+from .quant import QuantizedWeight, dequant_matmul, dequantize, quantize
 from .range_finder import adaptive_rank, range_finder
 from .sketch import philox4x32, sketch, sketch_project, sketch_unproject
 
 __all__ = [
     "Projection",
+    "QuantizedWeight",
     "SideOperator",
     "adaptive_rank",
+    "dequant_matmul",
+    "dequantize",
     "lowrank_adamw_step_",
     "philox4x32",
+    "quantize",
     "range_finder",
     "sketch",
     "sketch_project",

@@ -1,0 +1,111 @@
+// Argument checks of the quant family, shared by the CPU and CUDA bindings so that a C++ caller gets the
+// same clear error (op, argument, expected vs got) on every device. The Python layer checks the same
+// things before dispatch, for the backends that do not go through C++.
+//
+// Storage (DESIGN.md §3, kernels/quant.h), W of shape [rows, cols] = [out, in], group size g:
+//   int8: codes int8 [rows, cols], scales float32 [rows, ceil(cols / g)]
+//   nf4:  codes uint8 [ceil(rows cols / 2)], scales (absmax) float32 [ceil(rows cols / g)], g even
+#pragma once
+#include <ATen/ATen.h>
+
+#include <sstream>
+#include <string>
+
+#include "../kernels/quant.h"
+
+namespace lowrank_ops {
+
+inline std::string quant_shape_str(const at::Tensor& t) {
+  std::ostringstream s;
+  s << t.sizes();
+  return s.str();
+}
+
+inline int parse_quant_format(const char* op, c10::string_view format) {
+  if (format == "int8") return lro::kQuantInt8;
+  if (format == "nf4") return lro::kQuantNF4;
+  TORCH_CHECK(false, "lowrank_ops.", op, ": argument 'format' must be \"int8\" or \"nf4\", got \"",
+              std::string(format), "\"");
+}
+
+inline void check_group_size(const char* op, int format, int64_t group_size) {
+  TORCH_CHECK(group_size >= 1, "lowrank_ops.", op, ": argument 'group_size' must be >= 1, got ", group_size);
+  TORCH_CHECK(format != lro::kQuantNF4 || group_size % 2 == 0, "lowrank_ops.", op,
+              ": argument 'group_size' must be even for format \"nf4\" (two codes per byte never straddle "
+              "two blocks), got ", group_size);
+}
+
+inline void check_quant_float(const char* op, const char* name, const at::Tensor& t) {
+  const at::ScalarType s = t.scalar_type();
+  TORCH_CHECK(s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16, "lowrank_ops.", op,
+              ": argument '", name, "' must be float32, float64, float16 or bfloat16, got ", s);
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The W these codes describe; checks every tensor against the storage layout above.
+inline lro::QuantMatrix check_quant_weight(const char* op, const at::Tensor& codes, const at::Tensor& scales,
+                                           c10::string_view format, int64_t group_size, int64_t rows,
+                                           int64_t cols) {
+  const int fmt = parse_quant_format(op, format);
+  check_group_size(op, fmt, group_size);
+  TORCH_CHECK(rows >= 1 && cols >= 1, "lowrank_ops.", op, ": arguments 'rows' and 'cols' must be >= 1, got ",
+              rows, " and ", cols);
+  TORCH_CHECK(codes.device() == scales.device(), "lowrank_ops.", op,
+              ": 'codes' and 'scales' must be on the same device, got ", codes.device(), " and ",
+              scales.device());
+  TORCH_CHECK(scales.scalar_type() == at::kFloat, "lowrank_ops.", op, ": argument 'scales' must be float32, got ",
+              scales.scalar_type());
+  TORCH_CHECK(codes.is_contiguous() && scales.is_contiguous(), "lowrank_ops.", op,
+              ": 'codes' and 'scales' must be contiguous");
+  if (fmt == lro::kQuantInt8) {
+    TORCH_CHECK(codes.scalar_type() == at::kChar, "lowrank_ops.", op,
+                ": argument 'codes' must be int8 for format \"int8\", got ", codes.scalar_type());
+    TORCH_CHECK(codes.dim() == 2 && codes.size(0) == rows && codes.size(1) == cols, "lowrank_ops.", op,
+                ": argument 'codes' must have shape [", rows, ", ", cols, "], got ", quant_shape_str(codes));
+    const int64_t groups = ceil_div(cols, group_size);
+    TORCH_CHECK(scales.dim() == 2 && scales.size(0) == rows && scales.size(1) == groups, "lowrank_ops.", op,
+                ": argument 'scales' must have shape [", rows, ", ", groups, "], got ", quant_shape_str(scales));
+  } else {
+    const int64_t numel = rows * cols;
+    TORCH_CHECK(codes.scalar_type() == at::kByte, "lowrank_ops.", op,
+                ": argument 'codes' must be uint8 for format \"nf4\", got ", codes.scalar_type());
+    TORCH_CHECK(codes.dim() == 1 && codes.size(0) == ceil_div(numel, 2), "lowrank_ops.", op,
+                ": argument 'codes' must have shape [", ceil_div(numel, 2), "], got ", quant_shape_str(codes));
+    TORCH_CHECK(scales.dim() == 1 && scales.size(0) == ceil_div(numel, group_size), "lowrank_ops.", op,
+                ": argument 'scales' must have shape [", ceil_div(numel, group_size), "], got ",
+                quant_shape_str(scales));
+  }
+  return {fmt, static_cast<const uint8_t*>(codes.data_ptr()), scales.data_ptr<float>(), rows, cols, group_size};
+}
+
+inline void check_quantize_args(const at::Tensor& W, c10::string_view format, int64_t group_size) {
+  const int fmt = parse_quant_format("quantize_weight", format);
+  check_group_size("quantize_weight", fmt, group_size);
+  TORCH_CHECK(W.dim() == 2 && W.size(0) >= 1 && W.size(1) >= 1,
+              "lowrank_ops.quantize_weight: argument 'W' must be a non-empty 2-D tensor, got shape ",
+              quant_shape_str(W));
+  check_quant_float("quantize_weight", "W", W);
+}
+
+// X [t, k] against W [rows, cols]: k must be cols (forward) or rows (transposed product).
+inline void check_matmul_input(const char* op, const char* name, const at::Tensor& X, int64_t k,
+                               const at::Tensor& codes) {
+  check_quant_float(op, name, X);
+  TORCH_CHECK(X.dim() == 2 && X.size(1) == k, "lowrank_ops.", op, ": argument '", name,
+              "' must be a 2-D tensor [tokens, ", k, "], got shape ", quant_shape_str(X));
+  TORCH_CHECK(X.device() == codes.device(), "lowrank_ops.", op, ": argument '", name, "' is on ", X.device(),
+              " but the codes are on ", codes.device());
+}
+
+inline void check_bias(const c10::optional<at::Tensor>& bias, const at::Tensor& X, int64_t rows) {
+  if (!bias.has_value()) return;
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == rows,
+              "lowrank_ops.dequant_matmul: argument 'bias' must have shape [", rows, "], got ",
+              quant_shape_str(*bias));
+  TORCH_CHECK(bias->scalar_type() == X.scalar_type() && bias->device() == X.device(),
+              "lowrank_ops.dequant_matmul: argument 'bias' must have X's dtype and device (", X.scalar_type(),
+              ", ", X.device(), "), got ", bias->scalar_type(), ", ", bias->device());
+}
+
+}  // namespace lowrank_ops

@@ -1,0 +1,353 @@
+"""The quant family: INT8 / NF4 base weights and the dequant-matmul (DESIGN.md §3 "Quantized weights").
+
+  qw = quantize(W, "int8" | "nf4", group_size=None, double_quant=False)   W [out, in] -> QuantizedWeight
+  dequantize(qw, dtype)                                                   deq(W) [out, in]
+  dequant_matmul(X, qw, bias=None)                                        X deq(W)^T (+ bias), X [..., in]
+
+Formats (kernels/quant.h has the per-element formulas):
+  int8  symmetric absmax per group of `group_size` (default 256) consecutive elements of a row; int8 codes
+        [out, in] and float32 scales [out, ceil(in / group_size)], scale = absmax / 127; the last group of a
+        row may be shorter (zero padding that is never stored and never decoded).
+  nf4   QLoRA's NormalFloat4 codebook, absmax per block of `group_size` (default 64, even) consecutive
+        elements of the flattened W, two codes per byte (element 2i in the high nibble): byte-compatible with
+        bitsandbytes' quantize_4bit(quant_type="nf4", compress_statistics=False), codes [ceil(numel / 2)] and
+        float32 absmax [ceil(numel / group_size)].
+  double_quant (either format) stores the float32 scales s (absmax values for nf4) as offset + int8 codes:
+        offset = mean(s), then s - offset is quantized like an int8 weight of one row with groups of 256
+        (so 8.125 bits per scale instead of 32: 0.127 bits per weight instead of 0.5 for nf4 with 64-blocks).
+        This is our own scheme, not bitsandbytes' (which uses a dynamic 8-bit map); the codes of W do not
+        change, only the scales they are decoded with.
+
+dequant_matmul never materializes deq(W): the CPU and CUDA backends decode a tile of W at a time into a
+reused buffer and run a BLAS/cuBLAS GEMM on it (csrc/quant_tiles.h); Triton decodes W inside the GEMM's
+K-loop. Its backward is dX = dY deq(W), computed the same way; codes and scales get no gradient. deq(W) is
+rounded to X's dtype first, so the result is that of X @ dequantize(qw, X.dtype).T.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, fields
+
+import torch
+
+from .. import _extension
+from ..reference import quant as reference
+from . import _backend, _checks
+
+FORMATS = reference.FORMATS
+DEFAULT_GROUP_SIZE = reference.DEFAULT_GROUP_SIZE
+DOUBLE_QUANT_GROUP = 256
+
+
+def _triton():
+    from ..triton import quant as triton_quant  # imported on first use: triton is optional
+
+    return triton_quant
+
+
+@dataclass
+class QuantizedWeight:
+    """A quantized W [out, in]: codes + scales in the layout of the module docstring.
+
+    With double quantization, `scales` holds the int8 codes of (scales - scales_offset) in one row with
+    groups of 256, `scales_scale` their float32 scales and `scales_offset` the float32 mean."""
+    format: str
+    shape: tuple
+    group_size: int
+    codes: torch.Tensor
+    scales: torch.Tensor
+    scales_scale: torch.Tensor | None = None
+    scales_offset: torch.Tensor | None = None
+
+    @property
+    def double_quant(self) -> bool:
+        return self.scales_scale is not None
+
+    @property
+    def out_features(self) -> int:
+        return self.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every stored tensor."""
+        return sum(t.numel() * t.element_size() for t in self._tensors().values())
+
+    def block_scales(self, backend=None) -> torch.Tensor:
+        """The float32 scales (absmax for nf4) the codes decode with; decoded first when double-quantized."""
+        if not self.double_quant:
+            return self.scales
+        n = self.scales.shape[1]
+        decoded = _dequantize_raw(self.scales, self.scales_scale, "int8", DOUBLE_QUANT_GROUP, (1, n), torch.float32,
+                                  backend)
+        shape = (self.shape[0], -(-self.shape[1] // self.group_size)) if self.format == "int8" else (n, )
+        return (decoded.view(-1) + self.scales_offset).view(shape)
+
+    def _tensors(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+
+    def state_dict(self) -> dict:
+        """Plain tensors, ints and strings only, so it loads with torch.load(weights_only=True)."""
+        state = {"format": self.format, "shape": [int(s) for s in self.shape], "group_size": int(self.group_size)}
+        state.update(self._tensors())
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> QuantizedWeight:
+        required = {"format", "shape", "group_size", "codes", "scales"}
+        missing = required - set(state)
+        if missing:
+            raise _checks.error("QuantizedWeight.from_state_dict", "state", f"a dict with keys {sorted(required)}",
+                                f"one missing {sorted(missing)}")
+        qw = cls(format=state["format"], shape=tuple(int(s) for s in state["shape"]),
+                 group_size=int(state["group_size"]), codes=state["codes"], scales=state["scales"],
+                 scales_scale=state.get("scales_scale"), scales_offset=state.get("scales_offset"))
+        _check_quantized(qw, "QuantizedWeight.from_state_dict")
+        return qw
+
+    def to(self, device) -> QuantizedWeight:
+        moved = {name: t.to(device) for name, t in self._tensors().items()}
+        return QuantizedWeight(format=self.format, shape=self.shape, group_size=self.group_size, **moved)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Op variants, fake kernels and autograd
+# --------------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("lowrank_ops::quantize_weight_triton", mutates_args=())
+def _quantize_weight_triton(W: torch.Tensor, format: str, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _triton().quantize(W, format, group_size)
+
+
+@torch.library.custom_op("lowrank_ops::dequantize_weight_triton", mutates_args=())
+def _dequantize_weight_triton(codes: torch.Tensor, scales: torch.Tensor, format: str, group_size: int, rows: int,
+                              cols: int, dtype: torch.dtype) -> torch.Tensor:
+    return _triton().dequantize(codes, scales, format, group_size, rows, cols, dtype)
+
+
+@torch.library.custom_op("lowrank_ops::dequant_matmul_triton", mutates_args=())
+def _dequant_matmul_triton(X: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, format: str, group_size: int,
+                           rows: int, cols: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    return _triton().dequant_matmul(X, codes, scales, format, group_size, rows, cols, bias)
+
+
+@torch.library.custom_op("lowrank_ops::dequant_matmul_t_triton", mutates_args=())
+def _dequant_matmul_t_triton(dY: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, format: str,
+                             group_size: int, rows: int, cols: int) -> torch.Tensor:
+    return _triton().dequant_matmul_t(dY, codes, scales, format, group_size, rows, cols)
+
+
+def _fake_quantize(W, format, group_size):
+    rows, cols = W.shape
+    if format == "int8":
+        return (W.new_empty((rows, cols), dtype=torch.int8),
+                W.new_empty((rows, -(-cols // group_size)), dtype=torch.float32))
+    numel = rows * cols
+    return (W.new_empty((-(-numel // 2), ), dtype=torch.uint8),
+            W.new_empty((-(-numel // group_size), ), dtype=torch.float32))
+
+
+def _fake_dequantize(codes, scales, format, group_size, rows, cols, dtype):
+    return codes.new_empty((rows, cols), dtype=dtype)
+
+
+def _fake_matmul(X, codes, scales, format, group_size, rows, cols, bias=None):
+    return X.new_empty((X.shape[0], rows))
+
+
+def _fake_matmul_t(dY, codes, scales, format, group_size, rows, cols):
+    return dY.new_empty((dY.shape[0], cols))
+
+
+def _register(quantize_op, dequantize_op, matmul, matmul_t):
+    """Fake kernels and autograd for the ops of one backend.
+
+    Y = X deq(W)^T + b is linear in X and b: dX = dY deq(W) (matmul_t of the same backend), db = sum_t dY;
+    matmul_t is linear in dY with adjoint matmul, which gives double backward. Codes and scales: no gradient."""
+    torch.library.register_fake(quantize_op)(_fake_quantize)
+    torch.library.register_fake(dequantize_op)(_fake_dequantize)
+    torch.library.register_fake(matmul)(_fake_matmul)
+    torch.library.register_fake(matmul_t)(_fake_matmul_t)
+
+    def setup(ctx, inputs, output):
+        ctx.weight = inputs[1:7]
+        ctx.has_bias = inputs[7] is not None
+
+    def backward(ctx, grad):
+        dX = matmul_t(grad, *ctx.weight) if ctx.needs_input_grad[0] else None
+        db = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[7] else None
+        return dX, None, None, None, None, None, None, db
+
+    def setup_t(ctx, inputs, output):
+        ctx.weight = inputs[1:7]
+
+    def backward_t(ctx, grad):
+        return matmul(grad, *ctx.weight, None), None, None, None, None, None, None
+
+    torch.library.register_autograd(matmul, backward, setup_context=setup)
+    torch.library.register_autograd(matmul_t, backward_t, setup_context=setup_t)
+
+
+_register(_quantize_weight_triton, _dequantize_weight_triton, _dequant_matmul_triton, _dequant_matmul_t_triton)
+if _extension.LOADED:
+    _register(torch.ops.lowrank_ops.quantize_weight.default, torch.ops.lowrank_ops.dequantize_weight.default,
+              torch.ops.lowrank_ops.dequant_matmul.default, torch.ops.lowrank_ops.dequant_matmul_t.default)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------------------------
+
+
+def _group_size(op: str, fmt: str, group_size) -> int:
+    if group_size is None:
+        return DEFAULT_GROUP_SIZE[fmt]
+    try:
+        group_size = operator.index(group_size)
+    except TypeError:
+        raise TypeError(f"lowrank_ops.{op}: argument 'group_size' must be an int or None, got "
+                        f"{type(group_size).__name__}") from None
+    if group_size < 1:
+        raise _checks.error(op, "group_size", ">= 1", group_size)
+    if fmt == "nf4" and group_size % 2:
+        raise _checks.error(op, "group_size", "even for format 'nf4' (two codes per byte never straddle blocks)",
+                            group_size)
+    return group_size
+
+
+def _expect(op, name, t, dtype, shape):
+    if not isinstance(t, torch.Tensor) or t.dtype != dtype or tuple(t.shape) != tuple(shape):
+        got = f"{t.dtype} {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise _checks.error(op, name, f"a {dtype} tensor of shape {list(shape)}", got)
+
+
+def _check_quantized(qw, op: str) -> QuantizedWeight:
+    """That `qw` is a QuantizedWeight whose tensors match its format, shape and group size."""
+    if not isinstance(qw, QuantizedWeight):
+        raise TypeError(f"lowrank_ops.{op}: argument 'qw' must be a QuantizedWeight (from lowrank_ops.ops.quantize), "
+                        f"got {type(qw).__name__}")
+    _checks.choice(op, "qw.format", qw.format, FORMATS)
+    if len(qw.shape) != 2 or min(qw.shape) < 1:
+        raise _checks.error(op, "qw.shape", "two positive ints [out, in]", list(qw.shape))
+    _group_size(op, qw.format, qw.group_size)
+    rows, cols = qw.shape
+    numel = rows * cols
+    if qw.format == "int8":
+        _expect(op, "qw.codes", qw.codes, torch.int8, (rows, cols))
+        n_scales = (rows, -(-cols // qw.group_size))
+    else:
+        _expect(op, "qw.codes", qw.codes, torch.uint8, (-(-numel // 2), ))
+        n_scales = (-(-numel // qw.group_size), )
+    if qw.double_quant:
+        n = 1
+        for s in n_scales:
+            n *= s
+        _expect(op, "qw.scales", qw.scales, torch.int8, (1, n))
+        _expect(op, "qw.scales_scale", qw.scales_scale, torch.float32, (1, -(-n // DOUBLE_QUANT_GROUP)))
+        _expect(op, "qw.scales_offset", qw.scales_offset, torch.float32, ())
+    else:
+        _expect(op, "qw.scales", qw.scales, torch.float32, n_scales)
+    devices = {t.device for t in qw._tensors().values()}
+    if len(devices) != 1:
+        raise _checks.error(op, "qw", "tensors on one device", sorted(str(d) for d in devices))
+    return qw
+
+
+# --------------------------------------------------------------------------------------------------------
+# Backend dispatch of the raw ops
+# --------------------------------------------------------------------------------------------------------
+
+
+def _quantize_raw(W, fmt, group_size, backend):
+    chosen = _backend.resolve("quantize_weight", backend, W.device)
+    if chosen == "reference":
+        return reference.quantize(W, fmt, group_size)
+    if chosen == "triton":
+        return torch.ops.lowrank_ops.quantize_weight_triton(W, fmt, group_size)
+    return torch.ops.lowrank_ops.quantize_weight(W, fmt, group_size)
+
+
+def _dequantize_raw(codes, scales, fmt, group_size, shape, dtype, backend):
+    chosen = _backend.resolve("dequantize_weight", backend, codes.device)
+    if chosen == "reference":
+        return reference.dequantize(codes, scales, fmt, group_size, shape, dtype)
+    if chosen == "triton":
+        return torch.ops.lowrank_ops.dequantize_weight_triton(codes, scales, fmt, group_size, *shape, dtype)
+    return torch.ops.lowrank_ops.dequantize_weight(codes, scales, fmt, group_size, *shape, dtype)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Public functions
+# --------------------------------------------------------------------------------------------------------
+
+
+def quantize(W: torch.Tensor, format: str = "int8", group_size: int | None = None, double_quant: bool = False, *,
+             backend=None) -> QuantizedWeight:
+    """W [out, in] (float32, float64, float16 or bfloat16; encoded from its float32 values) -> QuantizedWeight.
+    group_size defaults to 256 for "int8" and 64 for "nf4" (even for nf4)."""
+    op = "quantize"
+    _checks.choice(op, "format", format, FORMATS)
+    group_size = _group_size(op, format, group_size)
+    _checks.float_matrix(op, "W", W)
+    if W.numel() == 0:
+        raise _checks.error(op, "W", "a non-empty matrix", list(W.shape))
+    if not bool(torch.isfinite(W).all()):
+        raise _checks.error(op, "W", "finite (no inf or nan)", "a tensor with non-finite entries")
+    codes, scales = _quantize_raw(W, format, group_size, backend)
+    qw = QuantizedWeight(format=format, shape=tuple(W.shape), group_size=group_size, codes=codes, scales=scales)
+    if not double_quant:
+        return qw
+    offset = scales.mean()
+    scale_codes, scale_scales = _quantize_raw((scales - offset).view(1, -1), "int8", DOUBLE_QUANT_GROUP, backend)
+    qw.scales, qw.scales_scale, qw.scales_offset = scale_codes, scale_scales, offset
+    return qw
+
+
+def dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float32, *, backend=None) -> torch.Tensor:
+    """deq(W) [out, in] in `dtype`: code value x scale in float32 (float64 for float64), rounded once."""
+    op = "dequantize"
+    _check_quantized(qw, op)
+    if dtype not in _checks.FLOAT_DTYPES:
+        raise _checks.error(op, "dtype", "float32, float64, float16 or bfloat16", dtype)
+    return _dequantize_raw(qw.codes, qw.block_scales(backend), qw.format, qw.group_size, qw.shape, dtype, backend)
+
+
+def dequant_matmul(X: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None = None, *,
+                   backend=None) -> torch.Tensor:
+    """X [..., in] deq(W)^T (+ bias) -> [..., out] in X's dtype, without materializing deq(W). Differentiable
+    in X and bias (dX = dY deq(W), tile-wise as well)."""
+    op = "dequant_matmul"
+    _check_quantized(qw, op)
+    if not isinstance(X, torch.Tensor) or X.dtype not in _checks.FLOAT_DTYPES:
+        got = X.dtype if isinstance(X, torch.Tensor) else type(X).__name__
+        raise _checks.error(op, "X", "a float32, float64, float16 or bfloat16 tensor", got)
+    rows, cols = qw.shape
+    if X.dim() < 1 or X.shape[-1] != cols:
+        raise _checks.error(op, "X", f"a tensor [..., {cols}] (in_features of qw)", list(X.shape))
+    if X.device != qw.device:
+        raise _checks.error(op, "X", f"on the device of qw ({qw.device})", X.device)
+    if bias is not None and not (isinstance(bias, torch.Tensor) and tuple(bias.shape) == (rows, )
+                                 and bias.dtype == X.dtype and bias.device == X.device):
+        got = (f"{bias.dtype} {list(bias.shape)} on {bias.device}" if isinstance(bias, torch.Tensor) else
+               type(bias).__name__)
+        raise _checks.error(op, "bias", f"a {X.dtype} tensor of shape [{rows}] on {X.device}", got)
+    lead = X.shape[:-1]
+    X2 = X.reshape(-1, cols)
+    args = (qw.codes, qw.block_scales(backend), qw.format, qw.group_size, rows, cols)
+    chosen = _backend.resolve(op, backend, X.device)
+    if chosen == "reference":
+        Y = reference.dequant_matmul(X2, *args[:4], qw.shape, bias)
+    elif chosen == "triton":
+        Y = torch.ops.lowrank_ops.dequant_matmul_triton(X2, *args, bias)
+    else:
+        Y = torch.ops.lowrank_ops.dequant_matmul(X2, *args, bias)
+    return Y.reshape(*lead, rows)
