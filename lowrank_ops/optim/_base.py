@@ -121,6 +121,27 @@ def is_matrix(p: torch.Tensor) -> bool:
     return p.dim() == 2 and p.is_floating_point() and min(p.shape) > 0
 
 
+def check_block(block, kind, where: str) -> None:
+    """A param group's `block`: None, or (index, count) ints with 0 <= index < count, for a kind that
+    supports row blocks."""
+    if block is None:
+        return
+    ok = (
+        isinstance(block, (tuple, list))
+        and len(block) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in block)
+        and 0 <= block[0] < block[1]
+    )
+    if not ok:
+        raise ValueError(
+            f"{where}: 'block' must be None or (index, count) with 0 <= index < count, got {block!r}"
+        )
+    if not kind.supports_block:
+        raise ValueError(
+            f"{where}: 'block' needs a projection with row blocks ('orthogonal'), got {kind.name!r}"
+        )
+
+
 def check_int(value, where: str, name: str, low: int, high: float = math.inf) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value < high:
         bound = f"in [{low}, 2^64)" if high == SEED_LIMIT else f">= {low}"

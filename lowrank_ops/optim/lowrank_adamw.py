@@ -30,6 +30,7 @@ from ..ops.lowrank_adam import WD_MODES, lowrank_adamw_step_
 from ._base import (
     SEED_LIMIT,
     PerParamOptimizer,
+    check_block,
     check_hyper,
     check_int,
     is_matrix,
@@ -50,8 +51,11 @@ class LowRankAdamW(PerParamOptimizer):
     kinds, or None for plain AdamW), `projection` (one of lowrank_ops.projections.names()), `update_gap`,
     `scale` (multiplies the unprojected update), `side` ("auto": the smaller dimension; "left"/"right"),
     `wd_mode` ("full": decay W; "adapter": decay only the low-rank delta since the last refresh, App. B),
-    `seed` (the base seed of the per-layer, per-refresh sketch seeds). `backend` picks the fused op's
-    backend (None: the default for the device).
+    `seed` (the base seed of the per-layer, per-refresh sketch seeds), `block` (None, or (k, K): use rows
+    [k r, (k+1) r) of the K r x d basis of the same seed, "orthogonal" only: the distributed-orthogonal
+    worker blocks that lowrank_ops.distributed.DiLoCo sets). `backend` picks the fused op's backend (None:
+    the default for the device). Parameters sharded by FSDP2 (DTensor) are stepped shard-locally where the
+    projected dimension is not sharded (lowrank_ops.distributed.fsdp).
 
     The default projection is "rademacher": it persists one int per layer, never stalls on an SVD, and
     trains on par with GaLore's SVD in the duality paper's Table 2.
@@ -72,6 +76,7 @@ class LowRankAdamW(PerParamOptimizer):
         scale=1.0,
         side="auto",
         wd_mode="full",
+        block=None,
         foreach=None,
         backend=None,
     ):
@@ -88,6 +93,7 @@ class LowRankAdamW(PerParamOptimizer):
             scale=scale,
             side=side,
             wd_mode=wd_mode,
+            block=block,
             foreach=foreach,
         )
         super().__init__(params, defaults)
@@ -101,6 +107,7 @@ class LowRankAdamW(PerParamOptimizer):
         check_int(group["update_gap"], where, "update_gap", 1)
         if group["wd_mode"] not in WD_MODES:
             raise ValueError(f"{where}: 'wd_mode' must be one of {WD_MODES}, got {group['wd_mode']!r}")
+        check_block(group["block"], projections.get(group["projection"]), where)
 
     def _step_group(self, group, params):
         lowrank = group["rank"] is not None
@@ -148,26 +155,42 @@ class LowRankAdamW(PerParamOptimizer):
         )
 
     def _step_lowrank(self, p, group, kind):
-        layout = kind.layout(p.shape, group["rank"], group["side"])
+        layout = kind.layout(p.shape, group["rank"], group["side"], group.get("block"))
+        if type(p) not in (torch.Tensor, torch.nn.Parameter):  # a tensor subclass, e.g. FSDP2's DTensor
+            from ..distributed import fsdp
+
+            if fsdp.is_dtensor(p):
+                fsdp.lowrank_step(self, p, group, kind, layout)
+                return
         state = self.state[p]
         if not state:
             lowrank_state(
                 state, self._layer_index[p], layout.projected_shape, p, group["wd_mode"] == "adapter"
             )
-        G = p.grad
+        if self._advance(state, p.grad, layout, kind, group):
+            self._fused_step(p, p.grad, state, kind.projection(state, layout), group)
+
+    def _advance(self, state, G, layout, kind, group) -> bool:
+        """Refreshes the basis when due and counts the step; False: skip this step (non-finite G at a
+        refresh). Shared with the sharded path."""
         refreshes = state["refresh"]
         if not refresh_if_due(state, kind, G, layout, group["update_gap"], group["seed"], self._warn):
-            return
+            return False
         if state["refresh"] != refreshes and "delta" in state:
             state["delta"].zero_()
         state["step"] += 1
+        return True
+
+    def _fused_step(self, W, G, state, projection, group):
+        """The fused op on W with the moments (and adapter delta) of `state`; shared with the sharded path,
+        which passes the local shards."""
         beta1, beta2 = group["betas"]
         lowrank_adamw_step_(
-            p,
+            W,
             G,
             state["exp_avg"],
             state["exp_avg_sq"],
-            kind.projection(state, layout),
+            projection,
             lr=group["lr"],
             beta1=beta1,
             beta2=beta2,

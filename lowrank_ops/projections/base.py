@@ -10,7 +10,7 @@ A new kind ("dct", "rsvd", "adaptive", ...) is a module that subclasses Projecti
 
 import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -28,6 +28,9 @@ class Layout:
     shape: tuple[int, int]
     left_rank: int
     right_rank: int
+    # (index, count): the basis is rows [index r, (index + 1) r) of the kind's basis of rank count r drawn
+    # from the same seed (distributed-orthogonal worker blocks, lowrank_ops.distributed); None: rank r.
+    block: tuple[int, int] | None = None
 
     @property
     def projected_shape(self) -> tuple[int, int]:
@@ -60,6 +63,7 @@ class ProjectionKind:
     two_sided: bool = False
     uses_gradient: bool = False
     persists_matrix: bool = False
+    supports_block: bool = False  # honors Layout.block (row blocks of one larger basis)
 
     # -- layout --------------------------------------------------------------------------------------
     def max_rank(self, shape, side: str) -> int:
@@ -87,9 +91,12 @@ class ProjectionKind:
                 f"{where}: projection {self.name!r} projects both sides; 'side' must be 'auto', got {side!r}"
             )
 
-    def layout(self, shape, rank, side: str = "auto") -> Layout:
+    def layout(self, shape, rank, side: str = "auto", block=None) -> Layout:
         """Layout of a 2-D parameter: side "auto" projects the smaller dimension (right when m >= n, GaLore's
-        "std"); ranks are capped at max_rank."""
+        "std"); ranks are capped at max_rank. `block` (index, count) selects a row block of a count x rank
+        basis (kinds with supports_block); count x rank must not exceed the projected dimension."""
+        if block is not None:
+            return with_block(self.layout(shape, rank, side), block, self.name)
         m, n = (operator.index(s) for s in shape)
         if self.two_sided:
             r_left, r_right = (rank, rank) if isinstance(rank, int) else rank
@@ -126,6 +133,21 @@ class ProjectionKind:
             itemsize = torch.empty((), dtype=dtype).element_size()
             return sum(rank * d for _, rank, d in layout.sides()) * itemsize
         return 8
+
+
+def with_block(layout: Layout, block, kind_name: str) -> Layout:
+    """`layout` with its basis taken as row block `block` = (index, count) of a count x r basis; raises a
+    clear error when count x r exceeds the projected dimension d (the blocks could not be orthogonal)."""
+    side, rank, d = layout.sides()[0]  # block-capable kinds are one-sided
+    index, count = block
+    if count * rank > d:
+        m, n = layout.shape
+        raise ValueError(
+            f"lowrank_ops.projections: projection {kind_name!r} split into {count} row blocks of rank {rank} "
+            f"needs {count} x {rank} = {count * rank} rows, more than the projected dimension d = {d} of a "
+            f"[{m}, {n}] parameter (side {side!r}); use rank <= {d // count} or fewer blocks (workers)"
+        )
+    return replace(layout, block=(index, count))
 
 
 def matrix_projection(state: dict, layout: Layout) -> Projection:

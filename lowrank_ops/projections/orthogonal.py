@@ -16,29 +16,36 @@ from ..ops.sketch import sketch
 from .base import ProjectionKind, matrix_projection, register, side_seeds
 
 
-def semi_orthogonal(rank: int, dim: int, seed: int, dtype: torch.dtype, device=None) -> torch.Tensor:
-    """P (rank x dim, rank <= dim) with orthonormal rows: the orthonormalized seeded Gaussian sketch."""
-    if not 1 <= rank <= dim:
+def semi_orthogonal(
+    rank: int, dim: int, seed: int, dtype: torch.dtype, device=None, block=None
+) -> torch.Tensor:
+    """P (rank x dim, rank <= dim) with orthonormal rows: the orthonormalized seeded Gaussian sketch.
+    With `block` = (k, K): rows [k rank, (k+1) rank) of the orthonormalized (K rank) x dim sketch, so the
+    K blocks of one seed are mutually orthogonal, P_i P_j^T = 0 (distributed-orthogonal, DESIGN.md §3)."""
+    index, count = block or (0, 1)
+    if not 1 <= rank * count <= dim or not 0 <= index < count:
         raise ValueError(
-            f"lowrank_ops.projections.semi_orthogonal: 'rank' must be in [1, dim={dim}], got {rank}"
+            f"lowrank_ops.projections.semi_orthogonal: 'rank' x blocks ({rank} x {count}) must be in "
+            f"[1, dim={dim}] and the block index {index} in [0, {count})"
         )
-    S = sketch(rank, dim, seed, "gaussian", torch.float32, device)
+    S = sketch(rank * count, dim, seed, "gaussian", torch.float32, device)
     Q, R = torch.linalg.qr(S.T)
     signs = torch.where(R.diagonal() < 0, -1.0, 1.0)
-    return (Q * signs).T.contiguous().to(dtype)
+    return (Q * signs).T[index * rank : (index + 1) * rank].contiguous().to(dtype)
 
 
 def write_semi_orthogonal(state: dict, G: torch.Tensor, layout, seed: int) -> None:
     """Sets state["proj_<side>"] of every projected side to a seeded semi-orthogonal matrix."""
     seeds = side_seeds(seed, layout)
     for side, rank, d in layout.sides():
-        state[f"proj_{side}"] = semi_orthogonal(rank, d, seeds[side], G.dtype, G.device)
+        state[f"proj_{side}"] = semi_orthogonal(rank, d, seeds[side], G.dtype, G.device, layout.block)
     state["proj_seed"] = seed
 
 
 class Orthogonal(ProjectionKind):
     name = "orthogonal"
     persists_matrix = True
+    supports_block = True
 
     def refresh(self, state, G, layout, seed):
         write_semi_orthogonal(state, G, layout, seed)
