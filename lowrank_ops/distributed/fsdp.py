@@ -1,0 +1,211 @@
+"""LowRankAdamW on parameters sharded by FSDP2 (torch.distributed.fsdp.fully_shard): DTensor parameters and
+gradients with one Shard(s) placement (Replicate on any other mesh dimension).
+
+W (m x n) is split along dimension s into shards W_k (rows, or columns, [a_k, b_k)); R = L G R^T.
+- s not projected (e.g. side "right", R = G P^T, under FSDP2's default Shard(0)): every row of R, of the
+  moments and of the update depends only on the same row of G and W, so each rank runs the fused op on its
+  shard, with moments sharded like W. No communication; the single-process arithmetic on a subset of rows.
+- s projected (e.g. side "left", R = P G, under Shard(0)): R = sum_k P[:, a_k:b_k] G_k, so each rank
+  projects its shard with its column block of P, one all-reduce sums the r x n partial products, the
+  replicated moments get the Adam update, and each rank unprojects into its own rows,
+  W_k <- W_k - lr wd W_k - lr scale P[:, a_k:b_k]^T N (reference/lowrank_adam.py's arithmetic).
+  Communication per step: the projected gradient (r x n), never an m x n matrix.
+`shard_placement_fn` shards each weight along the dimension its projection does not act on, so that every
+weight takes the first path (FSDP2 accepts Shard(1) only when the mesh size divides n; otherwise the
+weight keeps Shard(0) and takes the second path).
+The moments are DTensors (sharded like W on the first path, Replicate on the second), so
+torch.distributed.checkpoint saves them sharded and reshards them on load, to any number of ranks.
+
+Not supported (clear errors): projections that read the gradient ("svd", "two_sided_svd": the SVD needs the
+full gradient on one rank), more than one Shard placement (2-D sharding, TP) or strided shards.
+"""
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor, Replicate, Shard
+
+from ..ops.sketch import sketch
+from ..optim._base import lowrank_state
+
+WHERE = "lowrank_ops.optim.LowRankAdamW"
+
+
+def is_dtensor(t) -> bool:
+    return isinstance(t, DTensor)
+
+
+def shard_placement_fn(mesh_size: int, side: str = "auto"):
+    """A `shard_placement_fn` for fully_shard: Shard(1) for a 2-D weight whose projection acts on dim 0
+    (side "left"; "auto" projects the smaller dimension: left when m < n) when mesh_size divides n, so
+    that its optimizer step is shard-local; Shard(0) (FSDP2's default) for everything else."""
+    if side not in ("auto", "left", "right"):
+        raise ValueError(
+            f"lowrank_ops.distributed.shard_placement_fn: 'side' must be auto/left/right, got {side!r}"
+        )
+
+    def placement(param):
+        if param.dim() != 2:
+            return Shard(0)
+        m, n = param.shape
+        projects_rows = side == "left" or (side == "auto" and m < n)
+        return Shard(1) if projects_rows and n % mesh_size == 0 else Shard(0)
+
+    return placement
+
+
+def _shard(p: DTensor):
+    """(mesh dim, tensor dim) of p's Shard placement, or None when p is replicated on every mesh dim."""
+    shards = [(i, pl) for i, pl in enumerate(p.placements) if not isinstance(pl, Replicate)]
+    if len(shards) > 1 or any(type(pl) is not Shard for _, pl in shards):
+        raise NotImplementedError(
+            f"{WHERE}: a DTensor parameter with placements {tuple(p.placements)}; the sharded step supports "
+            "one plain Shard(dim) placement (FSDP2 / HSDP), Replicate on the other mesh dimensions"
+        )
+    return (shards[0][0], shards[0][1].dim) if shards else None
+
+
+def _chunk(size: int, parts: int, index: int) -> tuple[int, int]:
+    """[a, b) of chunk `index` of torch.chunk(size, parts): DTensor's and FSDP2's Shard layout."""
+    step = -(-size // parts)
+    a = min(index * step, size)
+    return a, min(a + step, size)
+
+
+def _sharded_zeros(local: torch.Tensor, p: DTensor, placements, global_shape) -> DTensor:
+    return DTensor.from_local(
+        local,
+        p.device_mesh,
+        placements,
+        run_check=False,
+        shape=torch.Size(global_shape),
+        stride=(global_shape[1], 1),
+    )
+
+
+def lowrank_step(opt, p: DTensor, group: dict, kind, layout) -> None:
+    """One LowRankAdamW step of the sharded low-rank parameter p (LowRankAdamW._step_lowrank's DTensor
+    path)."""
+    if kind.uses_gradient:
+        raise NotImplementedError(
+            f"{WHERE}: projection {kind.name!r} needs the SVD of the full gradient, which no rank holds for a "
+            "sharded (FSDP2) parameter; use a seeded kind ('orthogonal', 'rademacher', 'gaussian', "
+            "'two_sided_gaussian')"
+        )
+    if not is_dtensor(p.grad) or tuple(p.grad.placements) != tuple(p.placements):
+        raise ValueError(
+            f"{WHERE}: the gradient of a DTensor parameter must be a DTensor with its placements"
+        )
+    shard = _shard(p)
+    projected = {0 if side == "left" else 1 for side, _, _ in layout.sides()}
+    local = shard is None or shard[1] not in projected
+    W, G = p.to_local(), p.grad.to_local()
+    state = opt.state[p]
+    if not state:
+        _init_state(opt, state, p, W, layout, group, shard if local else None)
+    if state["step"] % group["update_gap"] == 0 and not _finite_everywhere(G, p, shard):
+        opt._warn(
+            "nonfinite",
+            f"lowrank_ops: a gradient of shape {list(p.shape)} has NaN/Inf at a projection refresh; the basis "
+            "is kept and this parameter's step is skipped (warned once)",
+        )
+        return
+    # refresh (all ranks derive the same seed), adapter reset, step count; the seeded kinds read only
+    # dtype and device of G, so an empty shard passes a 1 x 1 stand-in
+    if not opt._advance(state, G if G.numel() else G.new_zeros(1, 1), layout, kind, group):
+        return
+    projection = kind.projection(state, layout)
+    moments = {key: v.to_local() for key, v in state.items() if isinstance(v, DTensor)}
+    moments["step"] = state["step"]
+    if local:
+        if W.numel():
+            opt._fused_step(W, G, moments, projection, group)
+        return
+    mesh_dim, dim = shard
+    mesh = p.device_mesh
+    a, b = _chunk(p.shape[dim], mesh.size(mesh_dim), mesh.get_local_rank(mesh_dim))
+    if W.shape[dim] != b - a:
+        raise RuntimeError(
+            f"{WHERE}: local shard {list(W.shape)} of {list(p.shape)} is not torch.chunk's [{a}, {b})"
+        )
+    _allreduce_step(W, G, moments, projection, dim, (a, b, p.shape[dim]), group, mesh.get_group(mesh_dim))
+
+
+def _init_state(opt, state, p, W, layout, group, local_shard):
+    """lowrank_state on the local shape, then each tensor wrapped as a DTensor: sharded like W along the
+    unprojected dimension `local_shard` (mesh dim, dim), or replicated (None)."""
+    placements = [Replicate()] * p.device_mesh.ndim
+    shape = list(layout.projected_shape)
+    if local_shard is not None:
+        mesh_dim, dim = local_shard
+        placements[mesh_dim] = Shard(dim)
+        shape[dim] = W.shape[dim]
+    lowrank_state(state, opt._layer_index[p], tuple(shape), W, group["wd_mode"] == "adapter")
+    for key in ("exp_avg", "exp_avg_sq", "delta"):
+        if key in state:
+            state[key] = _sharded_zeros(state[key], p, placements, layout.projected_shape)
+
+
+def _finite_everywhere(G, p, shard) -> bool:
+    """Whether the whole (sharded) gradient is finite: one all-reduce of a flag, so all ranks agree."""
+    bad = torch.tensor([0.0 if bool(torch.isfinite(G).all()) else 1.0])
+    if shard is not None:
+        dist.all_reduce(bad, group=p.device_mesh.get_group(shard[0]))
+    return bool(bad.item() == 0)
+
+
+def _dense(op, d: int, dtype, device):
+    """A side operator (None: identity) as a dense r x d matrix."""
+    if op is None:
+        return None
+    if op.kind == "matrix":
+        return op.matrix.to(device=device, dtype=dtype)
+    return sketch(op.rank, d, op.seed, op.kind, dtype, device)
+
+
+def _allreduce_step(W, G, state, projection, dim, extent, group, process_group):
+    """The step of a parameter sharded along a projected dimension `dim` (local slice [a, b) of size d):
+    partial projection of the local shard with the matching columns of the side operator, all-reduce of
+    the projected gradient, Adam on the replicated moments, unprojection into the local shard."""
+    a, b, d = extent
+    compute = torch.float64 if W.dtype == torch.float64 else torch.float32
+    m, n = (d, W.shape[1]) if dim == 0 else (W.shape[0], d)
+    L = _dense(projection.left, m, compute, W.device)
+    Rt = _dense(projection.right, n, compute, W.device)
+    if dim == 0:
+        L = L[:, a:b]  # the columns of L that meet this shard's rows
+    else:
+        Rt = Rt[:, a:b]
+
+    def project(X):
+        X = X.to(compute)
+        X = X if L is None else L @ X
+        return X if Rt is None else X @ Rt.T
+
+    def unproject(N):
+        N = N if L is None else L.T @ N
+        return N if Rt is None else N @ Rt
+
+    shape = state["exp_avg"].shape
+    R = project(G) if G.numel() else torch.zeros(shape, dtype=compute, device=W.device)
+    dist.all_reduce(R, group=process_group)
+    beta1, beta2 = group["betas"]
+    exp_avg, exp_avg_sq, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+    exp_avg.mul_(beta1).add_(R.to(exp_avg.dtype), alpha=1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(R.to(exp_avg_sq.dtype), R.to(exp_avg_sq.dtype), value=1 - beta2)
+    N = (exp_avg.to(compute) / (1 - beta1**t)) / (
+        exp_avg_sq.to(compute).sqrt() / math.sqrt(1 - beta2**t) + group["eps"]
+    )
+    lr, wd, scale = group["lr"], group["weight_decay"], group["scale"]
+    if group["wd_mode"] == "adapter":
+        direction = N + wd * state["delta"].to(compute)
+        state["delta"].sub_((lr * direction).to(state["delta"].dtype))
+    else:
+        direction = N
+    if not W.numel():
+        return
+    W32 = W.to(compute)
+    if group["wd_mode"] == "full":
+        W32 = W32 - lr * wd * W32
+    W.copy_(W32 - lr * scale * unproject(direction))
