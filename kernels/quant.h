@@ -121,20 +121,26 @@ LRO_HD void nf4_decode_segment(const QuantMatrix& w, int64_t i, int64_t j0, int6
                                Out* out) {
   const int64_t g = w.group_size;
   const int64_t e0 = i * w.cols + j0;
+  const uint8_t* codes = w.codes;
   for (int64_t e = e0, end = e0 + len; e < end;) {
     const int64_t block_end = (e / g + 1) * g < end ? (e / g + 1) * g : end;
     const C a = static_cast<C>(w.scales[e / g]);
     if (e & 1) {
-      out[e - e0] = convert_to<Out>(table[w.codes[e >> 1] & 15u] * a);
+      out[e - e0] = convert_to<Out>(table[codes[e >> 1] & 15u] * a);
       ++e;
     }
-    for (; e + 1 < block_end; e += 2) {
-      const uint8_t byte = w.codes[e >> 1];
-      out[e - e0] = convert_to<Out>(table[byte >> 4] * a);
-      out[e + 1 - e0] = convert_to<Out>(table[byte & 15u] * a);
+    // whole bytes: out[2t], out[2t + 1] from byte t, with t counted from the segment's first whole byte
+    Out* pair = out + (e - e0);
+    const uint8_t* bytes = codes + (e >> 1);
+    const int64_t n = (block_end - e) / 2;
+    for (int64_t t = 0; t < n; ++t) {
+      const uint32_t byte = bytes[t];
+      pair[2 * t] = convert_to<Out>(table[byte >> 4] * a);
+      pair[2 * t + 1] = convert_to<Out>(table[byte & 15u] * a);
     }
+    e += 2 * n;
     if (e < block_end) {
-      out[e - e0] = convert_to<Out>(table[w.codes[e >> 1] >> 4] * a);
+      out[e - e0] = convert_to<Out>(table[codes[e >> 1] >> 4] * a);
       ++e;
     }
   }

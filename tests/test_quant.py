@@ -253,18 +253,19 @@ def test_dequant_matmul_non_contiguous_input(backend, fmt, layout, rng):
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_dequant_matmul_across_several_tiles(backend, fmt, rng):
-    """W [600, 2048] in float32 is 4.7 MiB, more than one 4 MiB CPU tile: the forward runs two row tiles
-    (512 + 88 rows), the backward two column tiles (1536 + 512 columns)."""
-    qw = ops.quantize(torch.randn(600, 2048, generator=rng), fmt, backend=backend)
+    """W [1100, 2048] in float32 is 8.6 MiB, more than one 8 MiB CPU tile: the forward runs two row tiles
+    (1024 + 76 rows), the backward two column tiles (1792 + 256 columns)."""
+    qw = ops.quantize(torch.randn(1100, 2048, generator=rng), fmt, backend=backend)
     X = torch.randn(3, 2048, generator=rng, requires_grad=True)
-    bias = torch.randn(600, generator=rng)
+    bias = torch.randn(1100, generator=rng)
     out = ops.dequant_matmul(X, qw, bias, backend=backend)
-    assert_within_torch_error(out.detach(), reference64(X.detach(), qw, bias), plain_torch_matmul(X.detach(), qw, bias),
-                              fmt, k=2048)
-    dY = torch.randn(3, 600, generator=rng)
+    X0 = X.detach()
+    assert_within_torch_error(out.detach(), reference64(X0, qw, bias), plain_torch_matmul(X0, qw, bias), fmt,
+                              k=2048)
+    dY = torch.randn(3, 1100, generator=rng)
     (dX, ) = torch.autograd.grad(out, X, dY)
     W64 = ops.dequantize(qw, torch.float64, backend="reference")
-    assert_within_torch_error(dX, dY.double() @ W64, dY @ W64.float(), f"{fmt} backward", k=600)
+    assert_within_torch_error(dX, dY.double() @ W64, dY @ W64.float(), f"{fmt} backward", k=1100)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

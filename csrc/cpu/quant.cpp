@@ -3,7 +3,7 @@
 //                      absmax, then every element encoded against it
 //   dequantize_weight  deq(W) in the requested dtype
 //   dequant_matmul     Y = X deq(W)^T (+ b), dequant_matmul_t  dX = dY deq(W): tile-wise dequant into a
-//                      cache-sized buffer + a BLAS GEMM on the tile (csrc/quant_tiles.h)
+//                      buffer of at most 8 MiB or 512 lines + a BLAS GEMM on the tile (csrc/quant_tiles.h)
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -18,9 +18,10 @@
 namespace lowrank_ops {
 namespace {
 
-// A decoded tile is 4 MiB at most: it stays in the last-level cache between its decode and its GEMM, and
-// the GEMM still sees hundreds of output columns (a 4096-wide fp32 W gives 256-row tiles).
-constexpr int64_t kTileBytes = int64_t{4} << 20;
+// A decoded tile is 8 MiB (it stays in the last-level cache between its decode and its GEMM) or 512 lines
+// of W if those are more: a 4096-wide W gives 512-row tiles in fp32 and 1024-row tiles in bf16, a
+// 4096 x 11008 fp32 W 512-row tiles of 22 MiB (1/8 of deq(W)).
+constexpr TilePolicy kTiles{int64_t{8} << 20, 512};
 constexpr int64_t kGrainElements = 16384;  // elements per parallel task
 
 // out[i * ld + j] = deq(W)[r0 + i, c0 + j] for i < nr, j < nc, rows in parallel.
@@ -122,7 +123,7 @@ at::Tensor dequant_matmul_cpu(const at::Tensor& X, const at::Tensor& codes, cons
   const lro::QuantMatrix w = check_quant_weight("dequant_matmul", codes, scales, format, group_size, rows, cols);
   check_matmul_input("dequant_matmul", "X", X, cols, codes);
   check_bias(bias, X, rows);
-  return tiled_dequant_matmul(X, w, bias, kTileBytes,
+  return tiled_dequant_matmul(X, w, bias, kTiles,
                               [&](const at::Tensor& tile, int64_t r0, int64_t c0) { decode_tile(w, tile, r0, c0); });
 }
 
@@ -130,7 +131,7 @@ at::Tensor dequant_matmul_t_cpu(const at::Tensor& dY, const at::Tensor& codes, c
                                 c10::string_view format, int64_t group_size, int64_t rows, int64_t cols) {
   const lro::QuantMatrix w = check_quant_weight("dequant_matmul_t", codes, scales, format, group_size, rows, cols);
   check_matmul_input("dequant_matmul_t", "dY", dY, rows, codes);
-  return tiled_dequant_matmul_t(dY, w, kTileBytes,
+  return tiled_dequant_matmul_t(dY, w, kTiles,
                                 [&](const at::Tensor& tile, int64_t r0, int64_t c0) { decode_tile(w, tile, r0, c0); });
 }
 

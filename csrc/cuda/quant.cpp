@@ -18,9 +18,10 @@
 namespace lowrank_ops {
 namespace {
 
-// A decoded tile is 16 MiB at most: a 4096-wide bf16 W gives 2048-row tiles, wide enough for cuBLAS to
-// run near its peak, while deq(W) of a 4096 x 11008 layer (90 MB in bf16) is never held whole.
-constexpr int64_t kTileBytes = int64_t{16} << 20;
+// A decoded tile is 16 MiB, or 1024 lines of W if those are more: a 4096-wide bf16 W gives 2048-row tiles,
+// wide enough for cuBLAS to run near its peak, while deq(W) of a 4096 x 11008 layer (90 MB in bf16) is never
+// held whole.
+constexpr TilePolicy kTiles{int64_t{16} << 20, 1024};
 
 void check_launch(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, "lowrank_ops.", op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
@@ -117,7 +118,7 @@ at::Tensor dequant_matmul_cuda(const at::Tensor& X, const at::Tensor& codes, con
   check_matmul_input("dequant_matmul", "X", X, cols, codes);
   check_bias(bias, X, rows);
   const c10::cuda::CUDAGuard guard(X.device());
-  return tiled_dequant_matmul(X, w, bias, kTileBytes, [&](const at::Tensor& tile, int64_t r0, int64_t c0) {
+  return tiled_dequant_matmul(X, w, bias, kTiles, [&](const at::Tensor& tile, int64_t r0, int64_t c0) {
     decode_tile(w, tile, r0, c0, "dequant_matmul");
   });
 }
@@ -127,7 +128,7 @@ at::Tensor dequant_matmul_t_cuda(const at::Tensor& dY, const at::Tensor& codes, 
   const lro::QuantMatrix w = check_quant_weight("dequant_matmul_t", codes, scales, format, group_size, rows, cols);
   check_matmul_input("dequant_matmul_t", "dY", dY, rows, codes);
   const c10::cuda::CUDAGuard guard(dY.device());
-  return tiled_dequant_matmul_t(dY, w, kTileBytes, [&](const at::Tensor& tile, int64_t r0, int64_t c0) {
+  return tiled_dequant_matmul_t(dY, w, kTiles, [&](const at::Tensor& tile, int64_t r0, int64_t c0) {
     decode_tile(w, tile, r0, c0, "dequant_matmul_t");
   });
 }
