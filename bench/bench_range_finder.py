@@ -24,7 +24,9 @@ standard error; `optimal` is sqrt(sum_{i>r} sigma_i^2) / ||G||_F from the full S
 Targets (issue 5): range_finder >= 10x faster than torch.linalg.svd, and faster than torch.svd_lowrank
 at equal or lower error, on CPU and (same ratios) on an H100 with --device cuda. The cuda path has not
 been run yet (no GPU where this was written). For each svd_lowrank row the table names the fastest
-range_finder variant whose error is <= that row's and the speed ratio. Measured, never asserted.
+range_finder variant whose mean error is lower or statistically equal (z = difference / its standard
+error <= 2), the speed ratio and z, and the verdict under a strict mean <= mean comparison too.
+Measured, never asserted.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from bench import common  # noqa: E402
 OVERSAMPLE = 8
 POWER_ITERS = (1, 2)
 SVD_SPEEDUP_TARGET = 10.0
+EQUAL_Z = 2.0  # mean errors within 2 standard errors of their difference count as equal
 SEED = 20240611
 
 
@@ -145,16 +148,37 @@ def run_shape(res: common.Results, m: int, n: int, ranks, device, args) -> list[
                            target_met=svd_ms / t.median_ms >= SVD_SPEEDUP_TARGET)
             case.append(res.add(**row))
         for row in case:
-            if row.get("family") != "svd_lowrank":
-                continue
-            ours = [r for r in case if r.get("family") == "ours" and r["error"] <= row["error"]]
-            best = min(ours, key=lambda r: r["time_ms"]) if ours else None
-            row.update(matched_by=best["variant"] if best else None,
-                       speedup_of_match=row["time_ms"] / best["time_ms"] if best else None,
-                       target="range_finder faster at equal or lower error",
-                       target_met=bool(best) and best["time_ms"] < row["time_ms"])
+            if row.get("family") == "svd_lowrank":
+                match(row, [r for r in case if r.get("family") == "ours"])
         rows.append(case)
     return rows
+
+
+def error_z(ours: dict, theirs: dict) -> float:
+    """(ours - theirs) mean error in units of the standard error of that difference."""
+    sem = math.hypot(ours["error_sem"], theirs["error_sem"])
+    diff = ours["error"] - theirs["error"]
+    return diff / sem if sem > 0 else math.copysign(math.inf, diff) if diff else 0.0
+
+
+def match(row: dict, ours: list[dict]) -> None:
+    """Adds to an svd_lowrank row the fastest range_finder variant whose mean error is not higher: lower,
+    or equal in the statistical sense, |z| <= EQUAL_Z. With the same sketch size and passes the two
+    methods have the same error distribution on wide matrices (module docstring), so a strict comparison
+    of 5-draw means would decide ties by noise; both the strict and the statistical verdicts are stored."""
+    for r in ours:
+        r.setdefault("error_z_vs", {})[row["variant"]] = error_z(r, row)
+    eligible = [r for r in ours if error_z(r, row) <= EQUAL_Z]
+    best = min(eligible, key=lambda r: r["time_ms"]) if eligible else None
+    strict = [r for r in ours if r["error"] <= row["error"]]
+    best_strict = min(strict, key=lambda r: r["time_ms"]) if strict else None
+    row.update(matched_by=best["variant"] if best else None,
+               match_error_z=error_z(best, row) if best else None,
+               speedup_of_match=row["time_ms"] / best["time_ms"] if best else None,
+               target=f"range_finder faster at equal (|z| <= {EQUAL_Z:g}) or lower error",
+               target_met=bool(best) and best["time_ms"] < row["time_ms"],
+               matched_by_strict=best_strict["variant"] if best_strict else None,
+               target_met_strict=bool(best_strict) and best_strict["time_ms"] < row["time_ms"])
 
 
 def print_case(case: list[dict]) -> None:
@@ -169,7 +193,8 @@ def print_case(case: list[dict]) -> None:
             target = f"{'MET' if r['target_met'] else 'MISSED'} ({r['speedup_vs_svd']:.1f}x faster than svd)"
         elif r["matched_by"]:
             target = (f"{'MET' if r['target_met'] else 'MISSED'}: {r['matched_by']} "
-                      f"{r['speedup_of_match']:.2f}x faster at <= error")
+                      f"{r['speedup_of_match']:.2f}x faster, error z = {r['match_error_z']:+.1f}; strict "
+                      f"<=: {'MET' if r['target_met_strict'] else 'MISSED'}")
         else:
             target = "MISSED: no range_finder variant at <= error"
         body.append([r["variant"], common.fmt(r["time_ms"], ".0f"), common.fmt(r.get("time_iqr_ms"), ".0f"),
