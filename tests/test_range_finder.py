@@ -112,7 +112,8 @@ def test_subspace_error_within_1_5x_of_truncated_svd(spectrum, power_iters, side
 @pytest.mark.parametrize("spectrum", ["fast_decay", "exact_rank_below"])
 def test_singular_values_match_the_spectrum(spectrum, rng):
     """The estimates S_i of a well-captured spectrum equal s_i within twice plain torch's svdvals error
-    (plus one float32 unit of s_1); the captured ones never exceed s_i (interlacing)."""
+    (plus one float32 unit of s_1); they never exceed the singular values of G (S_i are those of A W with
+    W orthonormal: interlacing), up to twice the rounding error of plain torch's float32 svdvals."""
     s = SPECTRA[spectrum]
     G = known_spectrum(M, N, s, rng).float()
     _, S = ops.range_finder(G, RANK, power_iters=2)
@@ -120,8 +121,12 @@ def test_singular_values_match_the_spectrum(spectrum, rng):
     top = sorted(s, reverse=True)[:RANK]
     true[: len(top)] = torch.tensor(top, dtype=torch.float64)
     plain_err = float((torch.linalg.svdvals(G)[:RANK].double() - true).abs().max())
+    unit = torch.finfo(torch.float32).eps * true[0]
     err = float((S.double() - true).abs().max())
-    assert err <= 2 * plain_err + torch.finfo(torch.float32).eps * true[0], f"{err:.3e} vs torch {plain_err:.3e}"
+    assert err <= 2 * plain_err + unit, f"{err:.3e} vs torch {plain_err:.3e}"
+    exact = torch.linalg.svdvals(G.double())[:RANK]  # of the float32 matrix itself
+    rounding = float((torch.linalg.svdvals(G)[:RANK].double() - exact).abs().max())
+    assert (S.double() <= exact + 2 * rounding + unit).all()
 
 
 def test_zero_gradient_gives_orthonormal_basis_and_min_rank():
@@ -168,6 +173,20 @@ def test_adaptive_rank_for_a_prescribed_energy(target, side, rng):
     assert residual(G64, Q_r, side) ** 2 <= (1 - energy) * total
     if r > 1:
         assert residual(G64, Q_r[:, : r - 1], side) ** 2 > (1 - energy) * total
+
+
+@pytest.mark.parametrize("energy", [0.3, 0.6, 0.8])
+@pytest.mark.parametrize("power_iters", [0, 1])
+def test_adaptive_rank_keeps_the_energy_on_slow_decay(energy, power_iters, rng):
+    """s_i = 1/sqrt(i+1), where the tail bound has slack: the returned basis must still keep the energy
+    (the guarantee), and r cannot be below the optimal rank r* = min{r : c_r >= energy} of the spectrum."""
+    s = torch.tensor([1 / math.sqrt(i + 1) for i in range(131)], dtype=torch.float64)
+    G64 = known_spectrum(257, 131, s, rng)
+    c = torch.cumsum(s.square(), 0) / s.square().sum()
+    r_opt = int((c < energy).sum()) + 1
+    r, Q_r, _ = ops.adaptive_rank(G64.float(), energy, 120, power_iters=power_iters, seed=3)
+    assert residual(G64, Q_r, "left") ** 2 <= (1 - energy) * float(G64.square().sum())
+    assert r_opt <= r < 120
 
 
 def test_adaptive_rank_caps_at_max_rank(rng):
