@@ -46,17 +46,28 @@ class Net(torch.nn.Module):
         return self.fc2(torch.tanh(self.norm(self.fc1(x))))
 
 
-def make_net(dtype=torch.float32, seed=0):
+class ShardNet(Net):
+    """Net plus fc3.weight [2, 8] (left-projected, rank capped at 2): on 3 ranks one shard is empty."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc3 = torch.nn.Linear(OUT, 2, bias=False)
+
+    def forward(self, x):
+        return self.fc3(super().forward(x))
+
+
+def make_net(dtype=torch.float32, seed=0, cls=Net):
     torch.manual_seed(seed)
-    return Net().to(dtype)
+    return cls().to(dtype)
 
 
-def batch(step, worker, size=4, dtype=torch.float32):
+def batch(step, worker, size=4, dtype=torch.float32, out=OUT):
     """The data of (step, worker): a fixed random teacher, fresh inputs."""
     g = torch.Generator().manual_seed(1000 * step + worker)
     x = torch.randn(size, IN, generator=g, dtype=torch.float64)
     teacher = torch.Generator().manual_seed(7)
-    W = torch.randn(OUT, IN, generator=teacher, dtype=torch.float64)
+    W = torch.randn(out, IN, generator=teacher, dtype=torch.float64)
     return x.to(dtype), torch.sin(x @ W.T).to(dtype)
 
 
@@ -270,14 +281,14 @@ def fsdp_optimizer(params, keys):
 def fsdp_model(world, local_shards):
     from torch.distributed.fsdp import fully_shard
 
-    model = make_net()
+    model = make_net(cls=ShardNet)
     fully_shard(model, shard_placement_fn=shard_placement_fn(world) if local_shards else None)
     return model
 
 
 def global_batch(step, rank, world, dtype=torch.float32):
     """Rank `rank`'s part of the step's global batch of GLOBAL_BATCH samples."""
-    x, y = batch(step, 0, size=GLOBAL_BATCH, dtype=dtype)
+    x, y = batch(step, 0, size=GLOBAL_BATCH, dtype=dtype, out=2)
     per = GLOBAL_BATCH // world
     return x[rank * per : (rank + 1) * per], y[rank * per : (rank + 1) * per]
 
@@ -308,23 +319,26 @@ def _fsdp_rank(rank, world):
 
 
 def single_process(keys, dtype, steps=FSDP_STEPS):
-    model = make_net(dtype)
+    model = make_net(dtype, cls=ShardNet)
     opt = fsdp_optimizer(model.parameters(), keys)
     for t in range(steps):
-        x, y = batch(t, 0, size=GLOBAL_BATCH, dtype=dtype)
+        x, y = global_batch(t, 0, 1, dtype)
         F.mse_loss(model(x), y).backward()
         opt.step()
         opt.zero_grad()
     return [p.detach().clone() for p in model.parameters()]
 
 
-def test_fsdp2_matches_single_process():
-    results = run_local(_fsdp_rank, 2, timeout=TIMEOUT)
+@pytest.mark.parametrize("world", [2, 3])
+def test_fsdp2_matches_single_process(world):
+    results = run_local(_fsdp_rank, world, timeout=TIMEOUT)
     for name, (keys, local_shards) in FSDP_CASES.items():
         placements = results[0][name]["placements"]
-        # fc2.weight [8, 20] is projected on the left: Shard(1) (local step) with shard_placement_fn,
-        # FSDP2's default Shard(0) (the r x n all-reduce path) otherwise
-        assert placements["fc2.weight"] == ("(Shard(dim=1),)" if local_shards else "(Shard(dim=0),)")
+        # fc2.weight [8, 20] is projected on the left: Shard(1) (local step) with shard_placement_fn when
+        # the world size divides 20, FSDP2's default Shard(0) (the r x n all-reduce path) otherwise; on 3
+        # ranks fc1.weight [20, 12] has uneven shards and fc3.weight [2, 8] an empty one
+        local = local_shards and 20 % world == 0
+        assert placements["fc2.weight"] == ("(Shard(dim=1),)" if local else "(Shard(dim=0),)")
         ours32, ref32, ref64 = (
             results[0][name]["params"],
             single_process(keys, torch.float32),
