@@ -222,7 +222,7 @@ def reference64(X, qw, bias):
 
 
 MATMUL_CASES = [((1, 1), None, (1, )), ((37, 100), 32, (5, )), ((64, 300), None, (2, 3)), ((70, 131), 64, (33, )),
-                ((19, 9), 2, (4, ))]
+                ((19, 9), 2, (4, )), ((6, 10), 4, (0, )), ((6, 10), 4, ())]
 
 
 @pytest.mark.parametrize("backend,shape,group,lead", per_backend(MATMUL_CASES))
