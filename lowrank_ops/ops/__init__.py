@@ -1,6 +1,7 @@
 """Public op functions. Each validates its arguments, picks a backend (`backend=None`: the default for
 the tensor's device; or "cpu", "cuda", "triton", "reference") and calls torch.ops.lowrank_ops.*."""
 
+from .dct import dct_basis, dct_scores, dct_topk
 from .lowrank_adam import lowrank_adamw_step_
 from .projection import Projection, SideOperator
 from .quant import QuantizedWeight, dequant_matmul, dequantize, quantize
@@ -12,6 +13,9 @@ __all__ = [
     "QuantizedWeight",
     "SideOperator",
     "adaptive_rank",
+    "dct_basis",
+    "dct_scores",
+    "dct_topk",
     "dequant_matmul",
     "dequantize",
     "lowrank_adamw_step_",

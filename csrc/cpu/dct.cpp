@@ -1,0 +1,173 @@
+// CPU kernels of the DCT family (DESIGN.md §3): basis rows from kernels/dct.h, scores by a GEMM on basis
+// tiles generated into cache or by an FFT (csrc/dct_impl.h), and the deterministic top-k.
+//
+// Precision: the CPU computes in float64 for every input dtype and rounds the scores once, to float32
+// (float64 for float64 G). So its float32 scores are the float64 reference's rounded to float32 (the
+// float64 result is ~1e-15 relative from exact), and mathematically tied scores come out as equal
+// floats whatever the summation order, which keeps dct_topk's tie rule meaningful.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "../dct_args.h"
+#include "../dct_impl.h"
+#include "../../kernels/dct.h"
+
+namespace lowrank_ops {
+namespace {
+
+// GEMM path: kGemmTileElems entries per basis tile (1 MiB of float64; kb = 2^17 / d rows, at least one).
+constexpr int64_t kGemmTileElems = int64_t{1} << 17;
+// FFT path: about kFftChunkElems entries of G per rfft batch (chunk = 2^16 / d rows or columns; in an
+// ATen-op prototype of this path 2^16 beat 2^18 and 2^20 at d = 64 ... 4096), in at most kFftGroups groups
+// (see scores_fft).
+constexpr int64_t kFftChunkElems = int64_t{1} << 16;
+constexpr int64_t kFftGroups = 64;
+// "auto" takes the GEMM path for d <= kGemmMaxDim and the FFT path above. Measured on a 2-core Xeon
+// (AVX-512) shared with other jobs (load average ~10), median ms, GEMM / FFT, G with 4096 columns (left;
+// right alike):
+//   d =  16:  0.30 / 0.70     d =  32:  0.87 / 1.47     d =  48:  2.2 / 2.0     d =  64:  2.4 / 2.7
+//   d =  96:  13 / 4.3        d = 128:  15 / 7.9        d = 4096 (G 4096 x 4096):  20100 / 320
+// (bench/bench_dct.py repeats this sweep; bench/results/dct_cpu*.json). The GEMM does 2 d^2 (other) flops,
+// the FFT ~5 d log2(d) (other) plus fixed costs (plan, twiddles, the reordering pass): the GEMM wins below
+// d ~ 64, the FFT from there on, by 60x at d = 4096.
+constexpr int64_t kGemmMaxDim = 64;
+
+// rows[i, :] = D[first_row + i, :] (or D[index[i], :] when index is given) for the basis of size `dim`,
+// into a contiguous float or double tensor.
+void fill_rows(const at::Tensor& rows, int64_t dim, int64_t first_row, const int64_t* index) {
+  AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "lowrank_ops::dct_fill_rows", [&] {
+    scalar_t* base = rows.data_ptr<scalar_t>();
+    const int64_t ld = rows.stride(0);
+    at::parallel_for(0, rows.size(0), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t k = index != nullptr ? index[i] : first_row + i;
+        lro::dct_fill_segment<scalar_t>(dim, k, 0, dim, base + i * ld);
+      }
+    });
+  });
+}
+
+// Scores through the FFT (Makhoul, IEEE TASSP 28(1), 1980): for a length-d signal x, reorder
+//   v = (x[0], x[2], x[4], ..., x[5], x[3], x[1])     (evens ascending, then odds descending),
+// take V = rfft(v) (k = 0 .. d/2) and Z_k = exp(-i pi k / (2d)) V_k; then the unnormalized DCT-II
+//   X_k = sum_t x_t cos(pi k (2t + 1) / (2d))   is   X_k = Re Z_k (0 <= k <= d/2),  X_{d-k} = -Im Z_k
+// (1 <= k <= (d-1)/2), since V_{d-k} = conj(V_k) for real v. The scores need only |X_k| summed over G's
+// other dimension, so per k the sums of |Re Z_k| and |Im Z_k| (squares for l2) are accumulated, chunk by
+// chunk of `chunk` columns (left) or rows (right) of G, and finally scaled by c_k. O(m n log d) work
+// against the GEMM's O(m n d). float64 throughout; the reordering (with the cast to float64) and the
+// twiddle-and-reduce step are single passes written here, the rfft is torch's (MKL or pocketfft).
+at::Tensor scores_fft(const at::Tensor& G, const DctScoreArgs& a, int64_t chunk) {
+  const int64_t d = a.dim, h = d / 2 + 1, other = a.other;
+  std::vector<int64_t> perm(d);
+  const int64_t evens = (d + 1) / 2;
+  for (int64_t i = 0; i < d; ++i) perm[i] = i < evens ? 2 * i : 2 * (d - 1 - i) + 1;
+  std::vector<double> tw_re(h), tw_im(h);  // exp(-i pi k / (2d)), from kernels/dct.h's exact reduction
+  for (int64_t k = 0; k < h; ++k) {
+    tw_re[k] = lro::cos_pi_over_2n<double>(k, d);
+    tw_im[k] = -lro::sin_pi_over_2n<double>(k, d);
+  }
+  // Signal j of G (a column for left, a row for right) has entry t at G[t * s_t + j * s_j]. A chunk of
+  // w signals is gathered, reordered and cast into v[j, i] = signal (j0 + j) at t = perm[i] (w x d), so
+  // the rfft runs along contiguous rows on both sides. Chunks are split into a fixed number of groups
+  // (it depends on the shape only); one thread runs a group's chunks in order into the group's own sums,
+  // and the groups' sums are added in group order: the result does not depend on the number of threads,
+  // and there is one parallel region per call (on a loaded machine, many short regions cost more than
+  // the work).
+  const int64_t s_t = G.stride(a.left ? 0 : 1), s_j = G.stride(a.left ? 1 : 0);
+  const int64_t chunks = (other + chunk - 1) / chunk;
+  const int64_t groups = std::min(chunks, kFftGroups);
+  const int64_t per_group = groups > 0 ? (chunks + groups - 1) / groups : 0;
+  std::vector<double> sums(static_cast<size_t>(groups * 2 * h), 0.0);  // [group][re, im][k]
+  at::parallel_for(0, groups, 1, [&](int64_t g_begin, int64_t g_end) {
+    at::Tensor v_buf = at::empty({std::min(chunk, other) * d}, G.options().dtype(at::kDouble));
+    for (int64_t g = g_begin; g < g_end; ++g) {
+      double* sum_re = sums.data() + g * 2 * h;
+      double* sum_im = sum_re + h;
+      for (int64_t j0 = g * per_group * chunk; j0 < std::min(other, (g + 1) * per_group * chunk); j0 += chunk) {
+        const int64_t w = std::min(chunk, other - j0);
+        const at::Tensor v = v_buf.narrow(0, 0, w * d).view({w, d});
+        double* vp = v.data_ptr<double>();
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, G.scalar_type(), "lowrank_ops::dct_gather", [&] {
+          const scalar_t* src = G.const_data_ptr<scalar_t>() + j0 * s_j;
+          for (int64_t i = 0; i < d; ++i)
+            for (int64_t j = 0; j < w; ++j) vp[j * d + i] = static_cast<double>(src[perm[i] * s_t + j * s_j]);
+        });
+        const at::Tensor z = at::view_as_real(at::fft_rfft(v, std::nullopt, 1));  // [w, h, 2]
+        const double* zp = z.const_data_ptr<double>();
+        const int64_t zj = z.stride(0), zk = z.stride(1);
+        for (int64_t j = 0; j < w; ++j) {
+          const double* zr = zp + j * zj;
+          for (int64_t k = 0; k < h; ++k) {
+            const double re = tw_re[k] * zr[k * zk] - tw_im[k] * zr[k * zk + 1];
+            const double im = tw_re[k] * zr[k * zk + 1] + tw_im[k] * zr[k * zk];
+            sum_re[k] += a.l2 ? re * re : std::abs(re);
+            sum_im[k] += a.l2 ? im * im : std::abs(im);
+          }
+        }
+      }
+    }
+  });
+  std::vector<double> sum_re(h, 0.0), sum_im(h, 0.0);
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t k = 0; k < h; ++k) {
+      sum_re[k] += sums[g * 2 * h + k];
+      sum_im[k] += sums[g * 2 * h + h + k];
+    }
+  // s_k = c_k * (sum over |X_k|): X_k from Re Z_k for k <= d/2, X_{d-k} from -Im Z_k for k <= (d-1)/2.
+  at::Tensor s = at::empty({d}, at::TensorOptions().dtype(at::kDouble));
+  double* sp = s.data_ptr<double>();
+  for (int64_t k = 0; k < h; ++k) sp[k] = sum_re[k];
+  for (int64_t k = 1; k <= (d - 1) / 2; ++k) sp[d - k] = sum_im[k];
+  for (int64_t k = 0; k < d; ++k) sp[k] = lro::dct_row_scale<double>(k, d) * (a.l2 ? std::sqrt(sp[k]) : sp[k]);
+  return s;
+}
+
+at::Tensor scores_cpu(const char* op, const at::Tensor& G, c10::string_view side, c10::string_view norm,
+                      c10::string_view method) {
+  const DctScoreArgs a = check_scores_args(op, G, side, norm, method);
+  const at::ScalarType out = dct_score_dtype(G.scalar_type());
+  const bool gemm = a.method == DctMethod::kGemm || (a.method == DctMethod::kAuto && a.dim <= kGemmMaxDim);
+  at::Tensor s;
+  if (gemm) {
+    const int64_t kb = std::max<int64_t>(1, kGemmTileElems / a.dim);
+    s = dct::scores_gemm(G.to(at::kDouble), a, kb, at::kDouble, at::kDouble,
+                         [&](const at::Tensor& tile, int64_t k0) { fill_rows(tile, a.dim, k0, nullptr); });
+  } else {
+    s = scores_fft(G, a, std::max<int64_t>(1, kFftChunkElems / a.dim));
+  }
+  return s.to(out);
+}
+
+at::Tensor dct_scores_cpu(const at::Tensor& G, c10::string_view side, c10::string_view norm,
+                          c10::string_view method) {
+  return scores_cpu("dct_scores", G, side, norm, method);
+}
+
+at::Tensor dct_topk_cpu(const at::Tensor& G, int64_t rank, c10::string_view side, c10::string_view norm,
+                        c10::string_view method) {
+  check_topk_args(G, rank, side, norm, method);
+  return dct::select_top(scores_cpu("dct_topk", G, side, norm, method), rank);
+}
+
+at::Tensor dct_basis_cpu(const at::Tensor& indices, int64_t dim, at::ScalarType dtype) {
+  check_basis_args(indices, dim, dtype);
+  const at::Tensor index = indices.to(at::kLong).contiguous();
+  at::Tensor rows = at::empty({index.numel(), dim}, indices.options().dtype(dct_score_dtype(dtype)));
+  fill_rows(rows, dim, 0, index.data_ptr<int64_t>());
+  return rows.to(dtype);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lowrank_ops, CPU, m) {
+  m.impl("dct_scores", &dct_scores_cpu);
+  m.impl("dct_topk", &dct_topk_cpu);
+  m.impl("dct_basis", &dct_basis_cpu);
+}
+
+}  // namespace lowrank_ops

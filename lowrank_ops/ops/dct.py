@@ -1,0 +1,152 @@
+"""The DCT family: SVD-free projections from a fixed orthonormal DCT-II basis (Modoranu et al., "SVD-Free
+Low-Rank Adaptive Gradient Optimization for Large Language Models", arXiv:2505.17967).
+
+D is the d x d orthonormal DCT-II matrix (DESIGN.md §3, scipy.fft.dct(norm="ortho")):
+D[k, t] = c_k cos(pi k (2t + 1) / (2d)), c_0 = sqrt(1/d), c_k = sqrt(2/d). Per layer, the r basis rows
+best aligned with the gradient G form the projection P = D[idx, :]; only idx is persisted.
+  dct_scores(G, side, norm)     the alignment score of every basis row: the l1 (default) or l2 norms of
+                                the rows of D G (side "left", d = G.shape[0]) or of the columns of G D^T
+                                (side "right", d = G.shape[1]). float32 for float32/bfloat16/float16 G,
+                                float64 for float64 G.
+  dct_topk(G, rank, side, norm) the `rank` best rows by score: int32, ascending, equal scores going to the
+                                lower index; it selects on the scores dct_scores returns on that backend.
+  dct_basis(dim, indices)       the rows D[indices, :] (for tests, and for users who want P itself).
+The ops are not differentiable (selection is piecewise constant; nothing downstream differentiates the
+scores).
+
+Backends: "cpu" computes in float64 and rounds the scores once (so its float32 scores are the float64
+reference's, rounded), by an FFT for d > 64 and a GEMM on generated basis tiles below (csrc/cpu/dct.cpp
+has the measurements); "cuda" multiplies generated basis tiles with cuBLAS; "triton" is one GEMM that
+generates the basis tile in its K-loop and reduces the norms in its epilogue; "reference" is float64 torch.
+"""
+
+import torch
+
+from .. import _extension
+from ..reference import dct as reference
+from . import _backend, _checks
+
+SIDES = ("left", "right")
+NORMS = ("l1", "l2")
+INDEX_DTYPES = (torch.int16, torch.int32, torch.int64)
+
+
+def _triton():
+    from ..triton import dct as triton_dct  # imported on first use: triton is optional
+
+    return triton_dct
+
+
+# Triton variants: their own ops, so torch.compile sees them like the C++ ones.
+@torch.library.custom_op("lowrank_ops::dct_scores_triton", mutates_args=())
+def _dct_scores_triton(G: torch.Tensor, side: str, norm: str) -> torch.Tensor:
+    return _triton().dct_scores(G, side, norm)
+
+
+@torch.library.custom_op("lowrank_ops::dct_topk_triton", mutates_args=())
+def _dct_topk_triton(G: torch.Tensor, rank: int, side: str, norm: str) -> torch.Tensor:
+    return reference.select_top(_triton().dct_scores(G, side, norm), rank)
+
+
+@torch.library.custom_op("lowrank_ops::dct_basis_triton", mutates_args=())
+def _dct_basis_triton(indices: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    _check_index_range("dct_basis", indices, dim)
+    return _triton().dct_basis(indices, dim, dtype)
+
+
+def _check_index_range(op: str, indices: torch.Tensor, dim: int) -> None:
+    """Every index in [0, dim). Reads the values (a device sync), so it runs where the values are concrete:
+    eagerly in dct_basis, and inside the compiled and Triton ops (which check again at run time) when
+    torch.compile traces dct_basis."""
+    if indices.numel() and (indices.min() < 0 or indices.max() >= dim):
+        raise _checks.error(op, "indices", f"values in [0, {dim})",
+                            f"values in [{int(indices.min())}, {int(indices.max())}]")
+
+
+def _fake_scores(G, side, norm="l1", method="auto"):
+    d = G.shape[0] if side == "left" else G.shape[1]
+    return G.new_empty((d, ), dtype=reference.score_dtype(G.dtype))
+
+
+def _fake_topk(G, rank, side, norm="l1", method="auto"):
+    return G.new_empty((rank, ), dtype=torch.int32)
+
+
+def _fake_basis(indices, dim, dtype):
+    return indices.new_empty((indices.shape[0], dim), dtype=dtype)
+
+
+torch.library.register_fake("lowrank_ops::dct_scores_triton")(_fake_scores)
+torch.library.register_fake("lowrank_ops::dct_topk_triton")(_fake_topk)
+torch.library.register_fake("lowrank_ops::dct_basis_triton")(_fake_basis)
+if _extension.LOADED:
+    torch.library.register_fake("lowrank_ops::dct_scores")(_fake_scores)
+    torch.library.register_fake("lowrank_ops::dct_topk")(_fake_topk)
+    torch.library.register_fake("lowrank_ops::dct_basis")(_fake_basis)
+
+
+def _projected_dim(op: str, G, side: str) -> int:
+    _checks.float_matrix(op, "G", G)
+    _checks.choice(op, "side", side, SIDES)
+    d = G.shape[0 if side == "left" else 1]
+    if d < 1:
+        raise _checks.error(op, "G", f"non-empty along the projected dimension (side {side!r})", list(G.shape))
+    return d
+
+
+def dct_scores(G: torch.Tensor, side: str, norm: str = "l1", *, backend=None) -> torch.Tensor:
+    """Scores of the d basis rows against G: norms of the rows of D G (side "left", d = G.shape[0]) or of
+    the columns of G D^T (side "right", d = G.shape[1]). Returns [d] float32 (float64 for float64 G)."""
+    op = "dct_scores"
+    _projected_dim(op, G, side)
+    _checks.choice(op, "norm", norm, NORMS)
+    chosen = _backend.resolve(op, backend, G.device)
+    if chosen == "reference":
+        return reference.dct_scores(G, side, norm)
+    if chosen == "triton":
+        return torch.ops.lowrank_ops.dct_scores_triton(G, side, norm)
+    return torch.ops.lowrank_ops.dct_scores(G, side, norm)
+
+
+def dct_topk(G: torch.Tensor, rank: int, side: str, norm: str = "l1", *, backend=None) -> torch.Tensor:
+    """Indices of the `rank` best-scoring basis rows (see dct_scores): int32 [rank], ascending; equal
+    scores go to the lower index, so the result is deterministic on every backend."""
+    op = "dct_topk"
+    d = _projected_dim(op, G, side)
+    rank = _checks.positive_int(op, "rank", rank)
+    if rank > d:
+        raise _checks.error(op, "rank", f"<= {d} (the projected dimension d of G, side {side!r}, shape "
+                            f"{list(G.shape)})", rank)
+    _checks.choice(op, "norm", norm, NORMS)
+    chosen = _backend.resolve(op, backend, G.device)
+    if chosen == "reference":
+        return reference.dct_topk(G, rank, side, norm)
+    if chosen == "triton":
+        return torch.ops.lowrank_ops.dct_topk_triton(G, rank, side, norm)
+    return torch.ops.lowrank_ops.dct_topk(G, rank, side, norm)
+
+
+def dct_basis(dim: int, indices, dtype: torch.dtype = torch.float32, device=None, *, backend=None) -> torch.Tensor:
+    """The rows D[indices, :] of the dim x dim basis: [len(indices), dim] in `dtype` (computed in float32,
+    float64 for float64). `indices`: a 1-D int16/int32/int64 tensor or a sequence of ints, each in
+    [0, dim); `device`: default the tensor's device (torch's default device for a sequence)."""
+    op = "dct_basis"
+    dim = _checks.positive_int(op, "dim", dim)
+    if not isinstance(indices, torch.Tensor):
+        indices = torch.as_tensor(indices, dtype=torch.int64, device=device)
+    if indices.dtype not in INDEX_DTYPES:
+        raise _checks.error(op, "indices", "an int16, int32 or int64 tensor", indices.dtype)
+    if indices.dim() != 1:
+        raise _checks.error(op, "indices", "a 1-D tensor", f"a {indices.dim()}-D tensor of shape {list(indices.shape)}")
+    if _checks.float_dtype(op, "dtype", dtype) is None:
+        raise _checks.error(op, "dtype", "a floating dtype", None)
+    if device is not None:
+        indices = indices.to(device)
+    if not torch.compiler.is_compiling():
+        _check_index_range(op, indices, dim)
+    chosen = _backend.resolve(op, backend, indices.device)
+    if chosen == "reference":
+        return reference.dct_basis(dim, indices, dtype, indices.device)
+    if chosen == "triton":
+        return torch.ops.lowrank_ops.dct_basis_triton(indices, dim, dtype)
+    return torch.ops.lowrank_ops.dct_basis(indices, dim, dtype)
