@@ -40,8 +40,15 @@ LRO_HD void box_muller(uint32_t a, uint32_t b, float* z0, float* z1) {
   const float u1 = fmaxf(1.0e-7f, uniform_from_word(a));
   const float theta = 6.283185307179586f * uniform_from_word(b);
   const float rho = sqrtf(-2.0f * logf(u1));
-  *z0 = rho * cosf(theta);
-  *z1 = rho * sinf(theta);
+  float s, c;
+#if defined(_MSC_VER) && !defined(__CUDA_ARCH__)
+  s = sinf(theta);
+  c = cosf(theta);
+#else
+  sincosf(theta, &s, &c);  // one range reduction for both (CUDA, NVRTC and glibc all provide it)
+#endif
+  *z0 = rho * c;
+  *z1 = rho * s;
 }
 
 LRO_HD void gaussian_quad(uint64_t seed, uint32_t row, uint32_t group, float z[4]) {
@@ -75,9 +82,12 @@ LRO_HD void sketch_fill_segment(int kind, uint64_t seed, uint32_t row, int64_t j
     const int64_t group_end = (group + 1) * group_size < end ? (group + 1) * group_size : end;
     const PhiloxWords w = sketch_words(seed, row, static_cast<uint32_t>(group));
     if (kind == kRademacher) {
-      for (; j < group_end; ++j) {
-        const uint32_t word = word_at(w, static_cast<int>((j % kRademacherGroup) / 32));
-        out[j - j0] = ((word >> (j % 32)) & 1u) ? scale : -scale;
+      // One 32-bit word serves up to 32 consecutive columns: shift its bits out one per column.
+      while (j < group_end) {
+        const int bit0 = static_cast<int>(j % 32);
+        uint32_t word = word_at(w, static_cast<int>((j % kRademacherGroup) / 32)) >> bit0;
+        const int64_t run_end = j + (32 - bit0) < group_end ? j + (32 - bit0) : group_end;
+        for (; j < run_end; ++j, word >>= 1) out[j - j0] = (word & 1u) ? scale : -scale;
       }
     } else {
       float z[4];

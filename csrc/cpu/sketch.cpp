@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 
 #include "../sketch_args.h"
@@ -49,6 +50,11 @@ void sketch_fill_cpu(const at::Tensor& out, int64_t seed, c10::string_view kind)
   if (!full.is_same(out)) out.copy_(full);
 }
 
+// Both projections run as ONE parallel region: a thread owns a block of P's rows for the whole call,
+// generates its rows of each column tile and runs a single-threaded GEMM into its own rows (left) or
+// columns (right) of R. A fork/join per tile and per GEMM would cost more than the GEMMs on 2 cores
+// (bench/results/sketch_cpu.json, diag rows). The tiles of all threads together hold rank x kb values,
+// at most 1/8 of P.
 at::Tensor sketch_project_cpu(const at::Tensor& G, int64_t seed, int64_t rank, c10::string_view kind,
                               c10::string_view side, std::optional<at::ScalarType> out_dtype) {
   const ProjectionArgs a = check_project_args("sketch_project", G, rank, kind, side);
@@ -59,19 +65,25 @@ at::Tensor sketch_project_cpu(const at::Tensor& G, int64_t seed, int64_t rank, c
                           : at::zeros({other, rank}, G.options().dtype(compute));
   const int64_t kb = tile_columns(d);
   at::Tensor tile = at::empty({rank, kb}, G.options().dtype(compute));
-  for (int64_t k0 = 0; k0 < d; k0 += kb) {
-    const int64_t w = std::min(kb, d - k0);
-    at::Tensor p = sketch_tile(a.kind, static_cast<uint64_t>(seed), rank, d, k0, w, compute,
-                               tile.narrow(1, 0, w));
-    if (a.left) {
-      acc.addmm_(p, G.narrow(0, k0, w).to(compute));
-    } else {
-      acc.addmm_(G.narrow(1, k0, w).to(compute), p.t());
+  at::parallel_for(0, rank, 1, [&](int64_t begin, int64_t end) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // worker threads lack the caller's dispatch TLS
+    at::Tensor rows = tile.narrow(0, begin, end - begin);
+    at::Tensor out = a.left ? acc.narrow(0, begin, end - begin) : acc.narrow(1, begin, end - begin);
+    for (int64_t k0 = 0; k0 < d; k0 += kb) {
+      const int64_t w = std::min(kb, d - k0);
+      at::Tensor p = sketch_tile_rows(a.kind, static_cast<uint64_t>(seed), d, begin, k0, rows.narrow(1, 0, w));
+      if (a.left) {
+        out.addmm_(p, G.narrow(0, k0, w).to(compute));
+      } else {
+        out.addmm_(G.narrow(1, k0, w).to(compute), p.t());
+      }
     }
-  }
+  });
   return acc.to(out_dtype.value_or(G.scalar_type()));
 }
 
+// Column tiles of P map to disjoint rows (left) or columns (right) of the result, so threads split the
+// tiles; each generates the full rank x kb tile it needs and runs a single-threaded GEMM.
 at::Tensor sketch_unproject_cpu(const at::Tensor& R, int64_t seed, int64_t dim, c10::string_view kind,
                                 c10::string_view side, std::optional<at::ScalarType> out_dtype) {
   const ProjectionArgs a = check_unproject_args("sketch_unproject", R, dim, kind, side);
@@ -82,19 +94,22 @@ at::Tensor sketch_unproject_cpu(const at::Tensor& R, int64_t seed, int64_t dim, 
   at::Tensor out = a.left ? at::empty({dim, other}, R.options().dtype(compute))
                           : at::empty({other, dim}, R.options().dtype(compute));
   const int64_t kb = tile_columns(dim);
-  at::Tensor tile = at::empty({rank, kb}, R.options().dtype(compute));
-  for (int64_t k0 = 0; k0 < dim; k0 += kb) {
-    const int64_t w = std::min(kb, dim - k0);
-    at::Tensor p = sketch_tile(a.kind, static_cast<uint64_t>(seed), rank, dim, k0, w, compute,
-                               tile.narrow(1, 0, w));
-    if (a.left) {
-      at::Tensor rows = out.narrow(0, k0, w);
-      at::mm_out(rows, p.t(), r);
-    } else {
-      at::Tensor cols = out.narrow(1, k0, w);
-      at::mm_out(cols, r, p);
+  const int64_t tiles = (dim + kb - 1) / kb;
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in sketch_project_cpu
+    at::Tensor tile = at::empty({rank, kb}, R.options().dtype(compute));
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t k0 = t * kb, w = std::min(kb, dim - k0);
+      at::Tensor p = sketch_tile_rows(a.kind, static_cast<uint64_t>(seed), dim, 0, k0, tile.narrow(1, 0, w));
+      if (a.left) {
+        at::Tensor rows = out.narrow(0, k0, w);
+        at::mm_out(rows, p.t(), r);
+      } else {
+        at::Tensor cols = out.narrow(1, k0, w);
+        at::mm_out(cols, r, p);
+      }
     }
-  }
+  });
   return out.to(out_dtype.value_or(R.scalar_type()));
 }
 

@@ -21,19 +21,34 @@ inline int64_t tile_columns(int64_t d) {
   return std::min<int64_t>(d, std::max<int64_t>(group, eighth));
 }
 
+// Rows [row0, row0 + rows) of P[:, k0 : k0 + kb] (the rank x d sketch) into `dst` (row stride ld),
+// on the calling thread. scale = 1/sqrt(d) rounded to scalar_t, as on every backend.
+template <typename scalar_t>
+void fill_sketch_rows(int kind, uint64_t seed, int64_t d, int64_t row0, int64_t rows, int64_t k0, int64_t kb,
+                      scalar_t* dst, int64_t ld) {
+  const scalar_t scale = static_cast<scalar_t>(1.0 / std::sqrt(static_cast<double>(d)));
+  for (int64_t i = 0; i < rows; ++i)
+    lro::sketch_fill_segment<scalar_t>(kind, seed, static_cast<uint32_t>(row0 + i), k0, kb, scale, dst + i * ld);
+}
+
+// The rows of P[:, k0 : k0 + kb] matching `tile`'s rows, starting at P's row `row0`, written into `tile`
+// (rows x kb, unit column stride, float or double) on the calling thread. Returns `tile`.
+inline at::Tensor sketch_tile_rows(int kind, uint64_t seed, int64_t d, int64_t row0, int64_t k0,
+                                   at::Tensor tile) {
+  AT_DISPATCH_FLOATING_TYPES(tile.scalar_type(), "lowrank_ops::sketch_tile_rows", [&] {
+    fill_sketch_rows<scalar_t>(kind, seed, d, row0, tile.size(0), k0, tile.size(1), tile.data_ptr<scalar_t>(),
+                               tile.stride(0));
+  });
+  return tile;
+}
+
 // P[:, k0 : k0 + kb] of the rank x d sketch, written into `tile` (rank x kb, unit column stride) in
 // `dtype` (float or double), generated row-parallel. Returns `tile`.
 inline at::Tensor sketch_tile(int kind, uint64_t seed, int64_t rank, int64_t d, int64_t k0, int64_t kb,
                               at::ScalarType dtype, at::Tensor tile) {
-  AT_DISPATCH_FLOATING_TYPES(dtype, "lowrank_ops::sketch_tile", [&] {
-    const scalar_t scale = static_cast<scalar_t>(1.0 / std::sqrt(static_cast<double>(d)));
-    scalar_t* base = tile.data_ptr<scalar_t>();
-    const int64_t ld = tile.stride(0);
-    at::parallel_for(0, rank, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i)
-        lro::sketch_fill_segment<scalar_t>(kind, seed, static_cast<uint32_t>(i), k0, kb, scale,
-                                           base + i * ld);
-    });
+  TORCH_INTERNAL_ASSERT(tile.scalar_type() == dtype);
+  at::parallel_for(0, rank, 1, [&](int64_t begin, int64_t end) {
+    sketch_tile_rows(kind, seed, d, begin, k0, tile.narrow(0, begin, end - begin).narrow(1, 0, kb));
   });
   return tile;
 }
