@@ -1,20 +1,21 @@
 // The fused low-rank AdamW step (lowrank_ops/reference/lowrank_adam.py), device-independent part: the
-// order of the GEMMs and their tiling. The per-device parts (sketch tile generation, the moment epilogue,
-// the unprojection GEMM with the weight-update epilogue) come in an AdamDevice; csrc/cpu/lowrank_adam.cpp
-// and csrc/cuda/lowrank_adam.cpp provide one each.
+// order of the GEMMs. The per-device parts (the moment epilogue and the unprojection GEMM with the
+// weight-update epilogue) come in an AdamDevice; csrc/cpu/lowrank_adam.cpp and csrc/cuda/lowrank_adam.cpp
+// provide one each.
 //
-// Projection R = L G R^T. One side: a GEMM over tiles of P's columns (the projected dimension d), each
-// tile of P generated into a cache-sized buffer (seeded kinds) or read from the matrix, and G read tile by
-// tile in the compute dtype:
-//   left   R = P G   = sum_k P[:, k] G[k, :]          right   R = G P^T = sum_k G[:, k] P[:, k]^T
-// Two sides: two such GEMMs, the one on G first, in the order with fewer flops.
+// Projection R = L G R^T. A seeded side is the sketch family's op (lowrank_ops::sketch_project: P generated
+// tile by tile, never materialized, on either device); an explicit side is a GEMM with its matrix, over
+// tiles of the projected dimension when G must be converted to the compute dtype. Two sides: two such
+// GEMMs, the one on G first, in the order with fewer flops.
 // Moments: one elementwise pass over R (kernels/adam.h), which leaves the direction in R's buffer.
-// Unprojection with the weight update, tile by tile of P's columns, so that only a tile of U is formed:
+// Unprojection with the weight update (the device's hook), one tile of P's columns at a time, so that only
+// a tile of U = P^T Y or Y P is ever formed:
 //   left   W[k, :] <- update(W[k, :], P[:, k]^T Y)    right   W[:, k] <- update(W[:, k], Y P[:, k])
 // with Y the direction (one side) or, for two sides, D R (r1 x n, then left) or L^T D (m x r2, then
 // right), whichever costs fewer flops.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
 
@@ -24,74 +25,60 @@
 namespace lowrank_ops {
 
 struct AdamDevice {
-  // tile (rank x width, compute dtype, unit column stride) <- P[:, k0 : k0 + width] of a seeded side.
-  void (*fill_sketch)(const SideOp& side, int64_t k0, int64_t width, at::Tensor& tile);
   // The moments of every element of r (the projected gradient; contiguous, compute dtype), in place on
   // the states (contiguous, compute dtype; delta only in the adapter mode); r is overwritten with the
   // direction to unproject.
   void (*moments)(at::Tensor& r, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, at::Tensor* delta,
                   const AdamArgs& args);
-  // w_block <- adam_weight_update(w_block, U) with U = p^T y (left: w_block holds rows of W) or y p
-  // (right: columns of W). p is rank x width, y the direction operand, both in the compute dtype.
-  void (*update)(const at::Tensor& w_block, const at::Tensor& p, const at::Tensor& y, bool left, const AdamArgs& args);
+  // W <- adam_weight_update(W, U) with U = P^T Y (left) or Y P (right), P the side's rank x dim operator,
+  // Y in the compute dtype, without forming U as a whole.
+  void (*unproject_update)(const SideOp& side, bool left, const at::Tensor& Y, const at::Tensor& W,
+                           const AdamArgs& args);
 };
 
 namespace adam_driver {
 
-// Calls fn(k0, width, P[:, k0 : k0 + width]) for consecutive column tiles of the side's P.
-template <typename Fn>
-void for_each_tile(const SideOp& side, const at::TensorOptions& options, const AdamDevice& device, Fn fn) {
-  const int64_t kb = tile_columns(side.dim);
-  at::Tensor buffer = side.seeded() ? at::empty({side.rank, kb}, options) : at::Tensor();
-  for (int64_t k0 = 0; k0 < side.dim; k0 += kb) {
-    const int64_t width = std::min(kb, side.dim - k0);
-    if (side.seeded()) {
-      at::Tensor tile = buffer.narrow(1, 0, width);
-      device.fill_sketch(side, k0, width, tile);
-      fn(k0, width, tile);
-    } else {
-      fn(k0, width, side.matrix.narrow(1, k0, width));
-    }
-  }
+inline const char* kind_name(int kind) { return kind == kSideRademacher ? "rademacher" : "gaussian"; }
+
+using SketchOp = at::Tensor(const at::Tensor&, int64_t, int64_t, c10::string_view, c10::string_view,
+                            std::optional<at::ScalarType>);
+
+// lowrank_ops::sketch_project / sketch_unproject through the dispatcher (csrc/registration.cpp).
+inline at::Tensor call_sketch_op(const char* name, const at::Tensor& x, const SideOp& side, int64_t size, bool left,
+                                 at::ScalarType out_dtype) {
+  const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<SketchOp>();
+  return op.call(x, static_cast<int64_t>(side.seed), size, kind_name(side.kind), left ? "left" : "right", out_dtype);
 }
 
-// P X (left, X: dim x c) or X P^T (right, X: c x dim), accumulated in `compute`.
-inline at::Tensor project(const SideOp& side, bool left, const at::Tensor& X, at::ScalarType compute,
-                          const AdamDevice& device) {
-  const at::TensorOptions options = X.options().dtype(compute);
+// P X (left, X: dim x c) or X P^T (right, X: c x dim), accumulated in `compute` (sketch_project
+// accumulates in X's compute dtype, so a float64 step takes X in float64: for float64 W and a
+// lower-precision G that is a copy of G, float64 being the testing precision).
+inline at::Tensor project(const SideOp& side, bool left, const at::Tensor& X_in, at::ScalarType compute) {
+  const at::TensorOptions options = X_in.options().dtype(compute);
+  if (side.dim == 0) return left ? at::zeros({side.rank, X_in.size(1)}, options) : at::zeros({X_in.size(0), side.rank}, options);
+  const at::Tensor X = compute == at::kDouble ? X_in.to(at::kDouble) : X_in;
+  if (side.seeded()) return call_sketch_op("lowrank_ops::sketch_project", X, side, side.rank, left, compute);
+  if (X.scalar_type() == compute) return left ? at::mm(side.matrix, X) : at::mm(X, side.matrix.t());
+  // X converted tile by tile: no full-size copy of G in the compute dtype.
   at::Tensor acc = left ? at::zeros({side.rank, X.size(1)}, options) : at::zeros({X.size(0), side.rank}, options);
-  for_each_tile(side, options, device, [&](int64_t k0, int64_t width, const at::Tensor& p) {
+  const int64_t kb = tile_columns(side.dim);
+  for (int64_t k0 = 0; k0 < side.dim; k0 += kb) {
+    const int64_t width = std::min(kb, side.dim - k0);
+    const at::Tensor p = side.matrix.narrow(1, k0, width);
     if (left) {
       acc.addmm_(p, X.narrow(0, k0, width).to(compute));
     } else {
       acc.addmm_(X.narrow(1, k0, width).to(compute), p.t());
     }
-  });
+  }
   return acc;
 }
 
 // P^T Y (left: dim x c) or Y P (right: c x dim) for a small Y (the first GEMM of a two-sided unprojection).
-inline at::Tensor unproject(const SideOp& side, bool left, const at::Tensor& Y, const AdamDevice& device) {
-  at::Tensor out = left ? at::empty({side.dim, Y.size(1)}, Y.options()) : at::empty({Y.size(0), side.dim}, Y.options());
-  for_each_tile(side, Y.options(), device, [&](int64_t k0, int64_t width, const at::Tensor& p) {
-    if (left) {
-      at::Tensor rows = out.narrow(0, k0, width);
-      at::mm_out(rows, p.t(), Y);
-    } else {
-      at::Tensor cols = out.narrow(1, k0, width);
-      at::mm_out(cols, Y, p);
-    }
-  });
-  return out;
-}
-
-// W <- update(W, P^T Y) (left) or update(W, Y P) (right), one tile of P's columns at a time.
-inline void unproject_update(const SideOp& side, bool left, const at::Tensor& Y, const at::Tensor& W, const AdamArgs& args,
-                             const AdamDevice& device) {
-  for_each_tile(side, Y.options(), device, [&](int64_t k0, int64_t width, const at::Tensor& p) {
-    const at::Tensor block = left ? W.narrow(0, k0, width) : W.narrow(1, k0, width);
-    device.update(block, p, Y, left, args);
-  });
+inline at::Tensor unproject(const SideOp& side, bool left, const at::Tensor& Y) {
+  if (side.dim == 0) return left ? at::empty({0, Y.size(1)}, Y.options()) : at::empty({Y.size(0), 0}, Y.options());
+  if (side.seeded()) return call_sketch_op("lowrank_ops::sketch_unproject", Y, side, side.dim, left, Y.scalar_type());
+  return left ? at::mm(side.matrix.t(), Y) : at::mm(Y, side.matrix);
 }
 
 // `state` as a contiguous tensor of `compute`: itself when it already is one, else a copy (written back
@@ -120,10 +107,10 @@ inline void lowrank_adamw_step(const at::Tensor& W, const at::Tensor& G, const a
   at::Tensor R;
   if (two_sided) {
     const bool right_first = m * n * r2 + r1 * m * r2 <= r1 * m * n + r1 * n * r2;
-    R = right_first ? project(left, true, project(right, false, G, compute, device), compute, device)
-                    : project(right, false, project(left, true, G, compute, device), compute, device);
+    R = right_first ? project(left, true, project(right, false, G, compute), compute)
+                    : project(right, false, project(left, true, G, compute), compute);
   } else {
-    R = left.present() ? project(left, true, G, compute, device) : project(right, false, G, compute, device);
+    R = left.present() ? project(left, true, G, compute) : project(right, false, G, compute);
   }
 
   at::Tensor m_work = working_copy(exp_avg, compute), v_work = working_copy(exp_avg_sq, compute);
@@ -136,14 +123,14 @@ inline void lowrank_adamw_step(const at::Tensor& W, const at::Tensor& G, const a
   if (two_sided) {
     const bool via_left = r1 * r2 * n + m * n * r1 <= m * r1 * r2 + m * n * r2;
     if (via_left) {
-      unproject_update(left, true, unproject(right, false, R, device), W, args, device);
+      device.unproject_update(left, true, unproject(right, false, R), W, args);
     } else {
-      unproject_update(right, false, unproject(left, true, R, device), W, args, device);
+      device.unproject_update(right, false, unproject(left, true, R), W, args);
     }
   } else if (left.present()) {
-    unproject_update(left, true, R, W, args, device);
+    device.unproject_update(left, true, R, W, args);
   } else {
-    unproject_update(right, false, R, W, args, device);
+    device.unproject_update(right, false, R, W, args);
   }
 }
 

@@ -1,7 +1,10 @@
 // CPU kernels of the lowrank_adam family: the device hooks of csrc/lowrank_adam_driver.h. The per-element
-// math is kernels/adam.h. The weight update forms U = P^T Y (left) or Y P (right) one chunk of W's
-// columns (left) or rows (right) at a time per thread, in a buffer that stays in the core's L2, and
-// applies the update to that chunk of W straight away; W is read and written once.
+// math is kernels/adam.h. Each hook is ONE parallel region: on a machine with few cores a fork/join per tile
+// and per GEMM costs more than it saves (bench/results/sketch_cpu.json, bench/results/optim_cpu*.json).
+// The weight update splits P's columns (W's rows for a left side, its columns for a right side) into
+// blocks; a thread generates its block of P, forms U = P^T Y or Y P for it chunk by chunk of the other
+// dimension in a buffer that stays in its L2 (single-threaded GEMMs), and updates that chunk of W at once:
+// W is read and written once and U never exists as a whole.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -15,17 +18,15 @@
 namespace lowrank_ops {
 namespace {
 
-// Elements of the U chunk a thread forms and consumes at once (256 KiB in float32).
+// Columns of P per block of the weight update (one Rademacher Philox group), and elements of the U chunk
+// a thread forms and consumes at once (256 KiB in float32).
+constexpr int64_t kBlockColumns = 128;
 constexpr int64_t kChunkElems = 64 * 1024;
 constexpr int64_t kMomentsGrain = 4096;
 
 template <typename T>
 lro::AdamStep<T> adam_step(const AdamArgs& a) {
   return lro::make_adam_step<T>(a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.step, a.scale, a.adapter);
-}
-
-void fill_sketch_cpu(const SideOp& side, int64_t k0, int64_t width, at::Tensor& tile) {
-  sketch_tile(side.kind, side.seed, side.rank, side.dim, k0, width, tile.scalar_type(), tile);
 }
 
 void moments_cpu(at::Tensor& r, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, at::Tensor* delta,
@@ -64,43 +65,44 @@ void update_rows(W_t* w, int64_t s0, int64_t s1, int64_t rows, int64_t cols, con
   }
 }
 
-// Left: block = W[k, :] (width rows), U = p^T y chunk by chunk of columns. Right: block = W[:, k] (width
-// columns), U = y p chunk by chunk of rows. Each thread owns whole chunks: it forms U for its chunk with a
-// single-threaded GEMM (MKL runs serially inside a parallel region) and updates that part of W.
-void update_cpu(const at::Tensor& block, const at::Tensor& p, const at::Tensor& y, bool left,
-                const AdamArgs& args) {
-  const int64_t width = p.size(1);
-  const int64_t other = left ? block.size(1) : block.size(0);
-  if (width == 0 || other == 0) return;
-  const int64_t chunk = std::max<int64_t>(1, std::min(other, kChunkElems / width));
-  const int64_t chunks = (other + chunk - 1) / chunk;
-  const at::Tensor pt = p.t();
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, block.scalar_type(), "lowrank_adamw_step_ update", [&] {
+void unproject_update_cpu(const SideOp& side, bool left, const at::Tensor& Y, const at::Tensor& W,
+                          const AdamArgs& args) {
+  const int64_t d = side.dim, other = left ? W.size(1) : W.size(0);
+  if (d == 0 || other == 0) return;
+  const int64_t blocks = (d + kBlockColumns - 1) / kBlockColumns;
+  const int64_t chunk = std::max<int64_t>(1, std::min(other, kChunkElems / kBlockColumns));
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, W.scalar_type(), "lowrank_adamw_step_ update", [&] {
     using W_t = scalar_t;
     using T = at::opmath_type<W_t>;
     const lro::AdamStep<T> s = adam_step<T>(args);
-    const int64_t s0 = block.stride(0), s1 = block.stride(1);
-    W_t* const base = block.data_ptr<W_t>();
-    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-      at::Tensor buffer = at::empty({width * chunk}, p.options());
-      for (int64_t c = begin; c < end; ++c) {
-        const int64_t c0 = c * chunk, len = std::min(chunk, other - c0);
-        at::Tensor u = buffer.narrow(0, 0, width * len);
-        if (left) {
-          u = u.view({width, len});
-          at::mm_out(u, pt, y.narrow(1, c0, len));
-          update_rows(base + c0 * s1, s0, s1, width, len, u.data_ptr<T>(), s);
-        } else {
-          u = u.view({len, width});
-          at::mm_out(u, y.narrow(0, c0, len), p);
-          update_rows(base + c0 * s0, s0, s1, len, width, u.data_ptr<T>(), s);
+    const int64_t s0 = W.stride(0), s1 = W.stride(1);
+    W_t* const base = W.data_ptr<W_t>();
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      at::Tensor tile = side.seeded() ? at::empty({side.rank, kBlockColumns}, Y.options()) : at::Tensor();
+      at::Tensor buffer = at::empty({kBlockColumns * chunk}, Y.options());
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t k0 = b * kBlockColumns, width = std::min(kBlockColumns, d - k0);
+        const at::Tensor p = side.seeded()
+                                 ? sketch_tile_rows(side.kind, side.seed, d, 0, k0, tile.narrow(1, 0, width))
+                                 : side.matrix.narrow(1, k0, width);
+        for (int64_t c0 = 0; c0 < other; c0 += chunk) {
+          const int64_t len = std::min(chunk, other - c0);
+          if (left) {  // U = P[:, k]^T Y[:, c] updates W[k, c]
+            at::Tensor u = buffer.narrow(0, 0, width * len).view({width, len});
+            at::mm_out(u, p.t(), Y.narrow(1, c0, len));
+            update_rows(base + k0 * s0 + c0 * s1, s0, s1, width, len, u.data_ptr<T>(), s);
+          } else {  // U = Y[c, :] P[:, k] updates W[c, k]
+            at::Tensor u = buffer.narrow(0, 0, width * len).view({len, width});
+            at::mm_out(u, Y.narrow(0, c0, len), p);
+            update_rows(base + c0 * s0 + k0 * s1, s0, s1, len, width, u.data_ptr<T>(), s);
+          }
         }
       }
     });
   });
 }
 
-const AdamDevice kCpu{&fill_sketch_cpu, &moments_cpu, &update_cpu};
+const AdamDevice kCpu{&moments_cpu, &unproject_update_cpu};
 
 void lowrank_adamw_step_cpu(const at::Tensor& W, const at::Tensor& G, const at::Tensor& exp_avg,
                             const at::Tensor& exp_avg_sq, const std::optional<at::Tensor>& delta,

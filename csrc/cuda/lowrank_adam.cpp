@@ -28,17 +28,6 @@ lro::AdamStep<T> adam_step(const AdamArgs& a) {
   return lro::make_adam_step<T>(a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.step, a.scale, a.adapter);
 }
 
-void fill_sketch_cuda(const SideOp& side, int64_t k0, int64_t width, at::Tensor& tile) {
-  const auto kind = static_cast<lro::SketchKind>(side.kind);
-  const cudaError_t err =
-      tile.scalar_type() == at::kDouble
-          ? lro::launch_sketch_window(tile.mutable_data_ptr<double>(), tile.stride(0), kind, side.seed, side.rank,
-                                      side.dim, k0, width, stream_of(tile))
-          : lro::launch_sketch_window(tile.mutable_data_ptr<float>(), tile.stride(0), kind, side.seed, side.rank,
-                                      side.dim, k0, width, stream_of(tile));
-  check_launch(err, "the sketch tile of columns [" + std::to_string(k0) + ", " + std::to_string(k0 + width) + ")");
-}
-
 void moments_cuda(at::Tensor& r, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, at::Tensor* delta,
                   const AdamArgs& args) {
   cudaError_t err;
@@ -56,8 +45,20 @@ void moments_cuda(at::Tensor& r, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, at
   check_launch(err, "the moment update of " + std::to_string(r.numel()) + " elements");
 }
 
-void update_cuda(const at::Tensor& block, const at::Tensor& p, const at::Tensor& y, bool left,
-                 const AdamArgs& args) {
+// tile (rank x width) <- P[:, k0 : k0 + width] of a seeded side.
+void fill_sketch_cuda(const SideOp& side, int64_t k0, int64_t width, const at::Tensor& tile) {
+  const auto kind = static_cast<lro::SketchKind>(side.kind);
+  const cudaError_t err =
+      tile.scalar_type() == at::kDouble
+          ? lro::launch_sketch_window(tile.mutable_data_ptr<double>(), tile.stride(0), kind, side.seed, side.rank,
+                                      side.dim, k0, width, stream_of(tile))
+          : lro::launch_sketch_window(tile.mutable_data_ptr<float>(), tile.stride(0), kind, side.seed, side.rank,
+                                      side.dim, k0, width, stream_of(tile));
+  check_launch(err, "the sketch tile of columns [" + std::to_string(k0) + ", " + std::to_string(k0 + width) + ")");
+}
+
+// block <- adam_weight_update(block, U) with U = p^T y (left: block holds rows of W) or y p (right: columns).
+void update_block(const at::Tensor& block, const at::Tensor& p, const at::Tensor& y, bool left, const AdamArgs& args) {
   const at::Tensor u = left ? at::mm(p.t(), y) : at::mm(y, p);
   const int64_t rows = block.size(0), cols = block.size(1), s0 = block.stride(0), s1 = block.stride(1);
   const cudaStream_t stream = stream_of(block);
@@ -78,7 +79,24 @@ void update_cuda(const at::Tensor& block, const at::Tensor& p, const at::Tensor&
   check_launch(err, "the weight update of a block of shape " + shape_str(block));
 }
 
-const AdamDevice kCuda{&fill_sketch_cuda, &moments_cuda, &update_cuda};
+void unproject_update_cuda(const SideOp& side, bool left, const at::Tensor& Y, const at::Tensor& W,
+                           const AdamArgs& args) {
+  const int64_t kb = tile_columns(side.dim);
+  const at::Tensor tile = side.seeded() ? at::empty({side.rank, kb}, Y.options()) : at::Tensor();
+  for (int64_t k0 = 0; k0 < side.dim; k0 += kb) {
+    const int64_t width = std::min(kb, side.dim - k0);
+    at::Tensor p;
+    if (side.seeded()) {
+      p = tile.narrow(1, 0, width);
+      fill_sketch_cuda(side, k0, width, p);
+    } else {
+      p = side.matrix.narrow(1, k0, width);
+    }
+    update_block(left ? W.narrow(0, k0, width) : W.narrow(1, k0, width), p, Y, left, args);
+  }
+}
+
+const AdamDevice kCuda{&moments_cuda, &unproject_update_cuda};
 
 void lowrank_adamw_step_cuda(const at::Tensor& W, const at::Tensor& G, const at::Tensor& exp_avg,
                              const at::Tensor& exp_avg_sq, const std::optional<at::Tensor>& delta,

@@ -87,7 +87,12 @@ def lowrank_adamw_step_(W: torch.Tensor, G: torch.Tensor, exp_avg: torch.Tensor,
                         delta: torch.Tensor | None = None, backend=None) -> None:
     """One AdamW step of W through the projection, in place on W, exp_avg, exp_avg_sq (and `delta` in
     wd_mode "adapter"). W fp32/bf16 (fp32 math, one rounding on store) or fp64; G any float dtype;
-    moments fp32 in the projected shape; `step` is the count after increment (t >= 1)."""
+    moments fp32 in the projected shape; `step` is the count after increment (t >= 1).
+
+    Products: the C++ backends (cpu, cuda) multiply in float32 (float64 for float64 W). The Triton backend
+    multiplies a 16-bit G with P rounded to G's dtype and, for a bfloat16 W, unprojects in bfloat16
+    operands (tensor cores; accumulation and the elementwise math stay float32); see
+    lowrank_ops/triton/lowrank_adam.py."""
     _check(W, G, exp_avg, exp_avg_sq, projection, step, wd_mode, delta)
     chosen = _backend.resolve(OP, backend, W.device)
     hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, step=step, scale=scale,
