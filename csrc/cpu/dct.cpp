@@ -84,11 +84,13 @@ at::Tensor scores_fft(const at::Tensor& G, const DctScoreArgs& a, int64_t chunk)
   const int64_t per_group = groups > 0 ? (chunks + groups - 1) / groups : 0;
   std::vector<double> sums(static_cast<size_t>(groups * 2 * h), 0.0);  // [group][re, im][k]
   at::parallel_for(0, groups, 1, [&](int64_t g_begin, int64_t g_end) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // worker threads lack the caller's dispatch TLS
     at::Tensor v_buf = at::empty({std::min(chunk, other) * d}, G.options().dtype(at::kDouble));
     for (int64_t g = g_begin; g < g_end; ++g) {
       double* sum_re = sums.data() + g * 2 * h;
       double* sum_im = sum_re + h;
-      for (int64_t j0 = g * per_group * chunk; j0 < std::min(other, (g + 1) * per_group * chunk); j0 += chunk) {
+      const int64_t end = std::min(other, (g + 1) * per_group * chunk);
+      for (int64_t j0 = g * per_group * chunk; j0 < end; j0 += chunk) {
         const int64_t w = std::min(chunk, other - j0);
         const at::Tensor v = v_buf.narrow(0, 0, w * d).view({w, d});
         double* vp = v.data_ptr<double>();
