@@ -27,14 +27,14 @@ constexpr int64_t kGemmTileElems = int64_t{1} << 17;
 // (see scores_fft).
 constexpr int64_t kFftChunkElems = int64_t{1} << 16;
 constexpr int64_t kFftGroups = 64;
-// "auto" takes the GEMM path for d <= kGemmMaxDim and the FFT path above. Measured on a 2-core Xeon
-// (AVX-512) shared with other jobs (load average ~10), median ms, GEMM / FFT, G with 4096 columns (left;
-// right alike):
-//   d =  16:  0.30 / 0.70     d =  32:  0.87 / 1.47     d =  48:  2.2 / 2.0     d =  64:  2.4 / 2.7
-//   d =  96:  13 / 4.3        d = 128:  15 / 7.9        d = 4096 (G 4096 x 4096):  20100 / 320
-// (bench/bench_dct.py repeats this sweep; bench/results/dct_cpu*.json). The GEMM does 2 d^2 (other) flops,
-// the FFT ~5 d log2(d) (other) plus fixed costs (plan, twiddles, the reordering pass): the GEMM wins below
-// d ~ 64, the FFT from there on, by 60x at d = 4096.
+// "auto" takes the GEMM path for d <= kGemmMaxDim and the FFT path above. Measured by bench/bench_dct.py
+// --threads 1 (bench/results/dct_cpu_t1.json; 2-core Xeon with AVX-512, shared, load average ~8), median
+// ms, GEMM / FFT, G with 4096 columns (left; the right-side rows are within 20%):
+//   d =  16:  0.26 / 0.51     d =  32:  0.63 / 1.12     d =  48:  1.26 / 1.53     d =  64:  1.83 / 2.04
+//   d =  96:  4.0 / 3.1       d = 128:  6.9 / 5.8       d = 256:  26 / 12         d = 1024:  402 / 52
+//   G 4096 x 4096 (right):  7961 / 225                  G 4096 x 11008 (left):  23482 / 651
+// The GEMM does 2 d^2 (other) flops, the FFT ~5 d log2(d) (other) plus fixed costs (plan, twiddles, the
+// reordering pass): the GEMM wins up to d = 64, the FFT from d = 96 on, by 35x at d = 4096.
 constexpr int64_t kGemmMaxDim = 64;
 
 // rows[i, :] = D[first_row + i, :] (or D[index[i], :] when index is given) for the basis of size `dim`,
