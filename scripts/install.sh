@@ -15,7 +15,7 @@ fi
 "$PY" -m pip install -q setuptools wheel ninja numpy scipy pytest expecttest tqdm "triton>=3.2" "bitsandbytes==0.50.2"
 # The frameworks the integration tests run for real (HF Trainer, Lightning), the main job's plot, and NVRTC
 # (the CPU-side compile test of kernels/ for the CuPy path; needs no GPU). Their torch requirement is met.
-"$PY" -m pip install -q "transformers==5.23.0" "pytorch-lightning==2.6.6" matplotlib nvidia-cuda-nvrtc
+"$PY" -m pip install -q "transformers==5.23.0" "accelerate==1.15.0" "pytorch-lightning==2.6.6" matplotlib nvidia-cuda-nvrtc
 # galore-torch 1.0: the reference GaLoreAdamW is tested against; --no-deps keeps its pins from touching torch
 "$PY" -m pip install -q --no-deps "galore-torch==1.0"
 MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q --no-build-isolation --no-deps -e .

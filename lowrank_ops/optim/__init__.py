@@ -3,6 +3,7 @@ lowrank_ops.projections), GaLoreAdamW (a galore-torch drop-in), and per-layer st
 
 from .galore import GaLoreAdamW
 from .lowrank_adamw import LowRankAdamW
+from .param_groups import param_groups
 from .per_layer import BackwardStepper, step_in_backward
 
-__all__ = ["BackwardStepper", "GaLoreAdamW", "LowRankAdamW", "step_in_backward"]
+__all__ = ["BackwardStepper", "GaLoreAdamW", "LowRankAdamW", "param_groups", "step_in_backward"]

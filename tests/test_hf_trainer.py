@@ -1,0 +1,140 @@
+"""LowRankAdamW and GaLoreAdamW inside a real Hugging Face transformers Trainer (no mocks): a tiny
+LlamaForCausalLM from a config (random init, nothing downloaded), `Trainer(optimizers=(opt, scheduler))`,
+gradient accumulation, bf16 autocast on CPU, the Trainer's own checkpoints and `resume_from_checkpoint`.
+
+Must show: the loss falls, and resuming from the Trainer's checkpoint continues bit-identically to the
+uninterrupted run (final parameters compared with torch.equal). Also lowrank_ops.optim.param_groups on
+that model."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded: the model is built from a config
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")  # the Trainer needs it
+
+from lowrank_ops.optim import GaLoreAdamW, LowRankAdamW, param_groups  # noqa: E402
+
+VOCAB, SEQ, SAMPLES = 64, 16, 32
+MAX_STEPS, SAVE_AT, ACCUM, BATCH = 8, 4, 2, 4
+
+
+def tiny_llama(seed=0):
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=SEQ,
+    )
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(config)
+
+
+class CountingData(torch.utils.data.Dataset):
+    """Sequences a, a+1, a+2, ... (mod VOCAB) from random starts: learnable in a few steps."""
+
+    def __init__(self):
+        starts = torch.randint(0, VOCAB, (SAMPLES, 1), generator=torch.Generator().manual_seed(1))
+        self.tokens = (starts + torch.arange(SEQ)) % VOCAB
+
+    def __len__(self):
+        return SAMPLES
+
+    def __getitem__(self, i):
+        return {"input_ids": self.tokens[i], "labels": self.tokens[i]}
+
+
+OPTIMIZERS = {
+    "LowRankAdamW": lambda model: LowRankAdamW(
+        param_groups(model, rank=4, projection="rademacher", update_gap=3), lr=1e-2, weight_decay=0.01
+    ),
+    "GaLoreAdamW": lambda model: GaLoreAdamW(
+        param_groups(model, rank=4, update_proj_gap=3, scale=0.5, proj_type="std"), lr=1e-2
+    ),
+}
+
+
+def make_trainer(name, out_dir, bf16):
+    model = tiny_llama()
+    opt = OPTIMIZERS[name](model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / (2 * MAX_STEPS))
+    args = transformers.TrainingArguments(
+        output_dir=str(out_dir), max_steps=MAX_STEPS, per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=ACCUM, save_strategy="steps", save_steps=SAVE_AT, logging_steps=1,
+        report_to=[], use_cpu=True, bf16=bf16, seed=0, data_seed=0, dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    return transformers.Trainer(model=model, args=args, train_dataset=CountingData(), optimizers=(opt, scheduler))
+
+
+def losses(trainer):
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+@pytest.fixture(autouse=True)
+def one_thread_no_bars():
+    """The machine is shared: one intra-op thread avoids oversubscription stalls on tiny tensors. The
+    checkpoint writer's progress bars are off (clean test output)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    transformers.utils.logging.disable_progress_bar()
+    yield
+    transformers.utils.logging.enable_progress_bar()
+    torch.set_num_threads(threads)
+
+
+def test_param_groups_on_llama():
+    model = tiny_llama()
+    projected, plain = param_groups(model, rank=4, projection="rademacher", update_gap=3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    projected_names = sorted(names[id(p)] for p in projected["params"])
+    per_layer = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+    assert projected_names == sorted(f"model.layers.{i}.{m}.weight" for i in range(2) for m in per_layer)
+    assert (projected["rank"], projected["projection"], projected["update_gap"]) == (4, "rademacher", 3)
+    plain_names = sorted(names[id(p)] for p in plain["params"])
+    assert plain_names == sorted(["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"]
+                                 + [f"model.layers.{i}.{n}.weight" for i in range(2)
+                                    for n in ("input_layernorm", "post_attention_layernorm")])
+    assert set(plain) == {"params"}  # takes the optimizer's defaults
+
+
+def test_param_groups_target_and_errors():
+    model = tiny_llama()
+    (only_mlp, _) = param_groups(model, rank=2, target="mlp")
+    assert len(only_mlp["params"]) == 6 and "projection" not in only_mlp
+    with pytest.raises(ValueError, match=r"param_groups: no 2-D module weight matches target \('conv',\)"):
+        param_groups(model, rank=2, target=("conv",))
+    with pytest.raises(ValueError, match="'target' must be"):
+        param_groups(model, rank=2, target=())
+    frozen = tiny_llama()
+    for p in frozen.model.layers[0].parameters():
+        p.requires_grad_(False)
+    projected, plain = param_groups(frozen, rank=2)
+    assert len(projected["params"]) == 7 and len(plain["params"]) == 5
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_trainer_trains_and_resumes_bit_identically(tmp_path, name, bf16):
+    full = make_trainer(name, tmp_path / "full", bf16)
+    dtypes = set()  # the bf16 run really runs the projections' matmuls in bf16 (CPU autocast)
+    full.model.model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, i, out: dtypes.add(out.dtype))
+    full.train()
+    assert dtypes == {torch.bfloat16 if bf16 else torch.float32}
+    loss = losses(full)
+    assert len(loss) == MAX_STEPS
+    assert sum(loss[-2:]) < 0.8 * sum(loss[:2]), f"{name}: the loss did not fall: {loss}"
+    checkpoint = tmp_path / "full" / f"checkpoint-{SAVE_AT}"
+    assert (checkpoint / "optimizer.pt").is_file()
+
+    resumed = make_trainer(name, tmp_path / "resumed", bf16)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == MAX_STEPS
+    # The optimizer state came back from the Trainer's checkpoint (the low-rank state is ints + fp32 moments).
+    lowrank = [s for s in resumed.optimizer.state.values() if "layer" in s]
+    assert lowrank and all(s["step"] == MAX_STEPS for s in lowrank)
+    assert losses(resumed) == loss  # the first SAVE_AT from the checkpoint's trainer_state.json
+    for (n, p), q in zip(full.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(p, q), f"{name}: {n} differs after resume"
