@@ -1,0 +1,220 @@
+"""Command line of the comparison: `python -m lowrank_ops.compare [options]` or `lowrank-ops compare
+[options]`. Bad arguments and unreadable data end with one line on stderr and a nonzero exit status
+(2: arguments, 1: data or output folder); Ctrl-C saves a checkpoint and exits with 130, and running the
+same command again continues (methods already finished are taken from <out>/results.json)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import data, methods, report, train
+from .presets import PRESETS
+
+DEFAULT_OUT = "lowrank_compare_out"
+
+
+class UsageError(Exception):
+    """A problem with the arguments, the data or the output folder: printed as one line."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{self.prog}: error: {message} (see --help)", 2)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2^63), got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2^63), got {text!r}")
+    return value
+
+
+def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
+                   help="model size and schedule (default tiny: all methods in < 10 min on a 2-core CPU)")
+    p.add_argument("--methods", default="all",
+                   help="comma-separated methods, or 'all' (default). Known: " + ", ".join(methods.BY_NAME))
+    p.add_argument("--steps", type=_positive, default=None,
+                   help="training steps per method (default: the preset's; warm-up and refresh gap scale along)")
+    p.add_argument("--data", default=None,
+                   help="a text file or a folder of text files (default: the Python standard library's sources)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: cuda when a GPU is visible (bf16 autocast), else cpu")
+    p.add_argument("--seed", type=_seed, default=0, help="model initialization, batches and projections")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"results, plot and checkpoints (default ./{DEFAULT_OUT})")
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="torch CPU threads (default: the preset's; tiny uses 1)")
+    p.add_argument("--fresh", action="store_true", help="discard earlier results and checkpoints in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def compare_parser(prog: str) -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="Pretrain a small Llama-style decoder with each low-rank method and "
+                "compare validation perplexity, memory and step time (the duality paper's Table 2 in miniature).")
+    _add_compare_arguments(p)
+    return p
+
+
+def _select(text: str) -> list[methods.Method]:
+    if text.strip() == "all":
+        return list(methods.METHODS)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in methods.BY_NAME]
+    if unknown or not names:
+        raise UsageError(f"--methods: unknown method(s) {', '.join(unknown) or '(none given)'}; "
+                         f"known: {', '.join(methods.BY_NAME)}", 2)
+    return [methods.BY_NAME[n] for n in dict.fromkeys(names)]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is visible to this torch", 2)
+    return torch.device(name)
+
+
+def _machine(device: torch.device) -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device)}
+    try:
+        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in
+                                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu_model"] = platform.processor()
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        info["load_average_start"] = list(os.getloadavg())
+    except OSError:
+        pass
+    return info
+
+
+def _prepare_out(out: Path, fingerprint: str, fresh: bool) -> dict:
+    """The earlier results of this run in `out` ({} if none); refuses a folder holding another run's."""
+    previous = report.load(out)
+    if fresh:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        (out / report.RESULTS).unlink(missing_ok=True)
+        return {}
+    if previous is None:
+        return {}
+    if previous.get("fingerprint") != fingerprint:
+        raise UsageError(f"--out {out} holds results of other settings (preset, steps, seed, data or device); "
+                         "use another --out, or --fresh to discard them")
+    return previous.get("methods", {})
+
+
+def run_compare(args, *, on_step=None) -> int:
+    """Runs the comparison for parsed `args`; returns the exit status. `on_step(method, step)` is a test hook."""
+    selected = _select(args.methods)
+    device = _device(args.device)
+    preset = PRESETS[args.preset]
+    if args.steps is not None:
+        preset = preset.with_steps(args.steps)
+    threads = args.threads or preset.threads
+    if threads and device.type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        corpus = data.load(args.data, preset.model.seq_len)
+    except data.DataError as exc:
+        raise UsageError(f"error: {exc}") from None
+    config = {"preset": args.preset, "hyper": preset.describe(), "seed": args.seed, "data": corpus.source,
+              "data_fingerprint": corpus.fingerprint, "device": device.type}
+    fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    out = Path(args.out)
+    try:
+        done = _prepare_out(out, fingerprint, args.fresh)
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"error: --out {out}: {exc.strerror or exc}") from None
+    doc = {"config": config, "fingerprint": fingerprint, "machine": _machine(device), "methods": dict(done)}
+    print(f"lowrank_ops.compare: preset {args.preset} ({preset.steps} steps, batch {preset.batch} x "
+          f"{preset.model.seq_len} bytes, hidden {preset.model.hidden}, {preset.model.layers} layers, rank "
+          f"{preset.rank}, refresh every {preset.update_gap} steps) on {device}; {corpus.describe()}",
+          flush=True)
+    started = time.perf_counter()
+    rows = []
+    for method in selected:
+        reason = method.unavailable()
+        if reason is not None:
+            row = {"method": method.name, "label": method.label, "status": "unavailable", "reason": reason}
+        elif method.name in done and done[method.name].get("status") == "finished":
+            row = done[method.name]
+        else:
+            hook = None if on_step is None else (lambda step, m=method: on_step(m, step))
+            try:
+                row = train.train(method, preset, corpus, out, device, args.seed, fingerprint,
+                                  progress=not args.no_progress, on_step=hook)
+            except KeyboardInterrupt:
+                report.write(out, doc)
+                print(f"\ninterrupted during {method.name}: checkpoint saved in {out}; run the same command "
+                      "again to continue", file=sys.stderr)
+                return 130
+            row.update(status="finished", **{f"est_gb_{c}": methods.estimate_gb(method, c) for c in ("200M", "1.3B")})
+        rows.append(row)
+        doc["methods"][method.name] = row
+        report.write(out, doc)
+    doc["wall_s_this_run"] = time.perf_counter() - started
+    try:
+        doc["machine"]["load_average_end"] = list(os.getloadavg())
+    except OSError:
+        pass
+    report.write(out, doc)
+    print()
+    print(report.table(rows))
+    title = (f"lowrank_ops.compare, preset {args.preset}: {preset.steps} steps, {corpus.source}, "
+             f"{doc['machine'].get('gpu') or doc['machine'].get('cpu_model')}")
+    png = report.plot(out, rows, title)
+    print(f"\nresults: {out / report.RESULTS}" + (f"; plot: {png}" if png else "") +
+          f"; this run took {doc['wall_s_this_run']:.0f} s")
+    return 0
+
+
+def compare_main(argv=None, prog: str = "python -m lowrank_ops.compare", on_step=None) -> int:
+    try:
+        args = compare_parser(prog).parse_args(argv)
+        return run_compare(args, on_step=on_step)
+    except UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.code
+
+
+def main(argv=None) -> int:
+    """The `lowrank-ops` console script: `lowrank-ops compare [options]`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: lowrank-ops compare [options]   (lowrank-ops compare --help for the options)")
+        return 0 if argv else 2
+    if argv[0] != "compare":
+        print(f"lowrank-ops: error: unknown command {argv[0]!r}; the command is 'compare'", file=sys.stderr)
+        return 2
+    return compare_main(argv[1:], prog="lowrank-ops compare")
