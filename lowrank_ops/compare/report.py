@@ -60,8 +60,12 @@ def write(out: Path, doc: dict) -> Path:
 
 
 def plot(out: Path, rows: list[dict], title: str) -> Path | None:
-    """Validation loss against step for every finished method, one PNG (matplotlib, Agg backend)."""
-    import matplotlib
+    """Validation loss against step for every finished method, one PNG (matplotlib, Agg backend); None
+    when matplotlib is not installed (the table and results.json do not need it)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
