@@ -8,7 +8,8 @@ Layers: compiled kernels (lowrank_ops._C: C++ CPU and CUDA; lowrank_ops.triton),
 from . import _extension  # noqa: F401  (loads the compiled ops, or warns once)
 from . import ops
 from . import memory, optim, projections
+from . import duality, nn
 from ._build_info import build_info, version
 
-__all__ = ["build_info", "memory", "ops", "optim", "projections"]
+__all__ = ["build_info", "duality", "memory", "nn", "ops", "optim", "projections"]
 __version__ = version()

@@ -31,8 +31,11 @@ from dataclasses import dataclass
 import torch
 
 from . import projections
+from .ops.quant import DEFAULT_GROUP_SIZE
 
-CONFIG_KEYS = ("rank", "projection", "side", "wd_mode", "state_dtype", "targets", "per_layer")
+CONFIG_KEYS = ("rank", "projection", "side", "wd_mode", "state_dtype", "targets", "per_layer", "view", "base",
+               "group_size")
+VIEWS = ("optimizer", "adapter")
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,21 @@ def _itemsize(dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
+def base_bytes(shape, base=None, group_size=None, width: int = 2) -> int:
+    """Bytes of a frozen base weight W0 [m, n] of the adapter view: dense m n x width; or a QuantizedWeight
+    (lowrank_ops.ops.quant, group_size default 256 / 64): "int8" m n codes + m ceil(n / g) float32 scales,
+    "nf4" ceil(m n / 2) code bytes + ceil(m n / g) float32 absmax values."""
+    m, n = shape
+    if base is None:
+        return m * n * width
+    if base not in DEFAULT_GROUP_SIZE:
+        raise ValueError(f"lowrank_ops.memory: 'base' must be None, 'int8' or 'nf4', got {base!r}")
+    g = group_size or DEFAULT_GROUP_SIZE[base]
+    if base == "int8":
+        return m * n + m * -(-n // g) * 4
+    return -(-(m * n) // 2) + -(-(m * n) // g) * 4
+
+
 def estimate(model_or_shapes, optimizer_config=None, dtype: torch.dtype = torch.bfloat16) -> MemoryEstimate:
     """Bytes of training `model_or_shapes` (an nn.Module: its trainable parameters; or (name, shape) pairs,
     a {name: shape} dict, or bare shapes) with weights in `dtype`.
@@ -105,7 +123,14 @@ def estimate(model_or_shapes, optimizer_config=None, dtype: torch.dtype = torch.
     optimizer_config (a dict; None or no "rank": plain AdamW): "rank" (int, a (left, right) pair, or a
     callable shape -> rank), "projection" (default "rademacher"), "side" ("auto"), "wd_mode" ("full"),
     "state_dtype" (None), "targets" (which 2-D params are projected: a callable (name, shape) -> bool or
-    substrings of the name; default all 2-D params), "per_layer" (False)."""
+    substrings of the name; default all 2-D params), "per_layer" (False), "view" ("optimizer"; "adapter": the
+    targets converted by lowrank_ops.nn.convert and trained by torch.optim.AdamW, see below), "base" (adapter
+    view: None, "int8" or "nf4") and "group_size" (of the quantized base; None: the format's default).
+
+    Adapter view, per target of shape m x n with A of k elements: weights = base_bytes(W0) + k x itemsize
+    (A in `dtype`), gradients = k x itemsize (A's only; the frozen W0 has none), optimizer_state = 2 k x
+    itemsize(state_dtype or dtype) (AdamW's moments of A), projections as in the optimizer view (8 bytes for a
+    seeded kind, which LowRankLinear keeps as an int in its extra state rather than in a tensor)."""
     config = dict(optimizer_config or {})
     unknown = set(config) - set(CONFIG_KEYS)
     if unknown:
@@ -124,6 +149,9 @@ def estimate(model_or_shapes, optimizer_config=None, dtype: torch.dtype = torch.
         raise ValueError(
             f"lowrank_ops.memory.estimate: 'wd_mode' must be 'full' or 'adapter', got {wd_mode!r}"
         )
+    view = config.get("view", "optimizer")
+    if view not in VIEWS:
+        raise ValueError(f"lowrank_ops.memory.estimate: 'view' must be one of {VIEWS}, got {view!r}")
     state_dtype = config.get("state_dtype")
     width = _itemsize(dtype)
     lowrank_width = _itemsize(state_dtype or (torch.float64 if dtype == torch.float64 else torch.float32))
@@ -131,16 +159,22 @@ def estimate(model_or_shapes, optimizer_config=None, dtype: torch.dtype = torch.
     weights = state = persisted_projections = grad_sum = grad_max = 0
     for name, shape in _named_shapes(model_or_shapes):
         numel = math.prod(shape)
-        weights += numel * width
-        grad_sum, grad_max = grad_sum + numel * width, max(grad_max, numel * width)
+        weight_bytes = grad_bytes = numel * width
         if kind is not None and _is_target(config.get("targets"), name, shape):
             r = rank(shape) if callable(rank) else rank
             kind.check_settings(r, side, "lowrank_ops.memory.estimate")
             layout = kind.layout(shape, r, side)
             k = math.prod(layout.projected_shape)
-            state += (3 if wd_mode == "adapter" else 2) * k * lowrank_width
+            if view == "adapter":
+                weight_bytes = base_bytes(shape, config.get("base"), config.get("group_size"), width) + k * width
+                grad_bytes = k * width
+                state += 2 * k * plain_width
+            else:
+                state += (3 if wd_mode == "adapter" else 2) * k * lowrank_width
             persisted_projections += kind.persisted_bytes(layout, dtype)
         else:
             state += 2 * numel * plain_width
+        weights += weight_bytes
+        grad_sum, grad_max = grad_sum + grad_bytes, max(grad_max, grad_bytes)
     gradients = grad_max if config.get("per_layer", False) else grad_sum
     return MemoryEstimate(weights, gradients, state, persisted_projections)
