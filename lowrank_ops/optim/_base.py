@@ -105,15 +105,21 @@ def lowrank_state(state: dict, layer: int, projected_shape, W: torch.Tensor, wit
         state[key] = torch.zeros(projected_shape, dtype=dtype, device=W.device)
 
 
-def refresh_if_due(state: dict, kind, G, layout, gap: int, base_seed: int, warn) -> bool:
-    """At steps 0, gap, 2 gap, ... (counted before the increment, as galore-torch) refresh the basis with
-    the seed derive_seed(base_seed, layer, refresh). False: skip this parameter's step (non-finite G)."""
-    if state["step"] % gap:
+def refresh_if_due(state: dict, kind, G, layout, gap: int, base_seed: int, warn, group=None) -> bool:
+    """When kind.due says so (by default at steps 0, gap, 2 gap, ..., counted before the increment, as
+    galore-torch) refresh the basis with the seed derive_seed(base_seed, layer, refresh), then let the kind
+    carry the moments over to the new basis (kind.transform_moments; by default they are kept). `layout` is
+    the param group's; the kind's current one is kind.current_layout. False: skip this parameter's step
+    (non-finite G)."""
+    current = kind.current_layout(state, layout, group)
+    if not kind.due(state, G, current, gap, group):
         return True
     seed = projections.derive_seed(base_seed, state["layer"], state["refresh"])
-    if not projections.refresh(kind, state, G, layout, seed, warn):
+    previous = {key: value for key, value in state.items() if key.startswith("proj_")}
+    if not projections.refresh(kind, state, G, current, seed, warn, group):
         return False
     state["refresh"] += 1
+    kind.transform_moments(state, previous, kind.current_layout(state, layout, group))
     return True
 
 

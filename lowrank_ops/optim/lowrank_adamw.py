@@ -2,10 +2,13 @@
 (GaLore-style; the projection kinds of the duality paper's Table 1, lowrank_ops.projections).
 
 Per low-rank parameter W (m x n) with projection R = L G R^T, every step:
-  at steps 0, update_gap, 2 update_gap, ... (before the increment): refresh the basis from the seed
+  at steps 0, update_gap, 2 update_gap, ... (before the increment; a kind may decide otherwise through
+      ProjectionKind.due, "adaptive" on convergence): refresh the basis from the seed
       derive_seed(seed, layer index, refresh index) and, for "svd" kinds, the current gradient; in
       wd_mode "adapter" the adapter delta restarts at 0 (the adapter is merged into W and re-initialized,
-      as in the paper's Table 2 runs). Moments are kept, not transformed (as galore-torch).
+      as in the paper's Table 2 runs). Moments are kept, not transformed (as galore-torch), unless the
+      kind transforms them (ProjectionKind.transform_moments: "adaptive", whose rank, and so the moments'
+      projected shape, can change at a refresh).
   step += 1; lowrank_ops.ops.lowrank_adamw_step_: Adam moments in the projected shape (fp32),
       W <- W - lr wd W - lr scale L^T N R (wd_mode "full"), or decay of the adapter only ("adapter").
 Params of groups without a rank (rank None), and non-matrix params of any group (biases, norms: never
@@ -55,7 +58,10 @@ class LowRankAdamW(PerParamOptimizer):
     [k r, (k+1) r) of the K r x d basis of the same seed, "orthogonal" only: the distributed-orthogonal
     worker blocks that lowrank_ops.distributed.DiLoCo sets). `backend` picks the fused op's backend (None:
     the default for the device). Parameters sharded by FSDP2 (DTensor) are stepped shard-locally where the
-    projected dimension is not sharded (lowrank_ops.distributed.fsdp).
+    projected dimension is not sharded (lowrank_ops.distributed.fsdp). Keywords beyond these are
+    param-group keys that projection kinds declare (ProjectionKind.options, e.g. "adaptive"'s `energy`,
+    `max_rank`, `min_rank`, `converge_tol`, `min_gap`, `max_gap`); `ranks()` reports the rank in use per
+    low-rank parameter.
 
     The default projection is "rademacher": it persists one int per layer, never stalls on an SVD, and
     trains on par with GaLore's SVD in the duality paper's Table 2.
@@ -79,7 +85,14 @@ class LowRankAdamW(PerParamOptimizer):
         block=None,
         foreach=None,
         backend=None,
+        **options,
     ):
+        unknown = sorted(set(options) - set(projections.option_names()))
+        if unknown:
+            raise TypeError(
+                f"lowrank_ops.optim.LowRankAdamW: unexpected keyword arguments {unknown}; besides its own, it "
+                f"takes the param-group keys of the projection kinds: {list(projections.option_names())}"
+            )
         self._backend = backend
         defaults = dict(
             lr=lr,
@@ -95,6 +108,7 @@ class LowRankAdamW(PerParamOptimizer):
             wd_mode=wd_mode,
             block=block,
             foreach=foreach,
+            **options,
         )
         super().__init__(params, defaults)
 
@@ -108,6 +122,7 @@ class LowRankAdamW(PerParamOptimizer):
         if group["wd_mode"] not in WD_MODES:
             raise ValueError(f"{where}: 'wd_mode' must be one of {WD_MODES}, got {group['wd_mode']!r}")
         check_block(group["block"], projections.get(group["projection"]), where)
+        projections.get(group["projection"]).check_options(group, where)
 
     def _step_group(self, group, params):
         lowrank = group["rank"] is not None
@@ -119,6 +134,28 @@ class LowRankAdamW(PerParamOptimizer):
             for p in params:
                 if is_matrix(p):
                     self._step_lowrank(p, group, kind)
+
+    def ranks(self) -> dict:
+        """The rank in use per low-rank parameter, {key: rank}, to watch e.g. "adaptive" ranks decay: key is
+        the parameter's name when the optimizer was built from named parameters, else its index in the
+        flattened param list; rank is an int, or (left_rank, right_rank) for two-sided kinds. Before a
+        parameter's first step: the rank its group asks for ("adaptive": max_rank)."""
+        out = {}
+        for group in self.param_groups:
+            if group["rank"] is None:
+                continue
+            kind = projections.get(group["projection"])
+            names = group.get("param_names")
+            for i, p in enumerate(group["params"]):
+                if not is_matrix(p):
+                    continue
+                layout = kind.layout(p.shape, group["rank"], group["side"], group.get("block"))
+                layout = kind.current_layout(self.state.get(p, {}), layout, group)
+                ranks = [rank for _, rank, _ in layout.sides()]
+                out[names[i] if names else self._layer_index[p]] = (
+                    (layout.left_rank, layout.right_rank) if kind.two_sided else ranks[0]
+                )
+        return out
 
     def _adamw(self, group, params):
         """torch.optim.AdamW's step for `params`: its state layout and its functional implementation."""
@@ -164,20 +201,23 @@ class LowRankAdamW(PerParamOptimizer):
                 return
         state = self.state[p]
         if not state:
-            lowrank_state(
-                state, self._layer_index[p], layout.projected_shape, p, group["wd_mode"] == "adapter"
-            )
+            shape = kind.current_layout(state, layout, group).projected_shape
+            lowrank_state(state, self._layer_index[p], shape, p, group["wd_mode"] == "adapter")
         if self._advance(state, p.grad, layout, kind, group):
-            self._fused_step(p, p.grad, state, kind.projection(state, layout), group)
+            current = kind.current_layout(state, layout, group)
+            self._fused_step(p, p.grad, state, kind.projection(state, current), group)
 
     def _advance(self, state, G, layout, kind, group) -> bool:
         """Refreshes the basis when due and counts the step; False: skip this step (non-finite G at a
         refresh). Shared with the sharded path."""
         refreshes = state["refresh"]
-        if not refresh_if_due(state, kind, G, layout, group["update_gap"], group["seed"], self._warn):
+        if not refresh_if_due(state, kind, G, layout, group["update_gap"], group["seed"], self._warn, group):
             return False
         if state["refresh"] != refreshes and "delta" in state:
-            state["delta"].zero_()
+            if state["delta"].shape == state["exp_avg"].shape:
+                state["delta"].zero_()
+            else:  # the rank changed ("adaptive"): the adapter restarts in the new projected shape
+                state["delta"] = torch.zeros_like(state["exp_avg"])
         state["step"] += 1
         return True
 

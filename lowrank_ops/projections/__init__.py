@@ -7,6 +7,8 @@ of it is persisted (the duality paper's Table 1; conventions in DESIGN.md §3).
     "two_sided_gaussian" seeded Gaussian L and R                               one int seed
     "orthogonal"         orthonormalized seeded Gaussian sketch                P (r x d) and its seed
     "svd"                top-r singular vectors of the gradient (GaLore)       P (r x d)
+    "rsvd"               range-finder estimate of the top-r singular vectors   P (r x d)
+    "adaptive"           AdaRankGrad: rank by energy, refresh on convergence   P (r_t x d), rank, a moment copy
     "two_sided_svd"      L = U[:, :r1]^T, R = Vh[:r2] of the gradient          L and R
 
 Seeds: per layer and refresh from one user seed (seeds.derive_seed, splitmix64). Adding a kind: a module
@@ -14,7 +16,8 @@ that subclasses base.ProjectionKind and calls base.register, and an import line 
 """
 
 from . import orthogonal, seeded, svd  # noqa: F401  (importing a kind module registers its kinds)
-from .base import Layout, ProjectionKind, get, names, refresh, register
+from . import adaptive, rsvd  # noqa: F401  ("rsvd", "adaptive": range finder, AdaRankGrad)
+from .base import Layout, ProjectionKind, get, names, option_names, refresh, register
 from .orthogonal import semi_orthogonal
 from .seeds import derive_seed, splitmix64
 from .svd import top_singular_vectors
@@ -25,6 +28,7 @@ __all__ = [
     "derive_seed",
     "get",
     "names",
+    "option_names",
     "refresh",
     "register",
     "semi_orthogonal",

@@ -11,6 +11,7 @@ A new kind ("dct", "rsvd", "adaptive", ...) is a module that subclasses Projecti
 import math
 import operator
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 
@@ -123,6 +124,37 @@ class ProjectionKind:
     def has_basis(self, state: dict) -> bool:
         return "proj_seed" in state
 
+    # -- hooks of the optimizers; the defaults are the fixed-rank, fixed-clock behaviour -------------------
+    # Kinds with their own param-group keys ("adaptive") declare them here, {key: default}; the optimizer
+    # accepts them as constructor keywords and `check_options` validates a group's values.
+    options: ClassVar[dict] = {}
+    # Tensors of the projected shape (in the moments' dtype) the kind keeps in the state besides the moments
+    # (lowrank_ops.memory counts them).
+    projected_buffers: int = 0
+    # True when the rank changes during training (the group's rank is an upper bound).
+    variable_rank: bool = False
+
+    def check_options(self, group: dict, where: str) -> None:
+        """Raises a clear error for a bad value of one of `options` in a param group."""
+
+    def current_layout(self, state: dict, layout: Layout, group) -> Layout:
+        """The layout now in use, given the param group's `layout` (its rank) and the kind's state."""
+        return layout
+
+    def due(self, state: dict, G: torch.Tensor, layout: Layout, gap: int, group) -> bool:
+        """Whether to refresh before this step: at steps 0, gap, 2 gap, ... (counted before the increment,
+        as galore-torch). Must not change `state` when it returns True (a refresh that fails keeps it)."""
+        return state["step"] % gap == 0
+
+    def refresh_for(self, state: dict, G: torch.Tensor, layout: Layout, seed: int, group) -> bool:
+        """`refresh` with the param group at hand (kinds whose basis depends on group keys)."""
+        return self.refresh(state, G, layout, seed)
+
+    def transform_moments(self, state: dict, previous: dict, layout: Layout) -> None:
+        """Called after a refresh with `previous`, the state's "proj_*" entries before it: carries the Adam
+        moments state["exp_avg"] / ["exp_avg_sq"] over to the new basis. Default: kept as they are
+        (galore-torch)."""
+
     def projection(self, state: dict, layout: Layout) -> Projection:
         """The current basis as the fused op's Projection argument."""
         raise NotImplementedError
@@ -182,7 +214,14 @@ def names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def refresh(kind: ProjectionKind, state: dict, G: torch.Tensor, layout: Layout, seed: int, warn) -> bool:
+def option_names() -> tuple[str, ...]:
+    """The param-group keys declared by the registered kinds (ProjectionKind.options), sorted."""
+    return tuple(sorted({key for kind in _REGISTRY.values() for key in kind.options}))
+
+
+def refresh(
+    kind: ProjectionKind, state: dict, G: torch.Tensor, layout: Layout, seed: int, warn, group=None
+) -> bool:
     """Refreshes the basis in `state` from the gradient G with the refresh seed `seed`, robustly.
 
     - G with a NaN/Inf: the basis is kept and False is returned; the caller skips this parameter's step
@@ -190,8 +229,8 @@ def refresh(kind: ProjectionKind, state: dict, G: torch.Tensor, layout: Layout, 
     - A zero gradient, or an SVD that fails or returns non-finite vectors (an ill-conditioned G), for a
       kind that reads G: the previous basis is kept, or at the first refresh the kind's seeded fallback
       is used; the step goes ahead.
-    `warn(key, message)` is called for each event and should warn once per key. One inf-norm reduction of
-    G (and a host sync) per refresh, every update_gap steps."""
+    `warn(key, message)` is called for each event and should warn once per key; `group` (the param group)
+    is passed to kind.refresh_for. One inf-norm reduction of G (and a host sync) per refresh."""
     gmax = float(torch.linalg.vector_norm(G, math.inf))  # max |G|: exact in any dtype
     if not math.isfinite(gmax):
         warn(
@@ -201,8 +240,8 @@ def refresh(kind: ProjectionKind, state: dict, G: torch.Tensor, layout: Layout, 
         )
         return False
     if not kind.uses_gradient:
-        return kind.refresh(state, G, layout, seed)
-    if gmax > 0 and kind.refresh(state, G, layout, seed):
+        return kind.refresh_for(state, G, layout, seed, group)
+    if gmax > 0 and kind.refresh_for(state, G, layout, seed, group):
         return True
     reason = "is zero" if gmax == 0 else "gave no usable SVD (ill-conditioned)"
     if kind.has_basis(state):
