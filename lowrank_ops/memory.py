@@ -7,8 +7,14 @@ Accounting, per parameter of `dtype` with N elements (projected shape k = r x n,
                     largest single gradient is alive at a time, lowrank_ops.optim.step_in_backward)
   optimizer_state   plain AdamW params: 2 N x itemsize(state dtype); low-rank params: 2 k (moments) plus
                     k in wd_mode "adapter" (the adapter delta, the paper's trained A), x itemsize(state dtype)
+                    plus, for kinds that keep them, further buffers of the projected shape
+                    (ProjectionKind.projected_buffers: 1 for "adaptive", its convergence-window copy of m)
   projections       the kind's persisted basis (lowrank_ops.projections): r x d matrices in `dtype` for
-                    "svd" / "orthogonal" / "two_sided_svd", an 8-byte seed for seeded kinds
+                    "svd" / "rsvd" / "adaptive" / "orthogonal" / "two_sided_svd", an 8-byte seed for
+                    seeded kinds
+Kinds whose rank changes during training ("adaptive") are counted at their largest rank, config "max_rank"
+(default "rank", as the optimizer's group key): the bound that holds at every step; at a given step the
+memory is that of the ranks then in use (LowRankAdamW.ranks()).
 State dtype: `state_dtype` if given, else what LowRankAdamW allocates (fp32 moments of low-rank params,
 the parameter's dtype for plain AdamW params). Ints (step counts, seeds) other than the seeds are ignored.
 
@@ -34,7 +40,7 @@ from . import projections
 from .ops.quant import DEFAULT_GROUP_SIZE
 
 CONFIG_KEYS = ("rank", "projection", "side", "wd_mode", "state_dtype", "targets", "per_layer", "view", "base",
-               "group_size")
+               "group_size", "max_rank")
 VIEWS = ("optimizer", "adapter")
 
 
@@ -125,7 +131,9 @@ def estimate(model_or_shapes, optimizer_config=None, dtype: torch.dtype = torch.
     "state_dtype" (None), "targets" (which 2-D params are projected: a callable (name, shape) -> bool or
     substrings of the name; default all 2-D params), "per_layer" (False), "view" ("optimizer"; "adapter": the
     targets converted by lowrank_ops.nn.convert and trained by torch.optim.AdamW, see below), "base" (adapter
-    view: None, "int8" or "nf4") and "group_size" (of the quantized base; None: the format's default).
+    view: None, "int8" or "nf4"), "group_size" (of the quantized base; None: the format's default) and
+    "max_rank" (int or callable shape -> int, only for kinds of variable rank, "adaptive": the rank counted;
+    default "rank").
 
     Adapter view, per target of shape m x n with A of k elements: weights = base_bytes(W0) + k x itemsize
     (A in `dtype`), gradients = k x itemsize (A's only; the frozen W0 has none), optimizer_state = 2 k x
@@ -162,6 +170,13 @@ def estimate(model_or_shapes, optimizer_config=None, dtype: torch.dtype = torch.
         weight_bytes = grad_bytes = numel * width
         if kind is not None and _is_target(config.get("targets"), name, shape):
             r = rank(shape) if callable(rank) else rank
+            if config.get("max_rank") is not None:
+                if not kind.variable_rank:
+                    raise ValueError(
+                        "lowrank_ops.memory.estimate: 'max_rank' applies to projections of variable rank "
+                        f"('adaptive'), got projection {kind.name!r}"
+                    )
+                r = config["max_rank"](shape) if callable(config["max_rank"]) else config["max_rank"]
             kind.check_settings(r, side, "lowrank_ops.memory.estimate")
             layout = kind.layout(shape, r, side)
             k = math.prod(layout.projected_shape)
@@ -170,7 +185,7 @@ def estimate(model_or_shapes, optimizer_config=None, dtype: torch.dtype = torch.
                 grad_bytes = k * width
                 state += 2 * k * plain_width
             else:
-                state += (3 if wd_mode == "adapter" else 2) * k * lowrank_width
+                state += ((3 if wd_mode == "adapter" else 2) + kind.projected_buffers) * k * lowrank_width
             persisted_projections += kind.persisted_bytes(layout, dtype)
         else:
             state += 2 * numel * plain_width

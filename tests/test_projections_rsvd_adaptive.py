@@ -454,3 +454,35 @@ def test_adaptive_rank_decays_on_a_task_whose_gradients_become_low_rank(capsys):
     assert chosen[0] >= 6 and chosen[-1] <= 3 and chosen == sorted(chosen, reverse=True), refreshes
     assert any(t % 100 for t, _, _ in refreshes[1:]), refreshes  # some refreshes by convergence, not max_gap
     assert losses[-1] < 0.05 * losses[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Memory estimate
+
+
+def test_memory_estimate_counts_what_the_optimizer_holds(rng):
+    """estimate() of "rsvd" equals "svd"'s; of "adaptive", the state at max_rank (moments, the window copy
+    proj_anchor, the basis) equals the bytes the optimizer holds when the ranks reach max_rank."""
+    from lowrank_ops import memory
+
+    shapes = [(40, 24), (24, 40), (30, 30)]
+    svd = memory.estimate(shapes, {"rank": 6, "projection": "svd"}, dtype=torch.float32)
+    assert memory.estimate(shapes, {"rank": 6, "projection": "rsvd"}, dtype=torch.float32) == svd
+    config = {"rank": 4, "max_rank": 6, "projection": "adaptive"}
+    est = memory.estimate(shapes, config, dtype=torch.float32)
+    params = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
+    opt = LowRankAdamW(params, rank=4, max_rank=6, projection="adaptive", energy=0.999)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=rng)  # flat spectrum: 99.9 % of the energy needs max_rank
+    opt.step()
+    assert set(opt.ranks().values()) == {6}
+    held = {"state": 0, "basis": 0}
+    for p in params:
+        for key, v in opt.state[p].items():
+            if isinstance(v, torch.Tensor):
+                held["basis" if key in ("proj_left", "proj_right") else "state"] += (
+                    v.numel() * v.element_size()
+                )
+    assert (est.optimizer_state, est.projections) == (held["state"], held["basis"])
+    with pytest.raises(ValueError, match="'max_rank' applies to projections of variable rank"):
+        memory.estimate(shapes, {"rank": 4, "max_rank": 6, "projection": "svd"})
