@@ -1,6 +1,9 @@
 """Public op functions. Each validates its arguments, picks a backend (`backend=None`: the default for
 the tensor's device; or "cpu", "cuda", "triton", "reference") and calls torch.ops.lowrank_ops.*."""
 
+import inspect as _inspect
+
+from .._dlpack import accept_dlpack as _accept_dlpack
 from .dct import dct_basis, dct_scores, dct_topk
 from .lowrank_adam import lowrank_adamw_step_
 from .projection import Projection, SideOperator
@@ -26,3 +29,9 @@ __all__ = [
     "sketch_project",
     "sketch_unproject",
 ]
+
+# Every public function also takes DLPack arrays (NumPy; CuPy/JAX on CUDA) and returns the caller's array
+# type, zero-copy where DLPack allows (lowrank_ops/_dlpack.py); with torch tensors the call is unchanged.
+for _name in __all__:
+    if _inspect.isfunction(globals()[_name]):
+        globals()[_name] = _accept_dlpack(globals()[_name])

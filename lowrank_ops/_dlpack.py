@@ -1,0 +1,133 @@
+"""Arrays of other frameworks in the public ops, through DLPack (the Python array API's interchange protocol).
+
+`accept_dlpack(op)` wraps a public op so that any argument with `__dlpack__` that is not a torch.Tensor
+(NumPy on CPU; CuPy or JAX on a CUDA device, given a CUDA build of torch) enters as a torch.Tensor that shares
+its memory (`torch.from_dlpack`, zero-copy), and the op's tensor results (also inside tuples and lists) leave
+as arrays of the caller's framework: `xp.from_dlpack(result)` with `xp = array.__array_namespace__()`, again
+zero-copy where both sides allow it (NumPy from a CPU tensor does). In-place ops (lowrank_adamw_step_)
+therefore update the caller's arrays in place. Objects that are not arrays (a QuantizedWeight, a
+Projection) are passed through as they are: they hold torch tensors.
+
+With only torch tensors as arguments the op is called directly (one isinstance scan; under torch.compile
+not even that), so torch users pay nothing. Errors name the op and the argument:
+- an argument declared as a tensor that is neither a tensor nor a DLPack array (a list, say): TypeError;
+- an array on a device this torch cannot address (a CuPy array with a CPU-only torch): TypeError that
+  points to lowrank_ops.cupy;
+- arrays of two different frameworks in one call: TypeError (the result type would be ambiguous);
+- a result the caller's framework cannot hold (bfloat16 for NumPy): TypeError.
+"""
+
+import functools
+import inspect
+import types
+import typing
+
+import torch
+
+# DLPack device types (dlpack.h, DLDeviceType)
+_KDL_CPU, _KDL_CUDA, _KDL_CUDA_HOST, _KDL_CUDA_MANAGED = 1, 2, 3, 13
+_DEVICE_NAMES = {1: "CPU", 2: "CUDA", 3: "CUDA host", 4: "OpenCL", 7: "Vulkan", 8: "Metal", 9: "VPI",
+                 10: "ROCm", 11: "ROCm host", 13: "CUDA managed", 14: "oneAPI"}
+SUPPORTED = "a torch.Tensor or an array with __dlpack__ (NumPy on CPU; CuPy or JAX on a CUDA device)"
+
+
+def _is_foreign(value) -> bool:
+    return not isinstance(value, torch.Tensor) and hasattr(type(value), "__dlpack__")
+
+
+def _mentions_tensor(annotation) -> bool:
+    """True for torch.Tensor and unions containing it (torch.Tensor | None)."""
+    if annotation is torch.Tensor:
+        return True
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return any(_mentions_tensor(a) for a in typing.get_args(annotation))
+    return False
+
+
+def _namespace(op: str, arg: str, array):
+    """The array API namespace whose from_dlpack rebuilds results of the caller's type."""
+    get = getattr(array, "__array_namespace__", None)
+    xp = get() if get is not None else None
+    if xp is None or not hasattr(xp, "from_dlpack"):
+        raise TypeError(
+            f"lowrank_ops.{op}: argument '{arg}' ({type(array).__module__}.{type(array).__name__}) has "
+            "__dlpack__ but no __array_namespace__ with a from_dlpack to return results of its type; "
+            f"pass {SUPPORTED}"
+        )
+    return xp
+
+
+def _to_torch(op: str, arg: str, array) -> torch.Tensor:
+    device_type, device_id = array.__dlpack_device__()
+    where = f"{_DEVICE_NAMES.get(int(device_type), f'DLPack device type {int(device_type)}')} device {device_id}"
+    if device_type in (_KDL_CUDA, _KDL_CUDA_MANAGED) and not torch.cuda.is_available():
+        raise TypeError(
+            f"lowrank_ops.{op}: argument '{arg}' is a {type(array).__name__} on {where}, but this torch "
+            f"({torch.__version__}) has no CUDA device; for CuPy arrays without a CUDA build of torch use "
+            "lowrank_ops.cupy (kernels compiled with NVRTC)"
+        )
+    if device_type not in (_KDL_CPU, _KDL_CUDA, _KDL_CUDA_HOST, _KDL_CUDA_MANAGED):
+        raise TypeError(f"lowrank_ops.{op}: argument '{arg}' lives on {where}; supported: CPU and CUDA arrays")
+    try:
+        return torch.from_dlpack(array)
+    except (BufferError, RuntimeError, TypeError, ValueError) as exc:
+        raise TypeError(
+            f"lowrank_ops.{op}: argument '{arg}' ({type(array).__name__} on {where}) cannot be shared with "
+            f"torch through DLPack: {exc}"
+        ) from exc
+
+
+def _from_torch(op: str, xp, value):
+    if isinstance(value, torch.Tensor):
+        try:
+            return xp.from_dlpack(value)
+        except (BufferError, RuntimeError, TypeError, ValueError) as exc:
+            raise TypeError(
+                f"lowrank_ops.{op}: the result ({value.dtype}, shape {list(value.shape)}) cannot be returned "
+                f"as a {xp.__name__} array: {exc}; call the op with torch tensors to get a torch.Tensor"
+            ) from exc
+    if isinstance(value, (tuple, list)):
+        return type(value)(_from_torch(op, xp, v) for v in value)
+    return value
+
+
+def accept_dlpack(fn):
+    """`fn` (a public op taking torch tensors) -> the same op taking DLPack arrays too (module docstring)."""
+    op = fn.__name__
+    signature = inspect.signature(fn, eval_str=True)
+    names = list(signature.parameters)
+    tensor_args = {name for name, p in signature.parameters.items() if _mentions_tensor(p.annotation)}
+
+    def check_plain(name, value):
+        if name in tensor_args and value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(f"lowrank_ops.{op}: argument '{name}' must be {SUPPORTED}, got {type(value).__name__}")
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return fn(*args, **kwargs)
+        named = list(zip(names, args)) + list(kwargs.items())
+        if not any(_is_foreign(value) for _, value in named):
+            for name, value in named:
+                check_plain(name, value)
+            return fn(*args, **kwargs)
+        xp, xp_arg = None, None
+        converted = {}
+        for name, value in named:
+            if not _is_foreign(value):
+                check_plain(name, value)
+                continue
+            ns = _namespace(op, name, value)
+            if xp is None:
+                xp, xp_arg = ns, name
+            elif ns is not xp:
+                raise TypeError(
+                    f"lowrank_ops.{op}: arguments '{xp_arg}' ({xp.__name__}) and '{name}' ({ns.__name__}) come "
+                    "from different array frameworks; pass arrays of one framework (or torch tensors)"
+                )
+            converted[name] = _to_torch(op, name, value)
+        args = tuple(converted.get(name, value) for name, value in zip(names, args))
+        kwargs = {name: converted.get(name, value) for name, value in kwargs.items()}
+        return _from_torch(op, xp, fn(*args, **kwargs))
+
+    return wrapper
