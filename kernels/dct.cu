@@ -5,7 +5,9 @@
 // A block generates kRows x kCols tiles of the selected basis rows into shared memory, one run of
 // kSegment consecutive columns per thread (one exact integer reduction and kSegment cos/sin per run), then
 // writes the tile out row by row, so that global stores coalesce.
+#if !defined(__CUDACC_RTC__)
 #include <climits>
+#endif
 
 #include "dct.cuh"
 
@@ -51,6 +53,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
+#if !defined(__CUDACC_RTC__)  // host launchers: nvcc only (NVRTC, lowrank_ops.cupy, compiles the kernels above)
 template <typename C, typename O>
 cudaError_t dct_rows(O* out, int64_t rows, int64_t dim, int64_t ld, const int64_t* indices, int64_t first_row,
                      cudaStream_t stream) {
@@ -64,9 +67,11 @@ cudaError_t dct_rows(O* out, int64_t rows, int64_t dim, int64_t ld, const int64_
   dct_rows_kernel<C, O><<<grid, kThreads, 0, stream>>>(out, rows, dim, ld, indices, first_row);
   return cudaGetLastError();
 }
+#endif  // !__CUDACC_RTC__
 
 }  // namespace
 
+#if !defined(__CUDACC_RTC__)
 cudaError_t launch_dct_rows(float* out, int64_t rows, int64_t dim, int64_t ld, const int64_t* indices,
                             int64_t first_row, cudaStream_t stream) {
   return dct_rows<float>(out, rows, dim, ld, indices, first_row, stream);
@@ -83,5 +88,6 @@ cudaError_t launch_dct_rows(__nv_bfloat16* out, int64_t rows, int64_t dim, int64
                             int64_t first_row, cudaStream_t stream) {
   return dct_rows<float>(out, rows, dim, ld, indices, first_row, stream);
 }
+#endif  // !__CUDACC_RTC__
 
 }  // namespace lro

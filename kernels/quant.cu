@@ -6,8 +6,10 @@
 //               it: absmax by a warp reduction, then each lane encodes its elements (nf4: its pairs).
 //   dequantize: each thread decodes a run of kSegment columns of a row of the requested sub-rectangle with
 //               the NF4 codebook in shared memory; blockIdx.y strides over the rows.
+#if !defined(__CUDACC_RTC__)
 #include <cstdint>
 #include <type_traits>
+#endif
 
 #include "quant.cuh"
 
@@ -116,6 +118,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+#if !defined(__CUDACC_RTC__)  // host launchers: nvcc only (NVRTC, lowrank_ops.cupy, compiles the kernels above)
 int64_t grid_for(int64_t work, int64_t per_block, int64_t cap) {
   const int64_t blocks = (work + per_block - 1) / per_block;
   return blocks < cap ? blocks : cap;
@@ -159,9 +162,11 @@ cudaError_t dequantize(const QuantMatrix& w, int64_t r0, int64_t nr, int64_t c0,
   }
   return cudaGetLastError();
 }
+#endif  // !__CUDACC_RTC__
 
 }  // namespace
 
+#if !defined(__CUDACC_RTC__)
 cudaError_t launch_quantize(const float* w, int format, int64_t rows, int64_t cols, int64_t group_size,
                             uint8_t* codes, float* scales, cudaStream_t stream) {
   return quantize(w, format, rows, cols, group_size, codes, scales, stream);
@@ -195,5 +200,6 @@ cudaError_t launch_dequantize(const QuantMatrix& w, int64_t r0, int64_t nr, int6
                               __nv_bfloat16* out, int64_t ld, cudaStream_t stream) {
   return dequantize(w, r0, nr, c0, nc, out, ld, stream);
 }
+#endif  // !__CUDACC_RTC__
 
 }  // namespace lro

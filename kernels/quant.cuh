@@ -9,14 +9,17 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#if !defined(__CUDACC_RTC__)  // NVRTC (lowrank_ops.cupy) compiles the kernels only: no runtime API, no std
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#endif
 
 #include "quant.h"
 
 namespace lro {
 
+#if !defined(__CUDACC_RTC__)  // launchers: host code
 // codes/scales <- W [rows, cols] (contiguous) in `format` (kQuantInt8 or kQuantNF4). codes: int8 [rows, cols]
 // (as bytes) or packed NF4 [ceil(rows cols / 2)]; scales: float32 [rows, ceil(cols / g)] or [ceil(rows cols / g)].
 // Elements are encoded from their float32 value. rows, cols >= 1; group_size >= 1, even for NF4, at most 2^31.
@@ -39,5 +42,6 @@ cudaError_t launch_dequantize(const QuantMatrix& w, int64_t r0, int64_t nr, int6
                               int64_t ld, cudaStream_t stream);
 cudaError_t launch_dequantize(const QuantMatrix& w, int64_t r0, int64_t nr, int64_t c0, int64_t nc,
                               __nv_bfloat16* out, int64_t ld, cudaStream_t stream);
+#endif
 
 }  // namespace lro

@@ -11,8 +11,10 @@
 // A block owns a kBM x kBN tile of C; for each kBK slice of K it writes the A and B slices into shared
 // memory (P generated there, X loaded and widened), then each thread accumulates a kTM x kTN register
 // tile, C[m0 + ty + 16 i, n0 + tx + 16 j] += sum_k a(k, ty + 16 i) b(k, tx + 16 j).
+#if !defined(__CUDACC_RTC__)
 #include <climits>
 #include <cmath>
+#endif
 
 #include "sketch.cuh"
 
@@ -33,6 +35,7 @@ constexpr int kSliceElems = kBM * (kBK + 1) > kBK * (kBM + 1) ? kBM * (kBK + 1) 
 
 constexpr int kFillRows = 32, kFillCols = 64;  // sketch_fill_ tile, staged in shared memory
 
+#if !defined(__CUDACC_RTC__)
 // Philox counters carry P's row as a uint32 and its column group as a uint32 (spec v1).
 constexpr int64_t kMaxSketchRows = int64_t{1} << 32;
 constexpr int64_t kMaxSketchCols = int64_t{kGaussianGroup} << 32;
@@ -41,6 +44,7 @@ bool valid_sketch(SketchKind kind, int64_t rank, int64_t dim) {
   return (kind == kRademacher || kind == kGaussian) && rank >= 1 && rank <= kMaxSketchRows && dim >= 1 &&
          dim <= kMaxSketchCols;
 }
+#endif
 
 // The compute type of an input element: double stays double, everything else widens to float.
 __device__ __forceinline__ float widen(float v) { return v; }
@@ -197,6 +201,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
+#if !defined(__CUDACC_RTC__)  // host launchers: nvcc only (NVRTC, lowrank_ops.cupy, compiles the kernels above)
 template <typename T>
 cudaError_t sketch_fill(T* out, int64_t rows, int64_t cols, int64_t ld, SketchKind kind, uint64_t seed,
                         cudaStream_t stream) {
@@ -270,9 +275,11 @@ cudaError_t sketch_gemm(SketchProduct product, const SketchSpec& spec, const Str
   }
   return cudaGetLastError();
 }
+#endif  // !__CUDACC_RTC__
 
 }  // namespace
 
+#if !defined(__CUDACC_RTC__)
 cudaError_t launch_philox4x32(const int64_t* counters, int64_t* words, int64_t n, uint64_t seed, int rounds,
                               cudaStream_t stream) {
   if (n < 0 || rounds < 1 || rounds > 16) return cudaErrorInvalidValue;
@@ -309,5 +316,6 @@ cudaError_t launch_sketch_gemm(SketchProduct product, const SketchSpec& spec,
                                const StridedMatrix<__nv_bfloat16>& x, float* out, cudaStream_t stream) {
   return sketch_gemm(product, spec, x, out, stream);
 }
+#endif  // !__CUDACC_RTC__
 
 }  // namespace lro

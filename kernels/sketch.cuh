@@ -8,14 +8,17 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#if !defined(__CUDACC_RTC__)  // NVRTC (lowrank_ops.cupy) compiles the kernels only: no runtime API, no std
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#endif
 
 #include "sketch.h"
 
 namespace lro {
 
+#if !defined(__CUDACC_RTC__)  // launchers: host code
 // words[t, :] = philox4x32(counters[t, :], key = (seed & 0xffffffff, seed >> 32), rounds) for t < n.
 // counters and words are contiguous int64 [n, 4]; counters must hold uint32 values (not checked here),
 // words receive uint32 values. rounds in [1, 16].
@@ -28,6 +31,7 @@ cudaError_t launch_sketch_fill(float* out, int64_t rows, int64_t cols, int64_t l
                                uint64_t seed, cudaStream_t stream);
 cudaError_t launch_sketch_fill(double* out, int64_t rows, int64_t cols, int64_t ld, SketchKind kind,
                                uint64_t seed, cudaStream_t stream);
+#endif
 
 // The four products of a dense matrix X with P that the fused GEMM computes (shapes of X -> out).
 enum class SketchProduct : int {
@@ -54,6 +58,7 @@ struct StridedMatrix {
   int64_t stride_col;
 };
 
+#if !defined(__CUDACC_RTC__)  // launchers: host code
 // out = the `product` of P and x (see SketchProduct), P generated tile by tile in shared memory and never
 // written to global memory. out is contiguous row-major in the compute type: double for double x, float
 // otherwise (half and bfloat16 are widened on load, products accumulate in float). x's extent along
@@ -67,5 +72,6 @@ cudaError_t launch_sketch_gemm(SketchProduct product, const SketchSpec& spec, co
                                float* out, cudaStream_t stream);
 cudaError_t launch_sketch_gemm(SketchProduct product, const SketchSpec& spec,
                                const StridedMatrix<__nv_bfloat16>& x, float* out, cudaStream_t stream);
+#endif
 
 }  // namespace lro
