@@ -33,9 +33,10 @@ class Warnings:
 
 
 def test_registry_holds_the_table_1_kinds():
-    assert set(projections.names()) == set(ALL_KINDS)
-    with pytest.raises(ValueError, match="unknown projection 'dct'.*registered kinds"):
-        projections.get("dct")
+    # Table 1's kinds; later issues add more ("dct", "rsvd", "adaptive"), tested in their own files.
+    assert set(projections.names()) >= set(ALL_KINDS)
+    with pytest.raises(ValueError, match="unknown projection 'lora'.*registered kinds"):
+        projections.get("lora")
     with pytest.raises(ValueError, match="already registered"):
         projections.register(projections.get("svd"))
 
