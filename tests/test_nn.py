@@ -154,6 +154,18 @@ def test_backward_forms_no_m_by_n_gradient(shape, rank, projection, base, rng):
     assert module.A.grad.shape == module.layout.projected_shape
 
 
+@pytest.mark.parametrize("base", [None, "nf4"])
+@pytest.mark.parametrize("projection", ["rademacher", "orthogonal", "two_sided_gaussian"])
+def test_zero_tokens_and_one_dimensional_input(projection, base, rng):
+    module = _layer((13, 19), 3, projection, base, torch.float32, rng)
+    x = torch.randn(0, 19, requires_grad=True)
+    y = module(x)
+    y.sum().backward()
+    assert y.shape == (0, 13) and torch.equal(module.A.grad, torch.zeros_like(module.A))
+    v = torch.randn(19, generator=rng)
+    assert module(v).shape == (13,) and torch.equal(module(v), module(v[None])[0])
+
+
 def test_gradients_accumulate_in_the_low_rank_space(rng):
     module = _layer((19, 33), 4, "rademacher", "int8", torch.float32, rng)
     xs = [torch.randn(6, 33, generator=rng) for _ in range(3)]

@@ -105,7 +105,7 @@ class LowRankLinear(torch.nn.Module):
         self.out_features, self.in_features = weight.shape
         self.layout: Layout = self.kind.layout(tuple(weight.shape), rank, side)
         self.projection_name, self.seed, self.layer, self.refreshes = projection, seed, layer, 0
-        self.dtype, self.base = weight.dtype, base
+        self.base = base
         self.backend = backend
         self.merged_at = None
         W = weight.detach()
@@ -122,6 +122,11 @@ class LowRankLinear(torch.nn.Module):
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, rank, **kwargs) -> LowRankLinear:
         return cls(linear.weight, linear.bias, rank, **kwargs)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The layer's dtype: A's (that of the converted Linear's weight, or what .to(dtype) made it)."""
+        return self.A.dtype
 
     # -- base weight ---------------------------------------------------------------------------------
     def _set_base(self, qw: quant.QuantizedWeight) -> None:
@@ -252,7 +257,6 @@ class LowRankLinear(torch.nn.Module):
             "right_rank": self.layout.right_rank,
             "base": self.base,
             "group_size": getattr(self, "base_group_size", None),
-            "dtype": str(self.dtype).removeprefix("torch."),
             "seed": self.seed,
             "layer": self.layer,
             "refreshes": self.refreshes,
@@ -262,7 +266,7 @@ class LowRankLinear(torch.nn.Module):
 
     def set_extra_state(self, state: dict) -> None:
         mine = self.get_extra_state()
-        for key in ("projection", "left_rank", "right_rank", "base", "group_size", "dtype"):
+        for key in ("projection", "left_rank", "right_rank", "base", "group_size"):
             if state.get(key) != mine[key]:
                 raise ValueError(
                     f"lowrank_ops.nn.LowRankLinear.load_state_dict: the saved layer has {key}={state.get(key)!r}, "
