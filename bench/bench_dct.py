@@ -251,7 +251,7 @@ def main(argv=None) -> int:
     if not args.no_write:
         name = args.name or f"dct_{device.type}{'_quick' if args.quick else ''}" + (
             f"_t{args.threads}" if args.threads else "")
-        paths = res.write(name)
+        paths = res.write(name, args.out)
         print("\nwrote", *paths)
     return 0
 
