@@ -8,20 +8,32 @@
 #include <string>
 
 #include "sketch_args.h"
+#include "../kernels/dct.h"
 
 namespace lowrank_ops {
 
 // One side operator of the projection R = L G R^T (lowrank_ops/ops/projection.py).
-enum SideKind : int { kSideNone = -1, kSideRademacher = lro::kRademacher, kSideGaussian = lro::kGaussian, kSideMatrix = 2 };
+// kSideDct: P[i, :] = D[indices[i], :], rows of the dim x dim orthonormal DCT-II basis (kernels/dct.h),
+// generated tile by tile from the index vector like a seeded sketch from its seed.
+enum SideKind : int {
+  kSideNone = -1,
+  kSideRademacher = lro::kRademacher,
+  kSideGaussian = lro::kGaussian,
+  kSideMatrix = 2,
+  kSideDct = 3
+};
 
 struct SideOp {
   int kind = kSideNone;
   uint64_t seed = 0;
-  int64_t rank = 0;   // rows of P
-  int64_t dim = 0;    // columns of P: the projected dimension of W
-  at::Tensor matrix;  // kSideMatrix: P (rank x dim), in the compute dtype
+  int64_t rank = 0;    // rows of P
+  int64_t dim = 0;     // columns of P: the projected dimension of W
+  at::Tensor matrix;   // kSideMatrix: P (rank x dim), in the compute dtype
+  at::Tensor indices;  // kSideDct: the basis rows, int64, contiguous, on W's device
   bool present() const { return kind != kSideNone; }
   bool seeded() const { return kind == kSideRademacher || kind == kSideGaussian; }
+  // P is generated inside the kernels (from a seed or from indices), never read from memory.
+  bool generated() const { return seeded() || kind == kSideDct; }
 };
 
 // The scalars of one step, as the schema passes them.
@@ -32,6 +44,28 @@ struct AdamArgs {
 };
 
 inline constexpr char kAdamOp[] = "lowrank_adamw_step_";
+
+// The index vector of a "dct" side (passed in the side's matrix slot): 1-D int16/int32/int64 of length
+// rank on W's device, values in [0, dim). The values are read only on the CPU: on CUDA that would be a device
+// sync per step (lowrank_ops/ops/lowrank_adam.py says why that is safe). Returned as contiguous int64.
+inline at::Tensor parse_dct_indices(const char* side, const at::Tensor& indices, int64_t rank, int64_t dim,
+                                    const at::Tensor& W) {
+  const std::string name = std::string(side) + "_matrix";
+  const at::ScalarType t = indices.scalar_type();
+  TORCH_CHECK(indices.dim() == 1 && indices.size(0) == rank && (t == at::kShort || t == at::kInt || t == at::kLong),
+              "lowrank_ops.", kAdamOp, ": argument '", name, "' of kind \"dct\" must be a 1-D int16, int32 or int64 ",
+              "index vector of length ", rank, " (the rank), got ", t, " of shape ", shape_str(indices));
+  TORCH_CHECK(indices.device() == W.device(), "lowrank_ops.", kAdamOp, ": argument '", name,
+              "' must be on W's device ", W.device(), ", got ", indices.device());
+  TORCH_CHECK(dim <= lro::kDctMaxDim, "lowrank_ops.", kAdamOp, ": kind \"dct\" needs a projected dimension <= ",
+              lro::kDctMaxDim, ", got ", dim);
+  if (indices.device().is_cpu() && rank > 0) {
+    const int64_t lo = indices.min().item<int64_t>(), hi = indices.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < dim, "lowrank_ops.", kAdamOp, ": argument '", name, "' must hold values in [0, ", dim,
+                ") (basis rows of the projected dimension), got values in [", lo, ", ", hi, "]");
+  }
+  return indices.to(at::kLong).contiguous();
+}
 
 inline SideOp parse_side_op(const char* side, c10::string_view kind, int64_t seed, int64_t rank,
                          const std::optional<at::Tensor>& matrix, int64_t dim, const at::Tensor& W) {
@@ -44,10 +78,12 @@ inline SideOp parse_side_op(const char* side, c10::string_view kind, int64_t see
     s.kind = kSideGaussian;
   } else if (kind == "matrix") {
     s.kind = kSideMatrix;
+  } else if (kind == "dct") {
+    s.kind = kSideDct;
   } else {
     TORCH_CHECK(false, "lowrank_ops.", kAdamOp, ": argument '", side,
-                "_kind' must be \"none\", \"rademacher\", \"gaussian\" or \"matrix\", got \"", std::string(kind),
-                "\"");
+                "_kind' must be \"none\", \"rademacher\", \"gaussian\", \"matrix\" or \"dct\", got \"",
+                std::string(kind), "\"");
   }
   if (!s.present()) return s;
   TORCH_CHECK(rank >= 1, "lowrank_ops.", kAdamOp, ": argument '", side, "_rank' must be >= 1, got ", rank);
@@ -55,10 +91,14 @@ inline SideOp parse_side_op(const char* side, c10::string_view kind, int64_t see
   s.rank = rank;
   s.dim = dim;
   const bool has_matrix = matrix.has_value() && matrix->defined();
-  TORCH_CHECK(has_matrix == (s.kind == kSideMatrix), "lowrank_ops.", kAdamOp, ": argument '", side,
-              "_matrix' must be ", s.kind == kSideMatrix ? "a tensor for kind \"matrix\"" : "None for a seeded kind",
+  TORCH_CHECK(has_matrix != s.seeded(), "lowrank_ops.", kAdamOp, ": argument '", side, "_matrix' must be ",
+              s.kind == kSideMatrix ? "a tensor for kind \"matrix\""
+              : s.kind == kSideDct  ? "the index vector for kind \"dct\""
+                                    : "None for a seeded kind",
               ", got ", has_matrix ? "a tensor" : "None");
-  if (has_matrix) {
+  if (has_matrix && s.kind == kSideDct) {
+    s.indices = parse_dct_indices(side, *matrix, rank, dim, W);
+  } else if (has_matrix) {
     const std::string name = std::string(side) + "_matrix";
     check_float_matrix(kAdamOp, name.c_str(), *matrix);
     TORCH_CHECK(matrix->size(0) == rank && matrix->size(1) == dim, "lowrank_ops.", kAdamOp, ": argument '", name,

@@ -5,8 +5,9 @@
 //
 // Projection R = L G R^T. A seeded side is the sketch family's op (lowrank_ops::sketch_project: P generated
 // tile by tile, never materialized, on either device); an explicit side is a GEMM with its matrix, over
-// tiles of the projected dimension when G must be converted to the compute dtype. Two sides: two such
-// GEMMs, the one on G first, in the order with fewer flops.
+// tiles of the projected dimension when G must be converted to the compute dtype; a "dct" side is the same
+// tiled GEMM on basis tiles the device generates from the index vector (AdamDevice::fill_dct), so P is
+// never materialized either. Two sides: two such GEMMs, the one on G first, in the order with fewer flops.
 // Moments: one elementwise pass over R (kernels/adam.h), which leaves the direction in R's buffer.
 // Unprojection with the weight update (the device's hook), one tile of P's columns at a time, so that only
 // a tile of U = P^T Y or Y P is ever formed:
@@ -34,6 +35,8 @@ struct AdamDevice {
   // Y in the compute dtype, without forming U as a whole.
   void (*unproject_update)(const SideOp& side, bool left, const at::Tensor& Y, const at::Tensor& W,
                            const AdamArgs& args);
+  // tile (rank x width, unit column stride, compute dtype) <- P[:, k0 : k0 + width] of a "dct" side.
+  void (*fill_dct)(const SideOp& side, int64_t k0, const at::Tensor& tile);
 };
 
 namespace adam_driver {
@@ -50,21 +53,35 @@ inline at::Tensor call_sketch_op(const char* name, const at::Tensor& x, const Si
   return op.call(x, static_cast<int64_t>(side.seed), size, kind_name(side.kind), left ? "left" : "right", out_dtype);
 }
 
+// P[:, k0 : k0 + width] of an explicit side (a view of its matrix) or of a "dct" side (generated into
+// `buffer`, rank x kb in the compute dtype).
+inline at::Tensor operator_columns(const AdamDevice& device, const SideOp& side, int64_t k0, int64_t width,
+                                   const at::Tensor& buffer) {
+  if (side.kind != kSideDct) return side.matrix.narrow(1, k0, width);
+  const at::Tensor tile = buffer.narrow(1, 0, width);
+  device.fill_dct(side, k0, tile);
+  return tile;
+}
+
 // P X (left, X: dim x c) or X P^T (right, X: c x dim), accumulated in `compute` (sketch_project
 // accumulates in X's compute dtype, so a float64 step takes X in float64: for float64 W and a
 // lower-precision G that is a copy of G, float64 being the testing precision).
-inline at::Tensor project(const SideOp& side, bool left, const at::Tensor& X_in, at::ScalarType compute) {
+inline at::Tensor project(const AdamDevice& device, const SideOp& side, bool left, const at::Tensor& X_in,
+                          at::ScalarType compute) {
   const at::TensorOptions options = X_in.options().dtype(compute);
   if (side.dim == 0) return left ? at::zeros({side.rank, X_in.size(1)}, options) : at::zeros({X_in.size(0), side.rank}, options);
   const at::Tensor X = compute == at::kDouble ? X_in.to(at::kDouble) : X_in;
   if (side.seeded()) return call_sketch_op("lowrank_ops::sketch_project", X, side, side.rank, left, compute);
-  if (X.scalar_type() == compute) return left ? at::mm(side.matrix, X) : at::mm(X, side.matrix.t());
-  // X converted tile by tile: no full-size copy of G in the compute dtype.
+  if (side.kind == kSideMatrix && X.scalar_type() == compute)
+    return left ? at::mm(side.matrix, X) : at::mm(X, side.matrix.t());
+  // Over tiles of P's columns: X converted tile by tile (no full-size copy of G in the compute dtype), and
+  // a "dct" P generated one tile at a time.
   at::Tensor acc = left ? at::zeros({side.rank, X.size(1)}, options) : at::zeros({X.size(0), side.rank}, options);
   const int64_t kb = tile_columns(side.dim);
+  const at::Tensor buffer = side.kind == kSideDct ? at::empty({side.rank, kb}, options) : at::Tensor();
   for (int64_t k0 = 0; k0 < side.dim; k0 += kb) {
     const int64_t width = std::min(kb, side.dim - k0);
-    const at::Tensor p = side.matrix.narrow(1, k0, width);
+    const at::Tensor p = operator_columns(device, side, k0, width, buffer);
     if (left) {
       acc.addmm_(p, X.narrow(0, k0, width).to(compute));
     } else {
@@ -75,10 +92,24 @@ inline at::Tensor project(const SideOp& side, bool left, const at::Tensor& X_in,
 }
 
 // P^T Y (left: dim x c) or Y P (right: c x dim) for a small Y (the first GEMM of a two-sided unprojection).
-inline at::Tensor unproject(const SideOp& side, bool left, const at::Tensor& Y) {
+inline at::Tensor unproject(const AdamDevice& device, const SideOp& side, bool left, const at::Tensor& Y) {
   if (side.dim == 0) return left ? at::empty({0, Y.size(1)}, Y.options()) : at::empty({Y.size(0), 0}, Y.options());
   if (side.seeded()) return call_sketch_op("lowrank_ops::sketch_unproject", Y, side, side.dim, left, Y.scalar_type());
-  return left ? at::mm(side.matrix.t(), Y) : at::mm(Y, side.matrix);
+  if (side.kind == kSideMatrix) return left ? at::mm(side.matrix.t(), Y) : at::mm(Y, side.matrix);
+  at::Tensor out = left ? at::empty({side.dim, Y.size(1)}, Y.options()) : at::empty({Y.size(0), side.dim}, Y.options());
+  const int64_t kb = tile_columns(side.dim);
+  const at::Tensor buffer = at::empty({side.rank, kb}, Y.options());
+  for (int64_t k0 = 0; k0 < side.dim; k0 += kb) {
+    const int64_t width = std::min(kb, side.dim - k0);
+    const at::Tensor p = operator_columns(device, side, k0, width, buffer);
+    at::Tensor block = left ? out.narrow(0, k0, width) : out.narrow(1, k0, width);
+    if (left) {
+      at::mm_out(block, p.t(), Y);
+    } else {
+      at::mm_out(block, Y, p);
+    }
+  }
+  return out;
 }
 
 // `state` as a contiguous tensor of `compute`: itself when it already is one, else a copy (written back
@@ -107,10 +138,10 @@ inline void lowrank_adamw_step(const at::Tensor& W, const at::Tensor& G, const a
   at::Tensor R;
   if (two_sided) {
     const bool right_first = m * n * r2 + r1 * m * r2 <= r1 * m * n + r1 * n * r2;
-    R = right_first ? project(left, true, project(right, false, G, compute), compute)
-                    : project(right, false, project(left, true, G, compute), compute);
+    R = right_first ? project(device, left, true, project(device, right, false, G, compute), compute)
+                    : project(device, right, false, project(device, left, true, G, compute), compute);
   } else {
-    R = left.present() ? project(left, true, G, compute) : project(right, false, G, compute);
+    R = left.present() ? project(device, left, true, G, compute) : project(device, right, false, G, compute);
   }
 
   at::Tensor m_work = working_copy(exp_avg, compute), v_work = working_copy(exp_avg_sq, compute);
@@ -123,9 +154,9 @@ inline void lowrank_adamw_step(const at::Tensor& W, const at::Tensor& G, const a
   if (two_sided) {
     const bool via_left = r1 * r2 * n + m * n * r1 <= m * r1 * r2 + m * n * r2;
     if (via_left) {
-      device.unproject_update(left, true, unproject(right, false, R), W, args);
+      device.unproject_update(left, true, unproject(device, right, false, R), W, args);
     } else {
-      device.unproject_update(right, false, unproject(left, true, R), W, args);
+      device.unproject_update(right, false, unproject(device, left, true, R), W, args);
     }
   } else if (left.present()) {
     device.unproject_update(left, true, R, W, args);

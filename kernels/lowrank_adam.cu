@@ -1,6 +1,6 @@
 // CUDA kernels and launchers of the lowrank_adam family (API in lowrank_adam.cuh). The per-element math is
-// lro::adam_moments / adam_adapter_direction / adam_weight_update (adam.h) and lro::sketch_fill_segment
-// (sketch.h), all tested on the host; this file adds only indexing and the launches. All kernels are
+// lro::adam_moments / adam_adapter_direction / adam_weight_update (adam.h), lro::sketch_fill_segment
+// (sketch.h) and lro::dct_fill_segment (dct.h), all tested on the host; this file adds only indexing and the launches. All kernels are
 // grid-stride loops over their elements.
 #include <climits>
 #include <cmath>
@@ -48,6 +48,20 @@ __global__ void __launch_bounds__(kThreads, 1)
   sketch_fill_segment<T>(KIND, seed, static_cast<uint32_t>(row), k0 + c, len, scale, out + row * ld + c);
 }
 
+// Thread t generates the run of kSegment columns (t % runs) * kSegment of basis row indices[t / runs] of
+// the window (one run per thread, as sketch_window_kernel).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    dct_window_kernel(T* __restrict__ out, int64_t ld, const int64_t* __restrict__ indices, int64_t rank,
+                      int64_t dim, int64_t k0, int64_t width) {
+  const int64_t runs = (width + kSegment - 1) / kSegment;
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (t >= rank * runs) return;
+  const int64_t row = t / runs, c = (t % runs) * kSegment;
+  const int64_t len = width - c < kSegment ? width - c : kSegment;
+  dct_fill_segment<T>(dim, indices[row], k0 + c, len, out + row * ld + c);
+}
+
 template <typename T, bool kAdapter>
 __global__ void __launch_bounds__(kThreads)
     adam_moments_kernel(T* __restrict__ r, T* __restrict__ m, T* __restrict__ v, T* __restrict__ delta, int64_t n,
@@ -92,6 +106,19 @@ cudaError_t sketch_window(T* out, int64_t ld, SketchKind kind, uint64_t seed, in
 }
 
 template <typename T>
+cudaError_t dct_window(T* out, int64_t ld, const int64_t* indices, int64_t rank, int64_t dim, int64_t k0,
+                       int64_t width, cudaStream_t stream) {
+  if (rank < 1 || dim < 1 || dim > kDctMaxDim || k0 < 0 || width < 0 || k0 + width > dim || ld < width)
+    return cudaErrorInvalidValue;
+  if (width == 0) return cudaSuccess;
+  if (out == nullptr || indices == nullptr) return cudaErrorInvalidValue;
+  const int64_t blocks = (rank * ((width + kSegment - 1) / kSegment) + kThreads - 1) / kThreads;
+  if (blocks > INT_MAX) return cudaErrorInvalidValue;
+  dct_window_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(out, ld, indices, rank, dim, k0, width);
+  return cudaGetLastError();
+}
+
+template <typename T>
 cudaError_t adam_moments_launch(T* r, T* m, T* v, T* delta, int64_t n, const AdamStep<T>& step, cudaStream_t stream) {
   if (n < 0) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
@@ -123,6 +150,15 @@ cudaError_t launch_sketch_window(float* out, int64_t ld, SketchKind kind, uint64
 cudaError_t launch_sketch_window(double* out, int64_t ld, SketchKind kind, uint64_t seed, int64_t rank, int64_t dim,
                                  int64_t k0, int64_t width, cudaStream_t stream) {
   return sketch_window(out, ld, kind, seed, rank, dim, k0, width, stream);
+}
+
+cudaError_t launch_dct_window(float* out, int64_t ld, const int64_t* indices, int64_t rank, int64_t dim, int64_t k0,
+                              int64_t width, cudaStream_t stream) {
+  return dct_window(out, ld, indices, rank, dim, k0, width, stream);
+}
+cudaError_t launch_dct_window(double* out, int64_t ld, const int64_t* indices, int64_t rank, int64_t dim, int64_t k0,
+                              int64_t width, cudaStream_t stream) {
+  return dct_window(out, ld, indices, rank, dim, k0, width, stream);
 }
 
 cudaError_t launch_adam_moments(float* r, float* m, float* v, float* delta, int64_t n, const AdamStep<float>& step,

@@ -323,7 +323,8 @@ def test_bad_arguments_raise_clear_errors(call, error, message):
 
 @pytest.mark.skipif(not _extension.LOADED, reason="compiled extension not loaded")
 @pytest.mark.parametrize("override,message", [
-    (dict(left_kind="uniform"), "argument 'left_kind' must be \"none\", \"rademacher\", \"gaussian\" or \"matrix\""),
+    (dict(left_kind="uniform"), "argument 'left_kind' must be \"none\", \"rademacher\", \"gaussian\", \"matrix\" or "
+                                "\"dct\""),
     (dict(left_rank=0), "argument 'left_rank' must be >= 1, got 0"),
     (dict(left_kind="matrix"), "argument 'left_matrix' must be a tensor for kind \"matrix\", got None"),
     (dict(left_matrix=torch.randn(2, 6)), "argument 'left_matrix' must be None for a seeded kind"),

@@ -1,6 +1,7 @@
 // CPU kernels of the lowrank_adam family: the device hooks of csrc/lowrank_adam_driver.h. The per-element
-// math is kernels/adam.h. Each hook is ONE parallel region: on a machine with few cores a fork/join per tile
-// and per GEMM costs more than it saves (bench/results/sketch_cpu.json, bench/results/optim_cpu*.json).
+// math is kernels/adam.h (and kernels/dct.h for the basis tiles of a "dct" side). Each hook is ONE
+// parallel region: on a machine with few cores a fork/join per tile and per GEMM costs more than it saves
+// (bench/results/sketch_cpu.json, bench/results/optim_cpu*.json).
 // The weight update splits P's columns (W's rows for a left side, its columns for a right side) into
 // blocks; a thread generates its block of P, forms U = P^T Y or Y P for it chunk by chunk of the other
 // dimension in a buffer that stays in its L2 (single-threaded GEMMs), and updates that chunk of W at once:
@@ -12,6 +13,7 @@
 #include <torch/library.h>
 
 #include "../../kernels/adam.h"
+#include "../../kernels/dct.h"
 #include "../lowrank_adam_driver.h"
 #include "sketch_tile.h"
 
@@ -65,6 +67,20 @@ void update_rows(W_t* w, int64_t s0, int64_t s1, int64_t rows, int64_t cols, con
   }
 }
 
+// rows i of P[:, k0 : k0 + width] of a "dct" side (P[i, :] = D[indices[i], :]), written into `tile`
+// (rank x width, unit column stride, float or double) by kernels/dct.h's dct_fill_segment, rows in
+// parallel (inline when called inside a parallel region).
+void fill_dct_cpu(const SideOp& side, int64_t k0, const at::Tensor& tile) {
+  const int64_t* index = side.indices.const_data_ptr<int64_t>();
+  const int64_t width = tile.size(1), ld = tile.stride(0);
+  AT_DISPATCH_FLOATING_TYPES(tile.scalar_type(), "lowrank_adamw_step_ dct tile", [&] {
+    scalar_t* base = tile.data_ptr<scalar_t>();
+    at::parallel_for(0, tile.size(0), 16, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) lro::dct_fill_segment<scalar_t>(side.dim, index[i], k0, width, base + i * ld);
+    });
+  });
+}
+
 void unproject_update_cpu(const SideOp& side, bool left, const at::Tensor& Y, const at::Tensor& W,
                           const AdamArgs& args) {
   const int64_t d = side.dim, other = left ? W.size(1) : W.size(0);
@@ -78,13 +94,19 @@ void unproject_update_cpu(const SideOp& side, bool left, const at::Tensor& Y, co
     const int64_t s0 = W.stride(0), s1 = W.stride(1);
     W_t* const base = W.data_ptr<W_t>();
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      at::Tensor tile = side.seeded() ? at::empty({side.rank, kBlockColumns}, Y.options()) : at::Tensor();
+      at::Tensor tile = side.generated() ? at::empty({side.rank, kBlockColumns}, Y.options()) : at::Tensor();
       at::Tensor buffer = at::empty({kBlockColumns * chunk}, Y.options());
       for (int64_t b = begin; b < end; ++b) {
         const int64_t k0 = b * kBlockColumns, width = std::min(kBlockColumns, d - k0);
-        const at::Tensor p = side.seeded()
-                                 ? sketch_tile_rows(side.kind, side.seed, d, 0, k0, tile.narrow(1, 0, width))
-                                 : side.matrix.narrow(1, k0, width);
+        at::Tensor p;
+        if (side.seeded()) {
+          p = sketch_tile_rows(side.kind, side.seed, d, 0, k0, tile.narrow(1, 0, width));
+        } else if (side.kind == kSideDct) {
+          p = tile.narrow(1, 0, width);
+          fill_dct_cpu(side, k0, p);
+        } else {
+          p = side.matrix.narrow(1, k0, width);
+        }
         for (int64_t c0 = 0; c0 < other; c0 += chunk) {
           const int64_t len = std::min(chunk, other - c0);
           if (left) {  // U = P[:, k]^T Y[:, c] updates W[k, c]
@@ -102,7 +124,7 @@ void unproject_update_cpu(const SideOp& side, bool left, const at::Tensor& Y, co
   });
 }
 
-const AdamDevice kCpu{&moments_cpu, &unproject_update_cpu};
+const AdamDevice kCpu{&moments_cpu, &unproject_update_cpu, &fill_dct_cpu};
 
 void lowrank_adamw_step_cpu(const at::Tensor& W, const at::Tensor& G, const at::Tensor& exp_avg,
                             const at::Tensor& exp_avg_sq, const std::optional<at::Tensor>& delta,

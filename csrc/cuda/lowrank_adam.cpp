@@ -1,6 +1,6 @@
 // CUDA implementation of the lowrank_adam family: the device hooks of csrc/lowrank_adam_driver.h (the same
 // driver, checks and GEMM order as on the CPU). The GEMMs run on tiles with cuBLAS through ATen; the sketch
-// tiles, the moment epilogue and the weight-update epilogue are the launchers of kernels/lowrank_adam.cuh,
+// and DCT basis tiles, the moment epilogue and the weight-update epilogue are the launchers of kernels/lowrank_adam.cuh,
 // whose per-element math (kernels/adam.h, kernels/sketch.h) the CPU tests exercise. U = P^T Y or Y P is
 // formed one tile of P's columns at a time (at most 1/8 of W), never as an m x n temporary.
 #include <ATen/ATen.h>
@@ -57,6 +57,19 @@ void fill_sketch_cuda(const SideOp& side, int64_t k0, int64_t width, const at::T
   check_launch(err, "the sketch tile of columns [" + std::to_string(k0) + ", " + std::to_string(k0 + width) + ")");
 }
 
+// tile (rank x width) <- P[:, k0 : k0 + width] of a "dct" side.
+void fill_dct_cuda(const SideOp& side, int64_t k0, const at::Tensor& tile) {
+  const int64_t width = tile.size(1);
+  const int64_t* index = side.indices.const_data_ptr<int64_t>();
+  const cudaError_t err =
+      tile.scalar_type() == at::kDouble
+          ? lro::launch_dct_window(tile.mutable_data_ptr<double>(), tile.stride(0), index, side.rank, side.dim, k0,
+                                   width, stream_of(tile))
+          : lro::launch_dct_window(tile.mutable_data_ptr<float>(), tile.stride(0), index, side.rank, side.dim, k0,
+                                   width, stream_of(tile));
+  check_launch(err, "the DCT basis tile of columns [" + std::to_string(k0) + ", " + std::to_string(k0 + width) + ")");
+}
+
 // block <- adam_weight_update(block, U) with U = p^T y (left: block holds rows of W) or y p (right: columns).
 void update_block(const at::Tensor& block, const at::Tensor& p, const at::Tensor& y, bool left, const AdamArgs& args) {
   const at::Tensor u = left ? at::mm(p.t(), y) : at::mm(y, p);
@@ -82,13 +95,16 @@ void update_block(const at::Tensor& block, const at::Tensor& p, const at::Tensor
 void unproject_update_cuda(const SideOp& side, bool left, const at::Tensor& Y, const at::Tensor& W,
                            const AdamArgs& args) {
   const int64_t kb = tile_columns(side.dim);
-  const at::Tensor tile = side.seeded() ? at::empty({side.rank, kb}, Y.options()) : at::Tensor();
+  const at::Tensor tile = side.generated() ? at::empty({side.rank, kb}, Y.options()) : at::Tensor();
   for (int64_t k0 = 0; k0 < side.dim; k0 += kb) {
     const int64_t width = std::min(kb, side.dim - k0);
     at::Tensor p;
     if (side.seeded()) {
       p = tile.narrow(1, 0, width);
       fill_sketch_cuda(side, k0, width, p);
+    } else if (side.kind == kSideDct) {
+      p = tile.narrow(1, 0, width);
+      fill_dct_cuda(side, k0, p);
     } else {
       p = side.matrix.narrow(1, k0, width);
     }
@@ -96,7 +112,7 @@ void unproject_update_cuda(const SideOp& side, bool left, const at::Tensor& Y, c
   }
 }
 
-const AdamDevice kCuda{&moments_cuda, &unproject_update_cuda};
+const AdamDevice kCuda{&moments_cuda, &unproject_update_cuda, &fill_dct_cuda};
 
 void lowrank_adamw_step_cuda(const at::Tensor& W, const at::Tensor& G, const at::Tensor& exp_avg,
                              const at::Tensor& exp_avg_sq, const std::optional<at::Tensor>& delta,

@@ -44,10 +44,24 @@ if _extension.LOADED:
 
 
 def _flatten_side(op: SideOperator | None):
-    """(kind, seed as int64, rank, matrix) schema arguments of one side; identity is kind "none"."""
+    """(kind, seed as int64, rank, tensor) schema arguments of one side; identity is kind "none". The tensor
+    slot carries the matrix (kind "matrix") or the index vector (kind "dct")."""
     if op is None:
         return "none", 0, 0, None
-    return op.kind, _checks.seed_to_int64(OP, op.seed), op.rank, op.matrix
+    return op.kind, _checks.seed_to_int64(OP, op.seed), op.rank, op.indices if op.kind == "dct" else op.matrix
+
+
+def _check_dct_indices(name, indices, dim, device):
+    """On W's device, values in [0, d). The values are read only for CPU tensors: on CUDA that would cost a
+    device sync per step (the projection kind writes indices that dct_topk selected, always in range; an
+    out-of-range index gives a row of the periodic extension of the basis, no memory fault)."""
+    if indices.device != device:
+        raise _checks.error(OP, name, f"on W's device {device}", indices.device)
+    if indices.device.type == "cpu" and indices.numel() and not torch.compiler.is_compiling():
+        lo, hi = int(indices.min()), int(indices.max())
+        if lo < 0 or hi >= dim:
+            raise _checks.error(OP, name, f"values in [0, {dim}) (basis rows of the projected dimension)",
+                                f"values in [{lo}, {hi}]")
 
 
 def _check(W, G, exp_avg, exp_avg_sq, projection, step, wd_mode, delta):
@@ -65,6 +79,8 @@ def _check(W, G, exp_avg, exp_avg_sq, projection, step, wd_mode, delta):
         if op is not None and op.kind == "matrix" and op.matrix.shape[1] != dim:
             raise _checks.error(OP, f"projection.{side}.matrix", f"of shape [{op.rank}, {dim}]",
                                 list(op.matrix.shape))
+        if op is not None and op.kind == "dct":
+            _check_dct_indices(f"projection.{side}.indices", op.indices, dim, W.device)
     state_dtypes = (torch.float32, torch.float64) if W.dtype == torch.float64 else (torch.float32,)
     states = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)] + ([("delta", delta)] if delta is not None else [])
     for name, state in states:

@@ -2,8 +2,9 @@
 
 A projection maps a gradient G (m x n) to R = L G R^T, where each side operator is the identity
 ("none"), a seeded sketch ("rademacher" / "gaussian": regenerated from its seed inside the kernels, never
-stored) or an explicit matrix ("matrix": P of shape rank x d, e.g. from an SVD or an orthonormalized
-sketch). One-sided left is R = P G (r x n), one-sided right R = G P^T (m x r), two-sided L G R^T
+stored), an explicit matrix ("matrix": P of shape rank x d, e.g. from an SVD or an orthonormalized
+sketch) or rows of the orthonormal DCT-II basis ("dct": P[i, :] = D[indices[i], :] of the d x d basis of
+lowrank_ops.ops.dct, regenerated from the index vector inside the kernels, never stored). One-sided left is R = P G (r x n), one-sided right R = G P^T (m x r), two-sided L G R^T
 (r1 x r2), matching DESIGN.md §3 and the duality paper's Table 1. The adjoint maps N back:
 L^T N R (the "unprojection").
 """
@@ -13,18 +14,21 @@ from dataclasses import dataclass
 import torch
 
 SEEDED_KINDS = ("rademacher", "gaussian")
-SIDE_KINDS = SEEDED_KINDS + ("matrix",)
+SIDE_KINDS = SEEDED_KINDS + ("matrix", "dct")
+INDEX_DTYPES = (torch.int16, torch.int32, torch.int64)
 
 
 @dataclass(frozen=True)
 class SideOperator:
-    """One side of a projection: `kind` in SIDE_KINDS, its `rank`, and a `seed` (seeded kinds) or a
-    `matrix` (kind "matrix": rank x d, any float dtype; kernels read it in float32)."""
+    """One side of a projection: `kind` in SIDE_KINDS, its `rank`, and a `seed` (seeded kinds), a
+    `matrix` (kind "matrix": rank x d, any float dtype; kernels read it in float32) or `indices` (kind
+    "dct": the rank basis rows, a 1-D int16/int32/int64 tensor with values in [0, d))."""
 
     kind: str
     rank: int
     seed: int = 0
     matrix: torch.Tensor | None = None
+    indices: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.kind not in SIDE_KINDS:
@@ -35,7 +39,17 @@ class SideOperator:
             if self.matrix.shape[0] != self.rank:
                 raise ValueError(f"lowrank_ops.Projection: matrix has {self.matrix.shape[0]} rows, rank is {self.rank}")
         elif self.matrix is not None:
-            raise ValueError(f"lowrank_ops.Projection: kind {self.kind!r} is seeded and takes no matrix")
+            raise ValueError(f"lowrank_ops.Projection: kind {self.kind!r} takes no matrix")
+        if self.kind == "dct":
+            ok = isinstance(self.indices, torch.Tensor) and self.indices.dim() == 1
+            if not ok or self.indices.dtype not in INDEX_DTYPES:
+                raise ValueError("lowrank_ops.Projection: kind 'dct' needs `indices`, a 1-D int16/int32/int64 "
+                                 "tensor of basis rows")
+            if self.indices.shape[0] != self.rank:
+                raise ValueError(f"lowrank_ops.Projection: indices has {self.indices.shape[0]} entries, rank is "
+                                 f"{self.rank}")
+        elif self.indices is not None:
+            raise ValueError(f"lowrank_ops.Projection: kind {self.kind!r} takes no indices")
         if self.rank < 1:
             raise ValueError(f"lowrank_ops.Projection: rank must be >= 1, got {self.rank}")
 
@@ -60,6 +74,11 @@ class Projection:
     def from_matrix(P: torch.Tensor, side: str) -> "Projection":
         """One-sided explicit P (rank x d)."""
         return Projection.one_sided(SideOperator("matrix", P.shape[0], matrix=P), side)
+
+    @staticmethod
+    def from_dct_indices(indices: torch.Tensor, side: str) -> "Projection":
+        """One-sided P = D[indices, :], the DCT-II basis rows `indices` (lowrank_ops.ops.dct)."""
+        return Projection.one_sided(SideOperator("dct", indices.shape[0], indices=indices), side)
 
     @staticmethod
     def one_sided(op: SideOperator, side: str) -> "Projection":

@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from .dct import dct_basis
 from .sketch import compute_dtype, sketch
 
 
@@ -21,6 +22,8 @@ def side_matrix(op, dim: int, dtype, device) -> torch.Tensor:
     """The side operator as a dense rank x dim matrix (the reference may materialize it)."""
     if op.kind == "matrix":
         return op.matrix.to(device=device, dtype=dtype)
+    if op.kind == "dct":
+        return dct_basis(dim, op.indices.to(device), dtype, device)
     return sketch(op.rank, dim, op.seed, op.kind, dtype, device)
 
 

@@ -10,7 +10,10 @@ Two GEMM kernels, each with its epilogue, on a side operator P (r x d) and a dat
                       (one rounding to W's dtype) on the W tile the program owns, so no m x n temporary
                       exists. EPILOGUE "store": C written out (the first GEMM of a two-sided unprojection).
 A seeded P is generated tile by tile inside the K-loop with the sketch family's tile generator
-(lowrank_ops.triton.sketch._sketch_tile); an explicit P (kind "matrix") is read from memory.
+(lowrank_ops.triton.sketch._sketch_tile); a "dct" P (rows indices[i] of the orthonormal DCT-II basis) is
+generated there too, each entry c_k cos(pi k (2t + 1) / (2d)) evaluated from its exactly reduced integer
+angle (_dct_tile); an explicit P (kind "matrix") is
+read from memory.
 
 Precision: accumulation and the elementwise math are float32 (float64 for float64 W). Products run on the
 operands' own precision where that loses nothing the result can keep: a 16-bit G is multiplied with P
@@ -29,10 +32,12 @@ import torch
 import triton
 import triton.language as tl
 
+from .dct import PI, _div_rn, _row_scale
 from .sketch import _INTERPRETED, _TRITON_TYPES, AOT_RANK, KIND_IDS, _cast, _sketch_tile, gemm_config
 
 MATRIX = 2  # side kind id of an explicit P, next to the sketch kinds RADEMACHER = 0, GAUSSIAN = 1
-SIDE_KIND_IDS = {**KIND_IDS, "matrix": MATRIX}
+DCT = 3  # side kind id of DCT-II basis rows given by an int32 index vector
+SIDE_KIND_IDS = {**KIND_IDS, "matrix": MATRIX, "dct": DCT}
 
 STORE, ADAM, UPDATE = 0, 1, 2  # epilogues
 # The float64 scalar arguments of _project_kernel's ADAM epilogue, in order (adam_scalars).
@@ -45,12 +50,50 @@ PROJECT_SCALARS = ("beta1_weight", "beta2", "one_minus_beta2", "bias1", "bias2_s
 
 
 @triton.jit
+def _dct_tile(idx_ptr, stride_idx, rank, d, row0, col0, ROWS: tl.constexpr, COLS: tl.constexpr, DTYPE: tl.constexpr):
+    """D[idx[row0 + i], col0 + j] for i < ROWS, j < COLS (rows past `rank` use basis row 0), in float32
+    (float64 for a float64 DTYPE). The integer angle p = k (2t + 1) is reduced exactly (int64) and folded
+    by the symmetries of the cosine, as kernels/dct.h does:
+        q = p mod 4d;  q > 2d: q <- 4d - q  (cos(2 pi - x) = cos x);  q > d: q <- 2d - q, negate
+        (cos(pi - x) = -cos x);  then cos(pi q / (2d)) = sin(x) with x = pi (d - q) / (2d) in [0, pi/2],
+    one Taylor series in Horner form, sin x = x (1 - x^2/(2*3) (1 - x^2/(4*5) (1 - ...))), through x^13
+    (float32; the first omitted term is < 5e-10 at pi/2) or x^21 (float64; < 1e-18). One series per entry
+    (not a cos and a sin): the unprojection kernels hold a whole P tile live beside their accumulator."""
+    if DTYPE == tl.float64:
+        COMPUTE: tl.constexpr = tl.float64
+        TERMS: tl.constexpr = 10
+    else:
+        COMPUTE: tl.constexpr = tl.float32
+        TERMS: tl.constexpr = 6
+    rows = row0 + tl.arange(0, ROWS)
+    k = tl.load(idx_ptr + rows.to(tl.int64) * stride_idx, mask=rows < rank, other=0).to(tl.int64)
+    t = (col0 + tl.arange(0, COLS)).to(tl.int64)
+    n = tl.to_tensor(d).to(tl.int64)
+    q = (k[:, None] * (2 * t[None, :] + 1)) % (4 * n)
+    q = tl.where(q > 2 * n, 4 * n - q, q)
+    negative = q > n
+    q = tl.where(negative, 2 * n - q, q)
+    x = (n - q).to(COMPUTE) * _div_rn(tl.full((), PI, COMPUTE), 2 * n.to(COMPUTE), COMPUTE)
+    x2 = x * x
+    series = tl.full(x.shape, 1.0, COMPUTE)
+    for i in tl.static_range(TERMS, 0, -1):
+        series = 1.0 - x2 * series * (1.0 / ((2 * i) * (2 * i + 1)))
+    value = x * series
+    return _row_scale(k, d, COMPUTE)[:, None] * tl.where(negative, -value, value)
+
+
+@triton.jit
 def _operator_tile(p_ptr, stride_p0, stride_p1, seed, rank, d, row0, col0, ROWS: tl.constexpr, COLS: tl.constexpr,
                    KIND: tl.constexpr, DTYPE: tl.constexpr, INTERPRETED: tl.constexpr):
     """P[row0 : row0 + ROWS, col0 : col0 + COLS] as DTYPE, rounded to nearest (sketch._cast): generated
-    (seeded kinds; entries past r or d are finite values that the callers cancel with zero-padded data
-    tiles) or loaded (MATRIX; zero outside)."""
-    if KIND == 2:
+    (seeded kinds, DCT; entries past r or d are finite values that the callers cancel with zero-padded data
+    tiles) or loaded (MATRIX; zero outside). DCT: p_ptr holds the int32 basis-row indices (stride
+    stride_p0); entry (i, t) = c_k cos(pi p / (2d)) with k = indices[i] and the integer p = k (2t + 1)
+    reduced modulo 4d in int64 before any rounding (kernels/dct.h's dct_entry), computed in float32
+    (float64 for a float64 DTYPE)."""
+    if KIND == 3:
+        return _cast(_dct_tile(p_ptr, stride_p0, rank, d, row0, col0, ROWS, COLS, DTYPE), DTYPE, INTERPRETED)
+    elif KIND == 2:
         rows = row0 + tl.arange(0, ROWS)[:, None]
         cols = col0 + tl.arange(0, COLS)[None, :]
         tile = tl.load(p_ptr + rows.to(tl.int64) * stride_p0 + cols.to(tl.int64) * stride_p1,
@@ -218,19 +261,23 @@ def _unproject_kernel(y_ptr, p_ptr, out_ptr, seed: tl.uint64, M, N, K, rank, d, 
 
 
 class _Side:
-    """One side operator as the kernels take it: kind id, seed (uint64), rank, d, and P (kind "matrix")."""
+    """One side operator as the kernels take it: kind id, seed (uint64), rank, d, and the tensor of the
+    schema's matrix slot: P (kind "matrix") or the index vector (kind "dct", held as int32)."""
 
     def __init__(self, kind: str, seed: int, rank: int, matrix, dim: int):
         self.kind = SIDE_KIND_IDS[kind]
         self.seed = seed % 2**64
         self.rank = rank
         self.dim = dim
-        self.matrix = matrix
+        self.matrix = matrix.to(torch.int32).contiguous() if self.kind == DCT else matrix
 
     def pointer_args(self, fallback: torch.Tensor) -> tuple:
-        """(p, stride_p0, stride_p1): the matrix, or an unused placeholder for a seeded side."""
+        """(p, stride_p0, stride_p1): the matrix, the index vector, or an unused placeholder for a seeded
+        side."""
         if self.matrix is None:
             return fallback, 0, 0
+        if self.kind == DCT:
+            return self.matrix, 1, 1
         return self.matrix, self.matrix.stride(0), self.matrix.stride(1)
 
 
@@ -238,12 +285,13 @@ def _grid(cfg: dict, M: int, N: int) -> tuple:
     return (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]), )
 
 
-def _config(op: str, left: bool, rank: int, dtype: torch.dtype) -> dict:
+def _config(op: str, left: bool, rank: int, dtype: torch.dtype, kind: int) -> dict:
     """sketch.gemm_config for the operand dtype, with the output tile halved for 16-bit operands: the
     epilogues keep the state tiles (or the W tile) live next to the accumulator, and the plain sketch
     GEMM's 128 x 128 tiles then spill on sm_80 and sm_90. 64 along the rank (project) or along the data
     matrix (unproject) with 8 warps compiles without spills (python -m lowrank_ops.triton.aot reports
-    registers and spills)."""
+    registers and spills). A DCT side's float32/float64 unprojection runs 4 warps: with 8, its int64 angle
+    reduction spills on sm_80 (8 bytes at the 128-register cap)."""
     cfg = gemm_config(op, "left" if left else "right", rank, dtype)
     if dtype in (torch.bfloat16, torch.float16):
         if op == "project":
@@ -252,6 +300,8 @@ def _config(op: str, left: bool, rank: int, dtype: torch.dtype) -> dict:
         else:
             cfg["BLOCK_N" if left else "BLOCK_M"] = 64
         cfg["num_warps"] = 8
+    elif kind == DCT and op == "unproject":
+        cfg["num_warps"] = 4
     return cfg
 
 
@@ -264,7 +314,7 @@ def _project(x: torch.Tensor, side: _Side, left: bool, out: torch.Tensor, states
     exp_avg, exp_avg_sq, delta = states if states is not None else (out, out, None)
     coefficients = [scalars[name] for name in PROJECT_SCALARS] if states is not None else [0.0] * len(PROJECT_SCALARS)
     p, sp0, sp1 = side.pointer_args(x)
-    cfg = _config("project", left, side.rank, x.dtype)
+    cfg = _config("project", left, side.rank, x.dtype, side.kind)
     _project_kernel[_grid(cfg, M, N)](
         x, p, out, exp_avg, exp_avg_sq, delta if delta is not None else exp_avg, side.seed, M, N, side.dim, side.rank,
         side.dim, x.stride(0), x.stride(1), sp0, sp1, *coefficients, KIND=side.kind, LEFT=left,
@@ -280,7 +330,7 @@ def _unproject(y: torch.Tensor, side: _Side, left: bool, out: torch.Tensor, upda
         return out
     p, sp0, sp1 = side.pointer_args(y)
     multiplier, scale = update if update is not None else (1.0, 0.0)
-    cfg = _config("unproject", left, side.rank, out.dtype if update is not None else y.dtype)
+    cfg = _config("unproject", left, side.rank, out.dtype if update is not None else y.dtype, side.kind)
     _unproject_kernel[_grid(cfg, M, N)](
         y, p, out, side.seed, M, N, side.rank, side.rank, side.dim, y.stride(0), y.stride(1), sp0, sp1, out.stride(0),
         out.stride(1), multiplier, scale, KIND=side.kind, LEFT=left, EPILOGUE=UPDATE if update is not None else STORE,
@@ -354,11 +404,16 @@ def lowrank_adamw_step_(W, G, exp_avg, exp_avg_sq, delta, left_kind, left_seed, 
 # --------------------------------------------------------------------------------------------------------
 
 
+def _aot_p_type(kind_id: int, placeholder: str) -> str:
+    """p_ptr's type: fp32 P (MATRIX), int32 indices (DCT), or the placeholder's (seeded kinds)."""
+    return {MATRIX: "*fp32", DCT: "*i32"}.get(kind_id, f"*{placeholder}")
+
+
 def aot_entries() -> list:
     """The kernels as the launcher runs them on contiguous, aligned tensors: the fused projection (ADAM
     epilogue) for bfloat16 and float32 G and the fused unprojection (UPDATE epilogue) for float32 and
     bfloat16 W, each side, each kind. A seeded side's p_ptr is a placeholder the launcher fills with the
-    data matrix (it is never read)."""
+    data matrix (it is never read); a DCT side's is the int32 index vector."""
     from .aot import AotEntry
 
     entries = []
@@ -367,10 +422,10 @@ def aot_entries() -> list:
         for kind, kind_id in SIDE_KIND_IDS.items():
             for g_dtype in (torch.bfloat16, torch.float32):
                 ty = _TRITON_TYPES[g_dtype]
-                cfg = _config("project", left, AOT_RANK, g_dtype)
+                cfg = _config("project", left, AOT_RANK, g_dtype, kind_id)
                 entries.append(AotEntry(
                     f"lowrank_adam project/{side} {kind} G {ty}", _project_kernel,
-                    signature={"x_ptr": f"*{ty}", "p_ptr": "*fp32" if kind_id == MATRIX else f"*{ty}", "out_ptr": "*fp32", "exp_avg_ptr": "*fp32",
+                    signature={"x_ptr": f"*{ty}", "p_ptr": _aot_p_type(kind_id, ty), "out_ptr": "*fp32", "exp_avg_ptr": "*fp32",
                                "exp_avg_sq_ptr": "*fp32", "delta_ptr": "*fp32", "seed": "u64", "M": "i32", "N": "i32",
                                "K": "i32", "rank": "i32", "d": "i32", "stride_x0": "i32", "stride_p0": "i32",
                                **{name: "fp64" for name in PROJECT_SCALARS}},
@@ -382,10 +437,10 @@ def aot_entries() -> list:
                                      "stride_x0")))
             for w_dtype in (torch.float32, torch.bfloat16):
                 ty = _TRITON_TYPES[w_dtype]
-                cfg = _config("unproject", left, AOT_RANK, w_dtype)
+                cfg = _config("unproject", left, AOT_RANK, w_dtype, kind_id)
                 entries.append(AotEntry(
                     f"lowrank_adam unproject/{side} {kind} W {ty}", _unproject_kernel,
-                    signature={"y_ptr": "*fp32", "p_ptr": "*fp32", "out_ptr": f"*{ty}", "seed": "u64", "M": "i32",
+                    signature={"y_ptr": "*fp32", "p_ptr": _aot_p_type(kind_id, "fp32"), "out_ptr": f"*{ty}", "seed": "u64", "M": "i32",
                                "N": "i32", "K": "i32", "rank": "i32", "d": "i32", "stride_y0": "i32",
                                "stride_p0": "i32", "stride_o0": "i32", "weight_multiplier": "fp64",
                                "update_scale": "fp64"},
