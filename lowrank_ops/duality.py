@@ -12,6 +12,10 @@ LowRankAdamW's wd_mode "adapter"; wd_mode "full" decays W itself and the views d
     report.worst   # max over steps and layers of ||W_gradient - W_adapter||_F / ||W_gradient||_F
 
 `loss_fn(model, step)` returns the scalar loss of `model` at `step` (both views see the same batches).
+
+Kinds that read the gradient ("svd": GaLore) need, at each refresh, the dense gradient of the effective
+weights, which the adapter view never forms while training; check computes it on a dense copy
+(lowrank_ops.nn.unconvert of a deep copy) and passes it to convert / merge_and_reset as `grads`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import projections
-from .nn.convert import convert, linear_targets, merge_and_reset
+from .nn.convert import convert, linear_targets, merge_and_reset, unconvert
 from .optim import LowRankAdamW
 
 
@@ -53,12 +57,8 @@ def check(model: torch.nn.Module, loss_fn, steps: int, *, rank, projection: str 
           weight_decay: float = 0.0, wd_mode: str = "adapter", seed: int = 0, target=None,
           backend=None) -> DualityReport:
     """Trains two deep copies of `model` for `steps` steps, one per view (module docstring), and returns the
-    per-step differences of their effective weights. `model` itself is not modified. Kinds that read the
-    gradient ("svd") are not supported: the adapter view never forms the dense gradient they need."""
+    per-step differences of their effective weights. `model` itself is not modified."""
     kind = projections.get(projection, "lowrank_ops.duality.check")
-    if kind.uses_gradient:
-        raise ValueError(f"lowrank_ops.duality.check: projection {projection!r} reads the dense gradient at each "
-                         "refresh, which the adapter view does not form; use a seeded kind or 'orthogonal'")
     hyper = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
     grad_model = copy.deepcopy(model)
@@ -71,8 +71,15 @@ def check(model: torch.nn.Module, loss_fn, steps: int, *, rank, projection: str 
     grad_opt = LowRankAdamW(groups, **hyper, rank=rank, projection=projection, side=side, update_gap=update_gap,
                             wd_mode=wd_mode, seed=seed, backend=backend)
 
+    def dense_gradients(dense, step):
+        """{name: W's gradient} of the targets of a dense model (gradient-reading kinds only)."""
+        if not kind.uses_gradient:
+            return None
+        loss_fn(dense, step).backward()
+        return {name: dense.get_submodule(name).weight.grad for name in names}
+
     adapter_model = convert(copy.deepcopy(model), rank, projection, None, target, seed, side=side,
-                            backend=backend)
+                            grads=dense_gradients(copy.deepcopy(model), 0), backend=backend)
     adapter_opt = torch.optim.AdamW([p for p in adapter_model.parameters() if p.requires_grad], **hyper)
     others = [(n, p) for n, p in grad_model.named_parameters() if p.requires_grad and id(p) not in weight_ids]
     adapter_params = dict(adapter_model.named_parameters())
@@ -80,7 +87,8 @@ def check(model: torch.nn.Module, loss_fn, steps: int, *, rank, projection: str 
     report = DualityReport()
     for step in range(steps):
         if step and step % update_gap == 0:
-            merge_and_reset(adapter_model, step, adapter_opt)
+            grads = dense_gradients(unconvert(copy.deepcopy(adapter_model)), step)
+            merge_and_reset(adapter_model, step, adapter_opt, grads=grads)
             report.merges.append(step)
         for m, opt in ((grad_model, grad_opt), (adapter_model, adapter_opt)):
             opt.zero_grad(set_to_none=True)
