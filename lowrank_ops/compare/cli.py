@@ -183,6 +183,8 @@ def run_compare(args, *, on_step=None) -> int:
         rows.append(row)
         doc["methods"][method.name] = row
         report.write(out, doc)
+        if row.get("status") == "finished":  # results.json has it now; the checkpoint is no longer needed
+            train.checkpoint_path(out, method).unlink(missing_ok=True)
     doc["wall_s_this_run"] = time.perf_counter() - started
     try:
         doc["machine"]["load_average_end"] = list(os.getloadavg())

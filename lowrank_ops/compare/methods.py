@@ -70,7 +70,8 @@ METHODS: list[Method] = [
 ] + [
     Method(f"{name}+{base}", f"{label} + {base.upper()}", "adapter", kind, base)
     for kind, name, label in (("svd", "galore", "GaLore"), ("gaussian", "gaussian", "Gaussian"),
-                              ("rademacher", "rademacher", "Rademacher"))
+                              ("rademacher", "rademacher", "Rademacher"),
+                              ("orthogonal", "orthogonal", "Random semi-orthogonal"))
     for base in ("int8", "nf4")
 ]
 BY_NAME = {m.name: m for m in METHODS}
@@ -158,8 +159,7 @@ class Runner:
         (GaLore's SVD): from each layer's input x and output gradient dy, dL/dW = dy^T x, so no dense
         weight needs a .grad (the base may be quantized)."""
         inputs, grads, hooks = {}, {}, []
-        modules = [(n, m) for n, m in self.model.named_modules()
-                   if _is_target(n) and hasattr(m, "in_features") and n.split(".")[-1] in TARGETS]
+        modules = [(n, m) for n, m in self.model.named_modules() if n.rpartition(".")[2] in TARGETS]
 
         def save_input(name):
             return lambda module, args: inputs.__setitem__(name, args[0].detach())

@@ -124,6 +124,7 @@ def train(method: Method, preset, corpus: data.Corpus, out: Path, device: torch.
             sampler.load_state_dict(ckpt["sampler"])
             torch.set_rng_state(ckpt["torch_rng"])
             history, start = ckpt["history"], ckpt["step"]
+    started = time.perf_counter()
     bar = None
     if progress:
         from tqdm import tqdm
@@ -184,6 +185,7 @@ def train(method: Method, preset, corpus: data.Corpus, out: Path, device: torch.
         "final_train_loss": history["train_loss"][-1],
         "step_time_ms": 1e3 * statistics.median(times),
         "train_time_s": sum(history["step_times"]),
+        "wall_s_last_session": time.perf_counter() - started,  # this call: steps, evaluations, checkpoints
         "memory_bytes": measured_bytes(runner.model, runner.optimizer),
     }
     if not math.isfinite(val_loss):
