@@ -2,8 +2,10 @@
 // lro::adam_moments / adam_adapter_direction / adam_weight_update (adam.h), lro::sketch_fill_segment
 // (sketch.h) and lro::dct_fill_segment (dct.h), all tested on the host; this file adds only indexing and the launches. All kernels are
 // grid-stride loops over their elements.
+#if !defined(__CUDACC_RTC__)
 #include <climits>
 #include <cmath>
+#endif
 
 #include "lowrank_adam.cuh"
 
@@ -12,12 +14,14 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kSegment = 8;  // columns of one P row that one thread generates per call
+#if !defined(__CUDACC_RTC__)
 constexpr int64_t kMaxBlocks = 65535;
 
 unsigned blocks_for(int64_t work) {
   const int64_t blocks = (work + kThreads - 1) / kThreads;
   return static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
 }
+#endif
 
 __device__ __forceinline__ float widen(float v) { return v; }
 __device__ __forceinline__ double widen(double v) { return v; }
@@ -85,6 +89,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+#if !defined(__CUDACC_RTC__)  // host launchers: nvcc only (NVRTC, lowrank_ops.cupy, compiles the kernels above)
 template <typename T>
 cudaError_t sketch_window(T* out, int64_t ld, SketchKind kind, uint64_t seed, int64_t rank, int64_t dim, int64_t k0,
                           int64_t width, cudaStream_t stream) {
@@ -140,9 +145,11 @@ cudaError_t weight_update_launch(W* w, int64_t rows, int64_t cols, int64_t s0, i
   weight_update_kernel<W, T><<<blocks_for(rows * cols), kThreads, 0, stream>>>(w, rows, cols, s0, s1, u, step);
   return cudaGetLastError();
 }
+#endif  // !__CUDACC_RTC__
 
 }  // namespace
 
+#if !defined(__CUDACC_RTC__)
 cudaError_t launch_sketch_window(float* out, int64_t ld, SketchKind kind, uint64_t seed, int64_t rank, int64_t dim,
                                  int64_t k0, int64_t width, cudaStream_t stream) {
   return sketch_window(out, ld, kind, seed, rank, dim, k0, width, stream);
@@ -182,5 +189,6 @@ cudaError_t launch_adam_weight_update(double* w, int64_t rows, int64_t cols, int
                                       const AdamStep<double>& step, cudaStream_t stream) {
   return weight_update_launch(w, rows, cols, s0, s1, u, step, stream);
 }
+#endif  // !__CUDACC_RTC__
 
 }  // namespace lro

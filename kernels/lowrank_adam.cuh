@@ -6,9 +6,11 @@
 // means an argument is out of range.
 #pragma once
 #include <cuda_bf16.h>
+#if !defined(__CUDACC_RTC__)  // NVRTC (lowrank_ops.cupy) compiles the kernels only: no runtime API, no std
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#endif
 
 #include "adam.h"
 #include "dct.h"
@@ -16,6 +18,7 @@
 
 namespace lro {
 
+#if !defined(__CUDACC_RTC__)  // launchers: host code
 // out[i * ld + j] = P[i, k0 + j] for i < rank, j < width: a column window of the rank x dim sketch of spec
 // v1 (entries scaled by 1 / sqrt(dim) rounded to T). rank in [1, 2^32], 0 <= k0, k0 + width <= dim,
 // ld >= width.
@@ -48,5 +51,6 @@ cudaError_t launch_adam_weight_update(__nv_bfloat16* w, int64_t rows, int64_t co
                                       const float* u, const AdamStep<float>& step, cudaStream_t stream);
 cudaError_t launch_adam_weight_update(double* w, int64_t rows, int64_t cols, int64_t s0, int64_t s1, const double* u,
                                       const AdamStep<double>& step, cudaStream_t stream);
+#endif
 
 }  // namespace lro
