@@ -124,5 +124,5 @@ def test_per_layer_gradients_and_plain_adamw():
 def test_estimate_errors():
     with pytest.raises(ValueError, match="unknown optimizer_config keys \\['ranks'\\]"):
         memory.estimate([(4, 4)], dict(ranks=2))
-    with pytest.raises(ValueError, match="lowrank_ops.memory.estimate: unknown projection 'dct'"):
-        memory.estimate([(4, 4)], dict(rank=2, projection="dct"))
+    with pytest.raises(ValueError, match="lowrank_ops.memory.estimate: unknown projection 'no_such_kind'"):
+        memory.estimate([(4, 4)], dict(rank=2, projection="no_such_kind"))

@@ -711,7 +711,7 @@ def test_bf16_weights_keep_fp32_moments_through_load():
 @pytest.mark.parametrize(
     "group,match",
     [
-        (dict(rank=2, projection="dct"), "unknown projection 'dct'"),
+        (dict(rank=2, projection="no_such_kind"), "unknown projection 'no_such_kind'"),
         (dict(rank=0), "'rank' must be an int >= 1"),
         (dict(rank=2, side="top"), "'side' must be one of"),
         (dict(rank=2, wd_mode="decay"), "'wd_mode' must be one of"),

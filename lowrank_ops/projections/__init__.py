@@ -10,12 +10,15 @@ of it is persisted (the duality paper's Table 1; conventions in DESIGN.md §3).
     "rsvd"               range-finder estimate of the top-r singular vectors   P (r x d)
     "adaptive"           AdaRankGrad: rank by energy, refresh on convergence   P (r_t x d), rank, a moment copy
     "two_sided_svd"      L = U[:, :r1]^T, R = Vh[:r2] of the gradient          L and R
+    "dct"                the r DCT-II basis rows best aligned with the         r int16/int32 indices
+                         gradient (SVD-free; regenerated in the kernels)
 
 Seeds: per layer and refresh from one user seed (seeds.derive_seed, splitmix64). Adding a kind: a module
 that subclasses base.ProjectionKind and calls base.register, and an import line below.
 """
 
 from . import orthogonal, seeded, svd  # noqa: F401  (importing a kind module registers its kinds)
+from . import dct  # noqa: F401  (the SVD-free "dct" kind)
 from . import adaptive, rsvd  # noqa: F401  ("rsvd", "adaptive": range finder, AdaRankGrad)
 from .base import Layout, ProjectionKind, get, names, option_names, refresh, register
 from .orthogonal import semi_orthogonal
