@@ -357,12 +357,12 @@ def test_loss_decreases_across_merges(rng):
         p.requires_grad_(name.endswith(".A"))
     tokens = torch.randint(0, 29, (4, 13), generator=rng)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
-    losses = _train(model, tokens, 40, opt, merge_every=10)
-    segments = [sum(losses[i : i + 10]) / 10 for i in range(0, 40, 10)]
+    losses = _train(model, tokens, 30, opt, merge_every=10)
+    segments = [sum(losses[i : i + 10]) / 10 for i in range(0, 30, 10)]
     print("\nmean loss per segment between merges:", [f"{s:.3f}" for s in segments])
     assert all(b < a for a, b in zip(segments, segments[1:])), segments
     assert losses[-1] < 0.5 * losses[0]
-    assert all(m.refreshes == 3 for _, m in lnn.lowrank_modules(model))
+    assert all(m.refreshes == 2 for _, m in lnn.lowrank_modules(model))
 
 
 def test_merge_refreshes_p_with_the_next_derived_seed(rng):
