@@ -26,8 +26,19 @@ import torch
 
 # DLPack device types (dlpack.h, DLDeviceType)
 _KDL_CPU, _KDL_CUDA, _KDL_CUDA_HOST, _KDL_CUDA_MANAGED = 1, 2, 3, 13
-_DEVICE_NAMES = {1: "CPU", 2: "CUDA", 3: "CUDA host", 4: "OpenCL", 7: "Vulkan", 8: "Metal", 9: "VPI",
-                 10: "ROCm", 11: "ROCm host", 13: "CUDA managed", 14: "oneAPI"}
+_DEVICE_NAMES = {
+    1: "CPU",
+    2: "CUDA",
+    3: "CUDA host",
+    4: "OpenCL",
+    7: "Vulkan",
+    8: "Metal",
+    9: "VPI",
+    10: "ROCm",
+    11: "ROCm host",
+    13: "CUDA managed",
+    14: "oneAPI",
+}
 SUPPORTED = "a torch.Tensor or an array with __dlpack__ (NumPy on CPU; CuPy or JAX on a CUDA device)"
 
 
@@ -59,7 +70,9 @@ def _namespace(op: str, arg: str, array):
 
 def _to_torch(op: str, arg: str, array) -> torch.Tensor:
     device_type, device_id = array.__dlpack_device__()
-    where = f"{_DEVICE_NAMES.get(int(device_type), f'DLPack device type {int(device_type)}')} device {device_id}"
+    where = (
+        f"{_DEVICE_NAMES.get(int(device_type), f'DLPack device type {int(device_type)}')} device {device_id}"
+    )
     if device_type in (_KDL_CUDA, _KDL_CUDA_MANAGED) and not torch.cuda.is_available():
         raise TypeError(
             f"lowrank_ops.{op}: argument '{arg}' is a {type(array).__name__} on {where}, but this torch "
@@ -67,7 +80,9 @@ def _to_torch(op: str, arg: str, array) -> torch.Tensor:
             "lowrank_ops.cupy (kernels compiled with NVRTC)"
         )
     if device_type not in (_KDL_CPU, _KDL_CUDA, _KDL_CUDA_HOST, _KDL_CUDA_MANAGED):
-        raise TypeError(f"lowrank_ops.{op}: argument '{arg}' lives on {where}; supported: CPU and CUDA arrays")
+        raise TypeError(
+            f"lowrank_ops.{op}: argument '{arg}' lives on {where}; supported: CPU and CUDA arrays"
+        )
     try:
         return torch.from_dlpack(array)
     except (BufferError, RuntimeError, TypeError, ValueError) as exc:
@@ -100,7 +115,9 @@ def accept_dlpack(fn):
 
     def check_plain(name, value):
         if name in tensor_args and value is not None and not isinstance(value, torch.Tensor):
-            raise TypeError(f"lowrank_ops.{op}: argument '{name}' must be {SUPPORTED}, got {type(value).__name__}")
+            raise TypeError(
+                f"lowrank_ops.{op}: argument '{name}' must be {SUPPORTED}, got {type(value).__name__}"
+            )
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

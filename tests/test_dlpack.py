@@ -43,16 +43,20 @@ def test_sketch_ops_numpy_equal_torch(nrng, dtype, side):
         R = ops.sketch_project(G, 11, 5, kind, side)
         assert_same(R, ops.sketch_project(torch.from_numpy(G), 11, 5, kind, side))
         d = G.shape[0] if side == "left" else G.shape[1]
-        assert_same(ops.sketch_unproject(R, 11, d, kind, side),
-                    ops.sketch_unproject(torch.from_numpy(R), 11, d, kind, side))
+        assert_same(
+            ops.sketch_unproject(R, 11, d, kind, side),
+            ops.sketch_unproject(torch.from_numpy(R), 11, d, kind, side),
+        )
     counters = nrng.integers(0, 2**32, (9, 4), dtype=np.int64)
     assert_same(ops.philox4x32(counters, 2**63 + 5), ops.philox4x32(torch.from_numpy(counters), 2**63 + 5))
 
 
 def test_non_contiguous_numpy_input(nrng):
     G = matrix(nrng, 40, 30)[::2, 1::3]  # strided view: DLPack carries the strides
-    assert_same(ops.sketch_project(G, 3, 4, side="right"),
-                ops.sketch_project(torch.from_numpy(np.ascontiguousarray(G)), 3, 4, side="right"))
+    assert_same(
+        ops.sketch_project(G, 3, 4, side="right"),
+        ops.sketch_project(torch.from_numpy(np.ascontiguousarray(G)), 3, 4, side="right"),
+    )
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -75,7 +79,9 @@ def test_quant_ops_numpy_equal_torch(nrng, fmt):
     qw_t = ops.quantize(torch.from_numpy(W), fmt)
     assert torch.equal(qw.codes, qw_t.codes) and torch.equal(qw.scales, qw_t.scales)
     assert torch.equal(ops.dequantize(qw), ops.dequantize(qw_t))  # no array argument: a torch result
-    assert_same(ops.dequant_matmul(X, qw, bias), ops.dequant_matmul(torch.from_numpy(X), qw_t, torch.from_numpy(bias)))
+    assert_same(
+        ops.dequant_matmul(X, qw, bias), ops.dequant_matmul(torch.from_numpy(X), qw_t, torch.from_numpy(bias))
+    )
 
 
 def test_inplace_step_updates_the_numpy_arrays(nrng):
@@ -84,7 +90,7 @@ def test_inplace_step_updates_the_numpy_arrays(nrng):
     proj = ops.Projection.seeded("rademacher", 7, 4, "right")
     m, v = np.zeros((30, 4), np.float32), np.zeros((30, 4), np.float32)
     Wt, mt, vt = torch.from_numpy(W.copy()), torch.zeros(30, 4), torch.zeros(30, 4)
-    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, step=1)
+    hyper = {"lr": 1e-2, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.1, "step": 1}
     W_before = W.copy()
     assert ops.lowrank_adamw_step_(W, G, m, v, proj, **hyper) is None
     ops.lowrank_adamw_step_(Wt, torch.from_numpy(G), mt, vt, proj, **hyper)
@@ -115,8 +121,11 @@ def test_torch_inputs_unchanged(nrng):
 
 
 def test_unsupported_type_errors(nrng):
-    with pytest.raises(TypeError, match=r"lowrank_ops.sketch_project: argument 'G' must be a torch.Tensor or an "
-                                        r"array with __dlpack__ .*got list"):
+    with pytest.raises(
+        TypeError,
+        match=r"lowrank_ops.sketch_project: argument 'G' must be a torch.Tensor or an "
+        r"array with __dlpack__ .*got list",
+    ):
         ops.sketch_project([[1.0, 2.0]], 1, 1)
     with pytest.raises(TypeError, match=r"lowrank_ops.dequant_matmul: argument 'bias' must be .*got tuple"):
         ops.dequant_matmul(matrix(nrng, 2, 64), ops.quantize(matrix(nrng, 3, 64)), (1.0, 2.0, 3.0))
@@ -143,8 +152,11 @@ class FakeDeviceArray:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a torch without CUDA")
 def test_cuda_array_without_cuda_torch_errors():
-    with pytest.raises(TypeError, match=r"lowrank_ops.sketch_project: argument 'G' is a FakeDeviceArray on CUDA "
-                                        r"device 0, but this torch .* has no CUDA device; .*lowrank_ops.cupy"):
+    with pytest.raises(
+        TypeError,
+        match=r"lowrank_ops.sketch_project: argument 'G' is a FakeDeviceArray on CUDA "
+        r"device 0, but this torch .* has no CUDA device; .*lowrank_ops.cupy",
+    ):
         ops.sketch_project(FakeDeviceArray(2), 1, 1)
 
 
@@ -163,8 +175,14 @@ def test_mixed_frameworks_and_unrepresentable_results(nrng):
 
     G = matrix(nrng, 6, 5)
     with pytest.raises(TypeError, match=r"arguments 'X' \(numpy\) and 'bias' \(other\) come from different"):
-        ops.dequant_matmul(G[:, :4].copy(), ops.quantize(matrix(nrng, 3, 4), group_size=4),
-                           np.zeros(3, np.float32).view(OtherArray))
-    with pytest.raises(TypeError, match=r"the result \(torch.bfloat16, shape \[2, 5\]\) cannot be returned as a "
-                                        r"numpy array"):
+        ops.dequant_matmul(
+            G[:, :4].copy(),
+            ops.quantize(matrix(nrng, 3, 4), group_size=4),
+            np.zeros(3, np.float32).view(OtherArray),
+        )
+    with pytest.raises(
+        TypeError,
+        match=r"the result \(torch.bfloat16, shape \[2, 5\]\) cannot be returned as a "
+        r"numpy array",
+    ):
         ops.sketch_project(G, 1, 2, out_dtype=torch.bfloat16)

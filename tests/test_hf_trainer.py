@@ -18,7 +18,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # the Trainer needs it
 
-from lowrank_ops.optim import GaLoreAdamW, LowRankAdamW, param_groups  # noqa: E402
+from lowrank_ops.optim import GaLoreAdamW, LowRankAdamW, param_groups
 
 VOCAB, SEQ, SAMPLES = 64, 16, 32
 MAX_STEPS, SAVE_AT, ACCUM, BATCH = 8, 4, 2, 4
@@ -26,8 +26,13 @@ MAX_STEPS, SAVE_AT, ACCUM, BATCH = 8, 4, 2, 4
 
 def tiny_llama(seed=0):
     config = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=SEQ,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=SEQ,
     )
     torch.manual_seed(seed)
     return transformers.LlamaForCausalLM(config)
@@ -62,12 +67,24 @@ def make_trainer(name, out_dir, bf16):
     opt = OPTIMIZERS[name](model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / (2 * MAX_STEPS))
     args = transformers.TrainingArguments(
-        output_dir=str(out_dir), max_steps=MAX_STEPS, per_device_train_batch_size=BATCH,
-        gradient_accumulation_steps=ACCUM, save_strategy="steps", save_steps=SAVE_AT, logging_steps=1,
-        report_to=[], use_cpu=True, bf16=bf16, seed=0, data_seed=0, dataloader_num_workers=0,
+        output_dir=str(out_dir),
+        max_steps=MAX_STEPS,
+        per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=ACCUM,
+        save_strategy="steps",
+        save_steps=SAVE_AT,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        bf16=bf16,
+        seed=0,
+        data_seed=0,
+        dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    return transformers.Trainer(model=model, args=args, train_dataset=CountingData(), optimizers=(opt, scheduler))
+    return transformers.Trainer(
+        model=model, args=args, train_dataset=CountingData(), optimizers=(opt, scheduler)
+    )
 
 
 def losses(trainer):
@@ -91,14 +108,26 @@ def test_param_groups_on_llama():
     projected, plain = param_groups(model, rank=4, projection="rademacher", update_gap=3)
     names = {id(p): n for n, p in model.named_parameters()}
     projected_names = sorted(names[id(p)] for p in projected["params"])
-    per_layer = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+    per_layer = (
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    )
     assert projected_names == sorted(f"model.layers.{i}.{m}.weight" for i in range(2) for m in per_layer)
     assert (projected["rank"], projected["projection"], projected["update_gap"]) == (4, "rademacher", 3)
     plain_names = sorted(names[id(p)] for p in plain["params"])
-    assert plain_names == sorted(["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"]
-                                 + [f"model.layers.{i}.{n}.weight" for i in range(2)
-                                    for n in ("input_layernorm", "post_attention_layernorm")])
+    assert plain_names == sorted(
+        ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"]
+        + [
+            f"model.layers.{i}.{n}.weight"
+            for i in range(2)
+            for n in ("input_layernorm", "post_attention_layernorm")
+        ]
+    )
     assert set(plain) == {"params"}  # takes the optimizer's defaults
 
 
@@ -147,7 +176,9 @@ def test_trainer_trains_and_resumes_bit_identically(tmp_path, name, bf16):
 # the Trainer, merge_and_reset mid-run, then merged to a dense model that save_pretrained writes and a
 # process without lowrank_ops loads.
 
-ADAPTER_STEPS = 24  # only the rank-4 adapters train (random embeddings, norms, head frozen): slower than AdamW
+ADAPTER_STEPS = (
+    24  # only the rank-4 adapters train (random embeddings, norms, head frozen): slower than AdamW
+)
 LOAD_WITHOUT_LOWRANK_OPS = """
 import sys
 sys.modules["lowrank_ops"] = None  # any import of lowrank_ops now raises ImportError
@@ -182,8 +213,9 @@ def test_convert_llama_train_merge_export_dense(tmp_path, base):
     from lowrank_ops import nn as lnn
 
     model = tiny_llama()
-    lnn.convert(model, rank=4, projection="rademacher", base=base, target=("self_attn", "mlp"), seed=0,
-                group_size=32)
+    lnn.convert(
+        model, rank=4, projection="rademacher", base=base, target=("self_attn", "mlp"), seed=0, group_size=32
+    )
     converted = lnn.lowrank_modules(model)
     assert len(converted) == 14 and all(m.base == base for _, m in converted)
     for name, p in model.named_parameters():  # QLoRA-style: only the adapters A train
@@ -193,20 +225,30 @@ def test_convert_llama_train_merge_export_dense(tmp_path, base):
     opt = torch.optim.AdamW(trainable, lr=3e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "run"), max_steps=ADAPTER_STEPS, per_device_train_batch_size=BATCH,
-        gradient_accumulation_steps=ACCUM, save_strategy="no", logging_steps=1, report_to=[], use_cpu=True,
-        seed=0, disable_tqdm=True,
+        output_dir=str(tmp_path / "run"),
+        max_steps=ADAPTER_STEPS,
+        per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=ACCUM,
+        save_strategy="no",
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
     )
     merges = MergeEvery(5)  # merges at steps 5, 10, 15, 20; steps 21-24 stay in A
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=CountingData(), optimizers=(opt, scheduler),
-                                   callbacks=[merges])
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=CountingData(), optimizers=(opt, scheduler), callbacks=[merges]
+    )
     trainer.train()
     loss = losses(trainer)
     assert merges.merges == ADAPTER_STEPS // 5
     # The loss falls by 0.2 nats over the run here; 0.1 between the first and last quarter's means is well
     # above the step-to-step noise (~0.04), and training nothing would leave it flat (ln 64 = 4.16).
     quarter = ADAPTER_STEPS // 4
-    assert sum(loss[-quarter:]) / quarter < sum(loss[:quarter]) / quarter - 0.1, f"{base}: the loss did not fall: {loss}"
+    assert sum(loss[-quarter:]) / quarter < sum(loss[:quarter]) / quarter - 0.1, (
+        f"{base}: the loss did not fall: {loss}"
+    )
     assert any(bool(m.A.abs().sum() > 0) for _, m in converted)  # steps since the last merge live in A
 
     tokens = CountingData().tokens[:4]
@@ -224,6 +266,17 @@ def test_convert_llama_train_merge_export_dense(tmp_path, base):
     fresh = transformers.LlamaForCausalLM.from_pretrained(export)
     assert set(fresh.state_dict()) == set(tiny_llama().state_dict())  # the plain architecture's keys only
     torch.save(tokens, tmp_path / "tokens.pt")
-    subprocess.run([sys.executable, "-c", LOAD_WITHOUT_LOWRANK_OPS, str(export), str(tmp_path / "tokens.pt"),
-                    str(tmp_path / "logits.pt")], check=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LOAD_WITHOUT_LOWRANK_OPS,
+            str(export),
+            str(tmp_path / "tokens.pt"),
+            str(tmp_path / "logits.pt"),
+        ],
+        check=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert torch.equal(torch.load(tmp_path / "logits.pt"), dense_logits)

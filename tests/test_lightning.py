@@ -12,7 +12,7 @@ import torch
 
 pl = pytest.importorskip("pytorch_lightning")
 
-from lowrank_ops.optim import LowRankAdamW, param_groups  # noqa: E402
+from lowrank_ops.optim import LowRankAdamW, param_groups
 
 VOCAB, DIM, SEQ, SAMPLES, BATCH = 32, 24, 12, 32, 4
 MAX_STEPS, SAVE_AT = 12, 8  # 8 batches per epoch: the checkpoint is taken at an epoch's end
@@ -25,7 +25,9 @@ class TinyLM(pl.LightningModule):
         super().__init__()
         self.projection = projection
         self.emb = torch.nn.Embedding(VOCAB, DIM)
-        self.mlp = torch.nn.Sequential(torch.nn.Linear(DIM, 2 * DIM), torch.nn.GELU(), torch.nn.Linear(2 * DIM, DIM))
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(DIM, 2 * DIM), torch.nn.GELU(), torch.nn.Linear(2 * DIM, DIM)
+        )
         self.norm = torch.nn.LayerNorm(DIM)
         self.head = torch.nn.Linear(DIM, VOCAB)
         self.losses = []
@@ -42,8 +44,11 @@ class TinyLM(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return LowRankAdamW(param_groups(self, rank=4, projection=self.projection, target="mlp", update_gap=5),
-                            lr=2e-2, weight_decay=0.01)
+        return LowRankAdamW(
+            param_groups(self, rank=4, projection=self.projection, target="mlp", update_gap=5),
+            lr=2e-2,
+            weight_decay=0.01,
+        )
 
     def train_dataloader(self):
         starts = torch.randint(0, VOCAB, (SAMPLES, 1), generator=torch.Generator().manual_seed(1))
@@ -57,8 +62,15 @@ def checkpointing(dirpath):
 
 def make_trainer(root, callbacks=()):
     return pl.Trainer(
-        max_steps=MAX_STEPS, accelerator="cpu", devices=1, default_root_dir=str(root), logger=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks), deterministic=True,
+        max_steps=MAX_STEPS,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=str(root),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+        deterministic=True,
     )
 
 

@@ -40,17 +40,29 @@ def _compute(t):
 # The kernel instances each launcher of kernels/<family>.cu launches (read off its <<<...>>> lines).
 INSTANCES = {
     "sketch": lro_cupy.name_expressions()
-    + [f"lro::sketch_gemm_kernel<float, __nv_bfloat16, lro::SketchProduct::{p}, lro::{k}>"
-       for p in lro_cupy.PRODUCTS.values() for k in ("kRademacher", "kGaussian")],
+    + [
+        f"lro::sketch_gemm_kernel<float, __nv_bfloat16, lro::SketchProduct::{p}, lro::{k}>"
+        for p in lro_cupy.PRODUCTS.values()
+        for k in ("kRademacher", "kGaussian")
+    ],
     "dct": [f"lro::dct_rows_kernel<{_compute(t)}, {t}>" for t in FLOATS],
     "quant": [f"lro::quantize_{f}_kernel<{t}>" for f in ("int8", "nf4") for t in FLOATS]
-    + [f"lro::dequantize_kernel<lro::{f}, {_compute(t)}, {t}>" for f in ("kQuantNF4", "kQuantInt8") for t in FLOATS],
-    "lowrank_adam": [f"lro::sketch_window_kernel<{t}, lro::{k}>" for t in ("float", "double")
-                     for k in ("kRademacher", "kGaussian")]
+    + [
+        f"lro::dequantize_kernel<lro::{f}, {_compute(t)}, {t}>"
+        for f in ("kQuantNF4", "kQuantInt8")
+        for t in FLOATS
+    ],
+    "lowrank_adam": [
+        f"lro::sketch_window_kernel<{t}, lro::{k}>"
+        for t in ("float", "double")
+        for k in ("kRademacher", "kGaussian")
+    ]
     + [f"lro::dct_window_kernel<{t}>" for t in ("float", "double")]
     + [f"lro::adam_moments_kernel<{t}, {a}>" for t in ("float", "double") for a in ("true", "false")]
-    + [f"lro::weight_update_kernel<{w}, {u}>" for w, u in (("float", "float"), ("__nv_bfloat16", "float"),
-                                                           ("double", "double"))],
+    + [
+        f"lro::weight_update_kernel<{w}, {u}>"
+        for w, u in (("float", "float"), ("__nv_bfloat16", "float"), ("double", "double"))
+    ],
 }
 
 
@@ -62,10 +74,11 @@ def compile_cu(path, arch):
 @pytest.fixture(scope="module")
 def compiled():
     """{(file, arch): (ptx, log, lowered) or the exception}, compiled in parallel (ctypes releases the GIL)."""
+
     def run(key):
         try:
             return key, compile_cu(*key)
-        except Exception as exc:  # reported by the test of that file, with NVRTC's log
+        except (RuntimeError, OSError) as exc:  # reported by the test of that file, with NVRTC's log
             return key, exc
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -89,7 +102,9 @@ def test_cu_compiles_with_nvrtc(compiled, path, arch):
     assert " error" not in log, log
     entries = set(re.findall(r"\.entry\s+(\S+)\(", ptx))
     for expr in INSTANCES[path.stem]:
-        assert lowered[expr] in entries, f"{expr} ({lowered[expr]}) has no kernel entry in the PTX of {path.name}"
+        assert lowered[expr] in entries, (
+            f"{expr} ({lowered[expr]}) has no kernel entry in the PTX of {path.name}"
+        )
 
 
 @needs_nvrtc
@@ -101,7 +116,9 @@ def test_bundled_headers_suffice(tmp_path, monkeypatch):
     import ctypes
 
     error = ctypes.c_char_p()
-    assert _nvrtc.library().nvrtcInstallBundledHeaders(str(tmp_path).encode(), 0, ctypes.byref(error)) == 0, error.value
+    assert _nvrtc.library().nvrtcInstallBundledHeaders(str(tmp_path).encode(), 0, ctypes.byref(error)) == 0, (
+        error.value
+    )
     assert (tmp_path / "cuda_fp16.h").is_file() and (tmp_path / "cuda_bf16.h").is_file()
     opts = [_nvrtc.STD, f"-I{KERNELS}", f"-I{tmp_path}", "--gpu-architecture=compute_80"]
     path = KERNELS / "sketch.cu"
@@ -112,8 +129,12 @@ def test_bundled_headers_suffice(tmp_path, monkeypatch):
 def test_nvrtc_compile_errors_show_the_log():
     if NVRTC_ERROR is not None:
         pytest.skip(NVRTC_ERROR)
-    with pytest.raises(RuntimeError, match=r"NVRTC_ERROR_COMPILATION[\s\S]*identifier \"undefined_name\" is undefined"):
-        _nvrtc.compile_ptx("__global__ void k(int* x) { x[0] = undefined_name; }", "bad.cu", _nvrtc.options("compute_80"))
+    with pytest.raises(
+        RuntimeError, match=r"NVRTC_ERROR_COMPILATION[\s\S]*identifier \"undefined_name\" is undefined"
+    ):
+        _nvrtc.compile_ptx(
+            "__global__ void k(int* x) { x[0] = undefined_name; }", "bad.cu", _nvrtc.options("compute_80")
+        )
 
 
 def test_cupy_launch_geometry_matches_the_source():
@@ -123,9 +144,37 @@ def test_cupy_launch_geometry_matches_the_source():
         return int(re.search(rf"\b{name} = (\d+)", src).group(1))
 
     assert (const("kThreads"), const("kFillRows"), const("kFillCols"), const("kBM"), const("kBN")) == (
-        lro_cupy.THREADS, lro_cupy.FILL_ROWS, lro_cupy.FILL_COLS, lro_cupy.TILE_M, lro_cupy.TILE_N)
+        lro_cupy.THREADS,
+        lro_cupy.FILL_ROWS,
+        lro_cupy.FILL_COLS,
+        lro_cupy.TILE_M,
+        lro_cupy.TILE_N,
+    )
     assert "blocks < (1 << 20)" in src and lro_cupy.PHILOX_MAX_BLOCKS == 1 << 20
-    assert re.search(r"enum SketchKind : int \{ kRademacher = 0, kGaussian = 1 \}", (KERNELS / "sketch.h").read_text())
+    assert "kMaxSketchRows = int64_t{1} << 32" in src and lro_cupy.MAX_SKETCH_ROWS == 2**32
+    assert "kMaxSketchCols = int64_t{kGaussianGroup} << 32" in src and lro_cupy.MAX_SKETCH_COLS == 4 * 2**32
+    assert re.search(
+        r"enum SketchKind : int \{ kRademacher = 0, kGaussian = 1 \}", (KERNELS / "sketch.h").read_text()
+    )
+
+
+@needs_nvrtc
+def test_cupy_struct_layouts_match_the_kernels():
+    """The NumPy records lowrank_ops.cupy passes by value have the size and field offsets that the device
+    compiler gives SketchSpec and StridedMatrix<T> (static_asserts compiled by NVRTC)."""
+    checks = []
+    for cxx, dtype in (
+        ("lro::SketchSpec", lro_cupy.SPEC_DTYPE),
+        *((f"lro::StridedMatrix<{t}>", lro_cupy.STRIDED_DTYPE) for t in ("float", "double", "__half")),
+    ):
+        checks.append(f'static_assert(sizeof({cxx}) == {dtype.itemsize}, "size of {cxx}");')
+        for field, (_, offset) in dtype.fields.items():
+            checks.append(f'static_assert(__builtin_offsetof({cxx}, {field}) == {offset}, "{cxx}::{field}");')
+    source = '#include "sketch.cuh"\n' + "\n".join(checks) + "\n"
+    _nvrtc.compile_ptx(source, "layouts.cu", _nvrtc.options("compute_80"))
+    bad = source.replace(f"== {lro_cupy.SPEC_DTYPE.itemsize}", f"== {lro_cupy.SPEC_DTYPE.itemsize + 8}", 1)
+    with pytest.raises(RuntimeError, match="size of lro::SketchSpec"):  # the check can fail
+        _nvrtc.compile_ptx(bad, "layouts.cu", _nvrtc.options("compute_80"))
 
 
 def test_import_lowrank_ops_does_not_import_cupy():
@@ -168,9 +217,16 @@ def test_cupy_sketch_and_philox_match_torch(cp, kind):
     from lowrank_ops import ops
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    for rows, cols, dtype in ((1, 1, np.float32), (37, 301, np.float32), (65, 130, np.float64), (3, 129, np.float16)):
+    for rows, cols, dtype in (
+        (1, 1, np.float32),
+        (37, 301, np.float32),
+        (65, 130, np.float64),
+        (3, 129, np.float16),
+    ):
         got = lro_cupy.sketch(rows, cols, 2**63 + 11, kind, dtype)
-        want = ops.sketch(rows, cols, 2**63 + 11, kind, dtype=getattr(torch, np.dtype(dtype).name), device=device)
+        want = ops.sketch(
+            rows, cols, 2**63 + 11, kind, dtype=getattr(torch, np.dtype(dtype).name), device=device
+        )
         if kind == "rademacher":
             assert torch.equal(_torch(got), want)
         else:  # transcendental functions differ by a few ulp between backends (spec v1)
@@ -191,10 +247,18 @@ def _check_gemm(got, x, direction, seed, size, kind, side):
     if xt.is_cuda and lowrank_ops.build_info()["cuda"]:
         assert torch.equal(_torch(got), fn(xt, seed, size, kind, side, backend="cuda"))
     ref64 = fn(xt.double(), seed, size, kind, side, backend="reference")
-    plain = fn(xt, seed, size, kind, side, backend="reference")  # plain torch: P in xt's compute dtype, matmul
+    plain = fn(
+        xt, seed, size, kind, side, backend="reference"
+    )  # plain torch: P in xt's compute dtype, matmul
     inner = x.shape[0] if side == "left" else x.shape[1]
-    assert_within_torch_error(_torch(got), ref64, plain, f"cupy {direction} {kind} {side} {x.dtype}", k=inner,
-                              entry_tol=GAUSSIAN_ENTRY_TOL if kind == "gaussian" else 0.0)
+    assert_within_torch_error(
+        _torch(got),
+        ref64,
+        plain,
+        f"cupy {direction} {kind} {side} {x.dtype}",
+        k=inner,
+        entry_tol=GAUSSIAN_ENTRY_TOL if kind == "gaussian" else 0.0,
+    )
 
 
 @pytest.mark.gpu

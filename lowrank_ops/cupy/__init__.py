@@ -35,10 +35,32 @@ FILL_ROWS, FILL_COLS = 32, 64
 TILE_M, TILE_N = 64, 64
 PHILOX_MAX_BLOCKS = 1 << 20
 MAX_GRID_Y = 65535
+MAX_GRID_X = 2**31 - 1
+MAX_SKETCH_ROWS, MAX_SKETCH_COLS = 2**32, 4 * 2**32
 # SketchProduct (kernels/sketch.cuh)
-PRODUCTS = {("project", "left"): "kProjectLeft", ("project", "right"): "kProjectRight",
-            ("unproject", "left"): "kUnprojectLeft", ("unproject", "right"): "kUnprojectRight"}
+PRODUCTS = {
+    ("project", "left"): "kProjectLeft",
+    ("project", "right"): "kProjectRight",
+    ("unproject", "left"): "kUnprojectLeft",
+    ("unproject", "right"): "kUnprojectRight",
+}
 _CXX_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double", np.dtype(np.float16): "__half"}
+# The C layouts of the structs the kernels take by value (kernels/sketch.cuh; test_nvrtc checks them with
+# static_asserts compiled by NVRTC): struct SketchSpec {SketchKind kind; uint64_t seed; int64_t rank, dim;}
+# and struct StridedMatrix<T> {const T* data; int64_t rows, cols, stride_row, stride_col;}.
+SPEC_DTYPE = np.dtype(
+    [("kind", np.int32), ("seed", np.uint64), ("rank", np.int64), ("dim", np.int64)], align=True
+)
+STRIDED_DTYPE = np.dtype(
+    [
+        ("data", np.uint64),
+        ("rows", np.int64),
+        ("cols", np.int64),
+        ("stride_row", np.int64),
+        ("stride_col", np.int64),
+    ],
+    align=True,
+)
 
 _lock = threading.Lock()
 _modules: dict = {}
@@ -70,8 +92,10 @@ def _fill_name(compute: str, kind: str) -> str:
 
 
 def _gemm_name(dtype: np.dtype, product: str, kind: str) -> str:
-    return (f"lro::sketch_gemm_kernel<{_compute(dtype)}, {_CXX_TYPES[dtype]}, lro::SketchProduct::{product}, "
-            f"lro::k{kind.capitalize()}>")
+    return (
+        f"lro::sketch_gemm_kernel<{_compute(dtype)}, {_CXX_TYPES[dtype]}, lro::SketchProduct::{product}, "
+        f"lro::k{kind.capitalize()}>"
+    )
 
 
 def source(family: str = "sketch") -> str:
@@ -89,8 +113,9 @@ def module(family: str = "sketch"):
     with _lock:
         if key not in _modules:
             names = name_expressions() if family == "sketch" else ()
-            _modules[key] = cupy.RawModule(code=source(family), options=tuple(_nvrtc.options()),
-                                           name_expressions=names)
+            _modules[key] = cupy.RawModule(
+                code=source(family), options=tuple(_nvrtc.options()), name_expressions=names
+            )
         return _modules[key]
 
 
@@ -122,7 +147,9 @@ def _check_positive(op, arg, value) -> int:
 def _check_matrix(op, arg, x):
     cupy = _cupy()
     if not isinstance(x, cupy.ndarray):
-        raise TypeError(f"lowrank_ops.cupy.{op}: argument '{arg}' must be a cupy.ndarray, got {type(x).__name__}")
+        raise TypeError(
+            f"lowrank_ops.cupy.{op}: argument '{arg}' must be a cupy.ndarray, got {type(x).__name__}"
+        )
     if x.ndim != 2:
         raise _error(op, arg, "a 2-D array", f"shape {x.shape}")
     if x.dtype not in _CXX_TYPES:
@@ -132,18 +159,21 @@ def _check_matrix(op, arg, x):
 
 
 def _spec(kind: str, seed: np.uint64, rank: int, dim: int):
-    """struct SketchSpec {SketchKind kind; uint64_t seed; int64_t rank; int64_t dim;} as a NumPy record
-    with the C layout (CuPy passes structured scalars to kernels by value)."""
-    dtype = np.dtype([("kind", np.int32), ("seed", np.uint64), ("rank", np.int64), ("dim", np.int64)], align=True)
-    return np.array((KINDS[kind], seed, rank, dim), dtype=dtype)[()]
+    """A SketchSpec kernel argument: a NumPy record of SPEC_DTYPE (CuPy passes structured scalars by value)."""
+    return np.array((KINDS[kind], seed, rank, dim), dtype=SPEC_DTYPE)[()]
 
 
 def _strided(x):
-    """struct StridedMatrix<T> {const T* data; int64_t rows, cols, stride_row, stride_col;} (element strides)."""
-    dtype = np.dtype([("data", np.uint64), ("rows", np.int64), ("cols", np.int64), ("stride_row", np.int64),
-                      ("stride_col", np.int64)], align=True)
+    """A StridedMatrix<T> kernel argument for the CuPy array x (strides in elements, as the kernels index)."""
     s0, s1 = (s // x.itemsize for s in x.strides)
-    return np.array((x.data.ptr, x.shape[0], x.shape[1], s0, s1), dtype=dtype)[()]
+    return np.array((x.data.ptr, x.shape[0], x.shape[1], s0, s1), dtype=STRIDED_DTYPE)[()]
+
+
+def _check_sketch_size(op, rank: int, dim: int) -> None:
+    """The launchers' limits (kernels/sketch.cu, valid_sketch): Philox counters hold P's row and column group
+    as uint32."""
+    if rank > MAX_SKETCH_ROWS or dim > MAX_SKETCH_COLS:
+        raise _error(op, "rank x dim", f"at most {MAX_SKETCH_ROWS} x {MAX_SKETCH_COLS}", f"{rank} x {dim}")
 
 
 def _scale(dim: int, compute: str):
@@ -156,7 +186,12 @@ def philox4x32(counters, seed: int, rounds: int = 10):
     """Philox4x32-`rounds` of int64 counters [..., 4] (uint32 values) -> the four words as int64 [..., 4]."""
     cupy, op = _cupy(), "philox4x32"
     seed64 = _check_seed(op, seed)
-    if not isinstance(counters, cupy.ndarray) or counters.dtype != np.int64 or counters.ndim < 1 or counters.shape[-1] != 4:
+    if (
+        not isinstance(counters, cupy.ndarray)
+        or counters.dtype != np.int64
+        or counters.ndim < 1
+        or counters.shape[-1] != 4
+    ):
         got = f"{type(counters).__name__} {getattr(counters, 'dtype', '')} {getattr(counters, 'shape', '')}"
         raise _error(op, "counters", "an int64 cupy.ndarray [..., 4]", got)
     if not 1 <= rounds <= 16:
@@ -166,7 +201,9 @@ def philox4x32(counters, seed: int, rounds: int = 10):
     n = c.size // 4
     if n:
         blocks = min((n + THREADS - 1) // THREADS, PHILOX_MAX_BLOCKS)
-        _kernel("lro::philox4x32_kernel")((blocks,), (THREADS,), (c, words, np.int64(n), seed64, np.int32(rounds)))
+        _kernel("lro::philox4x32_kernel")(
+            (blocks,), (THREADS,), (c, words, np.int64(n), seed64, np.int32(rounds))
+        )
     return words
 
 
@@ -179,6 +216,7 @@ def sketch(rows: int, cols: int, seed: int, kind: str = "rademacher", dtype=np.f
     dtype = np.dtype(dtype)
     if dtype not in _CXX_TYPES:
         raise _error(op, "dtype", "float32, float64 or float16", dtype)
+    _check_sketch_size(op, rows, cols)
     compute = _compute(dtype)
     out = cupy.empty((rows, cols), dtype=np.float64 if compute == "double" else np.float32)
     grid = ((cols + FILL_COLS - 1) // FILL_COLS, min((rows + FILL_ROWS - 1) // FILL_ROWS, MAX_GRID_Y))
@@ -200,19 +238,48 @@ def _gemm(op, direction, x, seed, size, kind, side):
     inner = x.shape[0] if side == "left" else x.shape[1]
     other = x.shape[1] if side == "left" else x.shape[0]
     if inner < 1:
-        raise _error(op, arg, f"non-empty along the {'projected' if direction == 'project' else 'rank'} dimension "
-                     f"(side {side!r})", f"shape {x.shape}")
+        raise _error(
+            op,
+            arg,
+            f"non-empty along the {'projected' if direction == 'project' else 'rank'} dimension "
+            f"(side {side!r})",
+            f"shape {x.shape}",
+        )
     rank, dim = (size, inner) if direction == "project" else (inner, size)
+    _check_sketch_size(op, rank, dim)
     # C[M, N] = A[M, K] B[K, N] (kernels/sketch.cu's file comment)
-    M, N, K = {("project", "left"): (rank, other, dim), ("project", "right"): (other, rank, dim),
-               ("unproject", "left"): (dim, other, rank), ("unproject", "right"): (other, dim, rank)}[direction, side]
+    M, N, K = {
+        ("project", "left"): (rank, other, dim),
+        ("project", "right"): (other, rank, dim),
+        ("unproject", "left"): (dim, other, rank),
+        ("unproject", "right"): (other, dim, rank),
+    }[direction, side]
     compute = _compute(x.dtype)
     out = cupy.empty((M, N), dtype=np.float64 if compute == "double" else np.float32)
     if M and N:
         rows_fast = x.shape[1] == 1 or (x.shape[0] > 1 and x.strides[0] < x.strides[1])
         tiles = ((M + TILE_M - 1) // TILE_M) * ((N + TILE_N - 1) // TILE_N)
-        _kernel(_gemm_name(x.dtype, PRODUCTS[direction, side], kind))((tiles,), (THREADS,), (_spec(kind, seed64, rank, dim), _strided(x), _scale(dim, compute), out,
-                                             np.int64(M), np.int64(N), np.int64(K), np.bool_(rows_fast)))
+        if tiles > MAX_GRID_X:
+            raise _error(
+                op,
+                arg,
+                f"small enough for at most {MAX_GRID_X} output tiles of {TILE_M} x {TILE_N}",
+                f"an output of {M} x {N}",
+            )
+        _kernel(_gemm_name(x.dtype, PRODUCTS[direction, side], kind))(
+            (tiles,),
+            (THREADS,),
+            (
+                _spec(kind, seed64, rank, dim),
+                _strided(x),
+                _scale(dim, compute),
+                out,
+                np.int64(M),
+                np.int64(N),
+                np.int64(K),
+                np.bool_(rows_fast),
+            ),
+        )
     return out.astype(x.dtype, copy=False)
 
 
@@ -226,4 +293,12 @@ def sketch_unproject(R, seed: int, dim: int, kind: str = "rademacher", side: str
     return _gemm("sketch_unproject", "unproject", R, seed, dim, kind, side)
 
 
-__all__ = ["module", "name_expressions", "philox4x32", "sketch", "sketch_project", "sketch_unproject", "source"]
+__all__ = [
+    "module",
+    "name_expressions",
+    "philox4x32",
+    "sketch",
+    "sketch_project",
+    "sketch_unproject",
+    "source",
+]

@@ -128,8 +128,10 @@ def compile_ptx(source: str, name: str, opts: list[str], name_expressions=()) ->
     the compile fails."""
     lib = library()
     prog = ctypes.c_void_p()
-    _check(lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0, None, None),
-           "nvrtcCreateProgram")
+    _check(
+        lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0, None, None),
+        "nvrtcCreateProgram",
+    )
     try:
         for expr in name_expressions:
             _check(lib.nvrtcAddNameExpression(prog, expr.encode()), f"nvrtcAddNameExpression({expr!r})")
@@ -144,7 +146,10 @@ def compile_ptx(source: str, name: str, opts: list[str], name_expressions=()) ->
         lowered = {}
         for expr in name_expressions:
             out = ctypes.c_char_p()
-            _check(lib.nvrtcGetLoweredName(prog, expr.encode(), ctypes.byref(out)), f"nvrtcGetLoweredName({expr!r})")
+            _check(
+                lib.nvrtcGetLoweredName(prog, expr.encode(), ctypes.byref(out)),
+                f"nvrtcGetLoweredName({expr!r})",
+            )
             lowered[expr] = out.value.decode()
         _check(lib.nvrtcGetPTXSize(prog, ctypes.byref(size)), "nvrtcGetPTXSize")
         ptx = ctypes.create_string_buffer(size.value)

@@ -25,7 +25,9 @@ def _target_tuple(target) -> tuple[str, ...]:
     return target
 
 
-def param_groups(model: torch.nn.Module, rank, projection=None, target=DEFAULT_TARGET, **group_keys) -> list[dict]:
+def param_groups(
+    model: torch.nn.Module, rank, projection=None, target=DEFAULT_TARGET, **group_keys
+) -> list[dict]:
     """[projected group, plain group] for `model`.
 
     The projected group holds the 2-D `weight` of every module whose qualified name contains one of the
@@ -42,7 +44,9 @@ def param_groups(model: torch.nn.Module, rank, projection=None, target=DEFAULT_T
     frozen parameters (requires_grad False) are left out. ValueError when no weight matches `target`.
     """
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"lowrank_ops.optim.param_groups: 'model' must be a torch.nn.Module, got {type(model).__name__}")
+        raise TypeError(
+            f"lowrank_ops.optim.param_groups: 'model' must be a torch.nn.Module, got {type(model).__name__}"
+        )
     target = _target_tuple(target)
     projected, seen = [], set()
     for name, module in model.named_modules():
