@@ -1,6 +1,6 @@
 """LowRankAdamW in a real PyTorch Lightning Trainer (no mocks): returned from `configure_optimizers`, trained
 with `Trainer(max_steps=..., accelerator="cpu")`, checkpointed by Lightning's ModelCheckpoint and resumed with
-`fit(ckpt_path=...)`.
+`fit(ckpt_path=...)`, in fp32 and with bf16-mixed precision (CPU autocast).
 
 Must show: the loss falls, and the resumed run ends bit-identically to the uninterrupted one (final
 parameters compared with torch.equal)."""
@@ -60,9 +60,10 @@ def checkpointing(dirpath):
     return pl.callbacks.ModelCheckpoint(dirpath=dirpath, every_n_train_steps=SAVE_AT, save_top_k=-1)
 
 
-def make_trainer(root, callbacks=()):
+def make_trainer(root, callbacks=(), precision="32-true"):
     return pl.Trainer(
         max_steps=MAX_STEPS,
+        precision=precision,
         accelerator="cpu",
         devices=1,
         default_root_dir=str(root),
@@ -89,18 +90,25 @@ def quiet_and_one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("projection", ["rademacher", "svd"])
-def test_lightning_trains_and_resumes_bit_identically(tmp_path, projection):
+@pytest.mark.parametrize(
+    ("projection", "precision"), [("rademacher", "32-true"), ("svd", "32-true"), ("rademacher", "bf16-mixed")]
+)
+def test_lightning_trains_and_resumes_bit_identically(tmp_path, projection, precision):
     pl.seed_everything(0, verbose=False)
     full = TinyLM(projection)
-    make_trainer(tmp_path / "full", [checkpointing(tmp_path / "ckpt")]).fit(full)
+    dtypes = set()  # bf16-mixed really runs the MLP's matmuls in bf16 (CPU autocast)
+    full.mlp[0].register_forward_hook(lambda m, i, out: dtypes.add(out.dtype))
+    make_trainer(tmp_path / "full", [checkpointing(tmp_path / "ckpt")], precision).fit(full)
+    assert dtypes == {torch.bfloat16 if precision == "bf16-mixed" else torch.float32}
     assert len(full.losses) == MAX_STEPS
     assert sum(full.losses[-3:]) < 0.8 * sum(full.losses[:3]), f"the loss did not fall: {full.losses}"
     (ckpt,) = [p for p in (tmp_path / "ckpt").iterdir() if f"step={SAVE_AT}" in p.name]
 
     pl.seed_everything(0, verbose=False)
     resumed = TinyLM(projection)
-    make_trainer(tmp_path / "resumed", [checkpointing(tmp_path / "ckpt")]).fit(resumed, ckpt_path=str(ckpt))
+    make_trainer(tmp_path / "resumed", [checkpointing(tmp_path / "ckpt")], precision).fit(
+        resumed, ckpt_path=str(ckpt)
+    )
     assert resumed.losses == full.losses[SAVE_AT:]
     state = resumed.trainer.optimizers[0].state
     assert all(s["step"] == MAX_STEPS for s in state.values() if "layer" in s)

@@ -35,3 +35,4 @@ __all__ = [
 for _name in __all__:
     if _inspect.isfunction(globals()[_name]):
         globals()[_name] = _accept_dlpack(globals()[_name])
+del _name
