@@ -592,6 +592,8 @@ def test_clear_errors(rng):
         lnn.LowRankLinear.from_linear(linear, 2, projection="nope")
     with pytest.raises(ValueError, match="'rank' must be an int"):
         lnn.LowRankLinear.from_linear(linear, 0)
+    with pytest.raises(ValueError, match="changes its rank"):
+        lnn.LowRankLinear.from_linear(linear, 2, projection="adaptive", grad=torch.randn(5, 6))
     module = lnn.LowRankLinear.from_linear(linear, 2)
     with pytest.raises(ValueError, match=r"input must be \[\.\.\., 6\]"):
         module(torch.zeros(3, 5))

@@ -93,7 +93,8 @@ class LowRankLinear(torch.nn.Module):
     out >= in, as LowRankAdamW), `base` (None: dense W0 in the Linear's dtype; "int8" / "nf4"),
     `group_size` / `double_quant` (lowrank_ops.ops.quantize), `seed` and `layer` (P's seed at refresh k is
     derive_seed(seed, layer, k), as LowRankAdamW's for the parameter with index `layer`), `grad` (the
-    gradient of W, needed by kinds that read it: "svd", "two_sided_svd"), `backend` (of the ops)."""
+    gradient of W, needed by the kinds that read it, kind.uses_gradient: "svd", "two_sided_svd", "rsvd", "dct"),
+    `backend` (of the ops). Kinds whose rank varies ("adaptive") are rejected: A has a fixed shape."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rank, *, projection: str = "rademacher",
                  side: str = "auto", base: str | None = None, group_size: int | None = None,
@@ -108,7 +109,7 @@ class LowRankLinear(torch.nn.Module):
             raise ValueError(f"{where}: 'base' must be one of {BASE_FORMATS}, got {base!r}")
         self.kind = projections.get(projection, where)
         self.kind.check_settings(rank, side, where)
-        if getattr(self.kind, "variable_rank", False):
+        if self.kind.variable_rank:
             raise ValueError(f"{where}: projection {projection!r} changes its rank during training; an adapter "
                              "A of fixed shape needs a fixed-rank kind")
         self.out_features, self.in_features = weight.shape
