@@ -112,27 +112,23 @@ def accept_dlpack(fn):
     signature = inspect.signature(fn, eval_str=True)
     names = list(signature.parameters)
     tensor_args = {name for name, p in signature.parameters.items() if _mentions_tensor(p.annotation)}
+    tensor_positions = {i for i, name in enumerate(names) if name in tensor_args}
 
-    def check_plain(name, value):
-        if name in tensor_args and value is not None and not isinstance(value, torch.Tensor):
-            raise TypeError(
-                f"lowrank_ops.{op}: argument '{name}' must be {SUPPORTED}, got {type(value).__name__}"
-            )
+    def needs_work(key, value, tensor_keys) -> bool:
+        """A foreign array, or a non-tensor where a tensor is declared (an error to raise)."""
+        if isinstance(value, torch.Tensor):
+            return False
+        return hasattr(type(value), "__dlpack__") or (value is not None and key in tensor_keys)
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        if torch.compiler.is_compiling():
-            return fn(*args, **kwargs)
-        named = list(zip(names, args)) + list(kwargs.items())
-        if not any(_is_foreign(value) for _, value in named):
-            for name, value in named:
-                check_plain(name, value)
-            return fn(*args, **kwargs)
+    def convert_and_call(args, kwargs):
         xp, xp_arg = None, None
         converted = {}
-        for name, value in named:
+        for name, value in list(zip(names, args)) + list(kwargs.items()):
             if not _is_foreign(value):
-                check_plain(name, value)
+                if name in tensor_args and value is not None and not isinstance(value, torch.Tensor):
+                    raise TypeError(
+                        f"lowrank_ops.{op}: argument '{name}' must be {SUPPORTED}, got {type(value).__name__}"
+                    )
                 continue
             ns = _namespace(op, name, value)
             if xp is None:
@@ -146,5 +142,15 @@ def accept_dlpack(fn):
         args = tuple(converted.get(name, value) for name, value in zip(names, args))
         kwargs = {name: converted.get(name, value) for name, value in kwargs.items()}
         return _from_torch(op, xp, fn(*args, **kwargs))
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        # Fast path (torch tensors, scalars, other objects): one type check per argument, then the op itself.
+        if not torch.compiler.is_compiling() and (
+            any(needs_work(i, v, tensor_positions) for i, v in enumerate(args))
+            or any(needs_work(k, v, tensor_args) for k, v in kwargs.items())
+        ):
+            return convert_and_call(args, kwargs)
+        return fn(*args, **kwargs)
 
     return wrapper
