@@ -186,3 +186,46 @@ def test_mixed_frameworks_and_unrepresentable_results(nrng):
         r"numpy array",
     ):
         ops.sketch_project(G, 1, 2, out_dtype=torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------------------------------
+# GPU (pytest -m gpu on a machine with a CUDA build of torch): CuPy and JAX arrays on the device.
+
+
+@pytest.mark.gpu
+def test_cupy_arrays_on_cuda_equal_torch():
+    cp = pytest.importorskip("cupy")
+    G = cp.asarray(np.random.default_rng(3).standard_normal((129, 65)).astype(np.float32))
+    R = ops.sketch_project(G, 4, 9, "gaussian", "right")
+    assert isinstance(R, cp.ndarray) and R.device.id == G.device.id
+    want = ops.sketch_project(torch.from_dlpack(G), 4, 9, "gaussian", "right")
+    assert want.is_cuda and torch.equal(torch.from_dlpack(R), want)
+    W, m, v = G.copy(), cp.zeros((129, 9), cp.float32), cp.zeros((129, 9), cp.float32)
+    ops.lowrank_adamw_step_(
+        W,
+        G,
+        m,
+        v,
+        ops.Projection.seeded("rademacher", 1, 9, "right"),
+        lr=1e-2,
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-8,
+        weight_decay=0.0,
+        step=1,
+    )
+    assert not bool(cp.array_equal(W, G))  # updated in place through the shared memory
+
+
+@pytest.mark.gpu
+def test_jax_arrays_on_cuda_equal_torch():
+    jax = pytest.importorskip("jax")
+    if not any(d.platform == "gpu" for d in jax.devices()):
+        pytest.skip("JAX sees no GPU")
+    G = jax.device_put(
+        np.random.default_rng(4).standard_normal((70, 33)).astype(np.float32), jax.devices("gpu")[0]
+    )
+    R = ops.sketch_project(G, 4, 5)
+    assert isinstance(R, jax.Array)
+    want = ops.sketch_project(torch.from_dlpack(G), 4, 5)
+    assert torch.equal(torch.from_dlpack(R), want)
