@@ -102,7 +102,10 @@ def source(family: str = "sketch") -> str:
     """The code handed to NVRTC for kernels/<family>.cu: the file, preceded by a digest of all of kernels/
     (CuPy's disk cache is keyed by this string, and the included headers would otherwise not count)."""
     path = _nvrtc.kernels_dir() / f"{family}.cu"
-    return f"// lowrank_ops kernels digest {_nvrtc.sources_digest()}\n" + path.read_text()
+    # #line keeps NVRTC's messages pointing at the file's own lines
+    return (
+        f'// lowrank_ops kernels digest {_nvrtc.sources_digest()}\n#line 1 "{path.name}"\n' + path.read_text()
+    )
 
 
 def module(family: str = "sketch"):
