@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
-from ..ops.sketch import sketch
+from ..reference.lowrank_adam import side_matrix
 from ..optim._base import lowrank_state
 
 WHERE = "lowrank_ops.optim.LowRankAdamW"
@@ -157,11 +157,7 @@ def _finite_everywhere(G, p, shard) -> bool:
 
 def _dense(op, d: int, dtype, device):
     """A side operator (None: identity) as a dense r x d matrix."""
-    if op is None:
-        return None
-    if op.kind == "matrix":
-        return op.matrix.to(device=device, dtype=dtype)
-    return sketch(op.rank, d, op.seed, op.kind, dtype, device)
+    return None if op is None else side_matrix(op, d, dtype, device)
 
 
 def _allreduce_step(W, G, state, projection, dim, extent, group, process_group):
