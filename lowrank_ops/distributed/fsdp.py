@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
+from ..ops.projection import SEEDED_KINDS
+from ..ops.sketch import sketch
 from ..reference.lowrank_adam import side_matrix
 from ..optim._base import lowrank_state
 
@@ -157,7 +159,11 @@ def _finite_everywhere(G, p, shard) -> bool:
 
 def _dense(op, d: int, dtype, device):
     """A side operator (None: identity) as a dense r x d matrix."""
-    return None if op is None else side_matrix(op, d, dtype, device)
+    if op is None:
+        return None
+    if op.kind in SEEDED_KINDS:  # the C++/CUDA generator, not the reference's torch-op Philox
+        return sketch(op.rank, d, op.seed, op.kind, dtype, device)
+    return side_matrix(op, d, dtype, device)
 
 
 def _allreduce_step(W, G, state, projection, dim, extent, group, process_group):
