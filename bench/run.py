@@ -13,8 +13,10 @@ every benchmark, with the speed-ups below) and suite_<device>[_quick]_speedup.pn
 Table columns: op, shape, backend (the variant timed), time, rate (GB/s or GFLOP/s / TFLOP/s, whichever
 the benchmark computed), % of the measured device ceiling (GPU runs; the benchmark's own `pct_of_ceiling`)
 and the speed-up over each baseline: for a row R, every row B of the same benchmark, shape and dtype that
-is a baseline (role "baseline", or a variant some row names in its `baseline` column) and whose
-parameters agree with R's on their common keys (rank, side, kind, format, ...); speed-up = time(B) / time(R).
+is a baseline (role "baseline", or a variant some row names in its `baseline` column) of the same op, or
+the variant R names as its baseline, or a role-"baseline" row when R is an op row (role "op"), and whose
+parameters agree with R's on their common keys (rank, side, kind, format, ...; not the keys that name the
+variant: method, backend); speed-up = time(B) / time(R).
 Diagnosis rows (role "diag") are kept in the files, not in the printed table.
 """
 
@@ -70,8 +72,19 @@ def _params(row) -> dict:
     return p if isinstance(p, dict) else {}
 
 
+# parameters that name the variant itself (e.g. dct_scores' method "gemm" vs its baseline's "fft")
+_VARIANT_KEYS = {"method", "backend", "variant"}
+
+
 def _agree(a: dict, b: dict) -> bool:
-    return all(a[k] == b[k] for k in set(a) & set(b))
+    return all(a[k] == b[k] for k in set(a) & set(b) - _VARIANT_KEYS)
+
+
+def _applies(b: dict, r: dict) -> bool:
+    """Baseline row b is a baseline of row r: the same op, or the variant r names as its baseline, or a
+    benchmark-wide baseline (role "baseline") of an op row (role "op")."""
+    return (b.get("op") == r.get("op") or b.get("variant") == r.get("baseline")
+            or (b.get("role") == "baseline" and r.get("role") == "op"))
 
 
 def speedups(rows: list[dict]) -> None:
@@ -84,7 +97,7 @@ def speedups(rows: list[dict]) -> None:
             continue
         for b in baselines:
             same = (b.get("shape"), b.get("dtype")) == (r.get("shape"), r.get("dtype"))
-            if same and _agree(_params(b), _params(r)):
+            if same and _applies(b, r) and _agree(_params(b), _params(r)):
                 r["speedups"].setdefault(str(b["variant"]), b["time_ms"] / r["time_ms"])
 
 
