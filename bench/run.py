@@ -6,9 +6,10 @@ then prints ONE table of all their rows and writes it with the machine, versions
     python -m bench --only sketch,dct  # some benchmarks
     python bench/run.py --quick        # the same as `python -m bench`
 
-Each benchmark writes its own <name>.json/.csv (bench/common.Results) into a staging folder; the suite
-moves them to --out (default bench/results) and writes suite_<device>[_quick].json/.csv (every row of
-every benchmark, with the speed-ups below) and suite_<device>[_quick]_speedup.png.
+Each benchmark writes its own <name>.json/.csv (bench/common.Results) into a temporary folder; the suite
+collects them and writes, into --out (default bench/results), suite_<device>[_quick].json/.csv (every row
+of every benchmark with the speed-ups below; each benchmark's command, exit status, wall time and meta)
+and suite_<device>[_quick]_speedup.png. A benchmark's own result files stay those of its own runs.
 
 Table columns: op, shape, backend (the variant timed), time, rate (GB/s or GFLOP/s / TFLOP/s, whichever
 the benchmark computed), % of the measured device ceiling (GPU runs; the benchmark's own `pct_of_ceiling`)
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,9 +35,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "bench"
 
-from . import common  # noqa: E402
-
-import torch  # noqa: E402
+from . import common
 
 
 def discover() -> list[str]:
@@ -58,7 +56,8 @@ def run_one(name: str, quick: bool, device: str, staging: Path, timeout: float) 
         cmd += ["--device", device]
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=common.REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, cwd=common.REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                              check=False)
         rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-2000:]
     except subprocess.TimeoutExpired:
         rc, tail = "timeout", f"stopped after {timeout:.0f} s"
@@ -205,11 +204,8 @@ def main(argv=None) -> int:
             if res["rc"] != 0:
                 print("    " + res["tail"].strip().replace("\n", "\n    "), flush=True)
             suite.meta["benches"][name] = {k: res[k] for k in ("command", "rc", "wall_s")}
+            suite.meta["benches"][name]["meta"] = {stem: doc.get("meta") for stem, doc in res["docs"].items()}
             for stem, doc in res["docs"].items():
-                shutil.copy(Path(staging) / name / f"{stem}.json", out / f"{stem}.json")
-                csv = Path(staging) / name / f"{stem}.csv"
-                if csv.exists():
-                    shutil.copy(csv, out / f"{stem}.csv")
                 rows = doc.get("rows", [])
                 speedups(rows)
                 for r in rows:

@@ -99,7 +99,7 @@ class Runner:
         self.method, self.model, self.preset = method, model, preset
         self.loss_fn = loss_fn
         self.gap = preset.update_gap
-        adamw = dict(lr=preset.lr, betas=preset.betas, weight_decay=preset.weight_decay)
+        adamw = {"lr": preset.lr, "betas": preset.betas, "weight_decay": preset.weight_decay}
         self.lora = []
         if method.view == "full":
             self.optimizer = torch.optim.AdamW(model.parameters(), **adamw)
@@ -195,7 +195,7 @@ def estimate_gb(method: Method, paper_config: str) -> float | None:
     shapes = memory.llama_shapes(cfg["layers"], cfg["hidden"], cfg["intermediate"])
     targets = [(n, s) for n, s in shapes if _is_target(n)]
     others = [(n, s) for n, s in shapes if not _is_target(n)]
-    bf16 = dict(dtype=torch.bfloat16)
+    bf16 = {"dtype": torch.bfloat16}
     if method.view == "full":
         total = memory.estimate(shapes, None, **bf16).persisted
     elif method.view == "relora":

@@ -88,5 +88,5 @@ PRESETS = {
 }
 
 # The paper's configurations for the memory estimates (Table 5; vocabulary 32000; rank 256 / 512).
-PAPER_CONFIGS = {"200M": dict(layers=12, hidden=1024, intermediate=2816, rank=256),
-                 "1.3B": dict(layers=24, hidden=2048, intermediate=5472, rank=512)}
+PAPER_CONFIGS = {"200M": {"layers": 12, "hidden": 1024, "intermediate": 2816, "rank": 256},
+                 "1.3B": {"layers": 24, "hidden": 2048, "intermediate": 5472, "rank": 512}}

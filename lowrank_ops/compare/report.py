@@ -85,7 +85,7 @@ def plot(out: Path, rows: list[dict], title: str) -> Path | None:
     ax.legend(fontsize=7, ncol=2)
     losses = [v for r in finished for v in r["curve"]["val_loss"] if math.isfinite(v)]
     if losses:  # the early warm-up losses would squash the interesting end of the curves
-        low, end = min(losses), sorted(r["curve"]["val_loss"][-1] for r in finished)[-1]
+        low, end = min(losses), max(r["curve"]["val_loss"][-1] for r in finished)
         ax.set_ylim(low - 0.05, max(end, low) + 0.6 * (max(end, low) - low + 0.2))
     fig.tight_layout()
     path = out / PLOT
