@@ -21,6 +21,17 @@ def backends(device_type: str = "cpu"):
     return params
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread for the duration of a test. The machine is shared: with two OpenMP threads on a
+    loaded two-core machine tiny tensors stall on oversubscription (LAPACK's small SVDs were measured at
+    1.5 s for 129 x 33 against 0.4 ms on one thread). Autouse in the test modules that import it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref||_F / ||ref||_F in float64 (0 when both are 0)."""
     diff = torch.linalg.norm(out.double() - ref.double())

@@ -18,21 +18,29 @@ from lowrank_ops.optim import LowRankAdamW
 from lowrank_ops.projections import dct as dct_kind
 from lowrank_ops.reference import dct as dct_reference
 from lowrank_ops.reference import lowrank_adam as reference
-from helpers import GAUSSIAN_ENTRY_TOL, assert_within_torch_error, backends, random_matrix
+from helpers import (
+    GAUSSIAN_ENTRY_TOL,
+    assert_within_torch_error,
+    backends,
+    one_thread,  # noqa: F401 (an autouse fixture: one intra-op thread per test)
+    random_matrix,
+)
 from test_lowrank_adam import HYPER, Run, peak_cpu_bytes, plain_projection
-from test_optim import lm_loss, batch, make_model, split_groups, state_equal, train, train_mlp
+from tiny_models import (
+    batch,
+    lm_loss,
+    lowrank_opt,
+    make_model,
+    quadratic_grad,
+    quadratic_problem,
+    split_groups,
+    state_equal,
+    train,
+    train_mlp,
+)
 
 CPU_BACKENDS = backends("cpu")
 GPU_BACKENDS = backends("cuda")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared: one intra-op thread avoids oversubscription stalls on tiny tensors."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def explicit_dct(d: int, indices) -> torch.Tensor:
@@ -415,17 +423,14 @@ def transcribed_dct_adamw(W0, X, Y, steps, dtype, *, rank, gap, lr, betas, eps, 
 def test_lowrank_adamw_follows_its_formulas(rng):
     """8 steps with update_gap 3 (refreshes before steps 1, 4, 7) against the transcription in float64 and
     in float32 (plain torch) under the tolerance rule; the indices are the transcription's."""
-    m, n = 14, 9
-    W0 = torch.randn(m, n, generator=rng, dtype=torch.float64)
-    X = torch.randn(n, 30, generator=rng, dtype=torch.float64)
-    Y = torch.randn(m, 30, generator=rng, dtype=torch.float64)
+    W0, X, Y = quadratic_problem((14, 9), rng)
     hyper = dict(rank=3, gap=3, lr=2e-2, betas=(0.9, 0.95), eps=1e-8, wd=0.1, scale=0.5)
     W = torch.nn.Parameter(W0.float())
     opt = LowRankAdamW([dict(params=[W], rank=3, projection="dct", update_gap=3, scale=0.5)], lr=2e-2,
                        betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, seed=77)
     chosen = []
     for t in range(8):
-        W.grad = (W.detach() @ X.float() - Y.float()) @ X.float().T / X.shape[1]
+        W.grad = quadratic_grad(W.detach(), X.float(), Y.float())
         opt.step()
         if t % 3 == 0:
             chosen.append(opt.state[W]["proj_right"].clone())
@@ -437,7 +442,7 @@ def test_lowrank_adamw_follows_its_formulas(rng):
 
 
 def test_tiny_model_decreases_the_loss():
-    """The tiny MLP of tests/test_optim.py (32-64-16, rank 8, update_gap 25, 200 steps) with "dct" on both
+    """The tiny MLP of tests/tiny_models.py (32-64-16, rank 8, update_gap 25, 200 steps) with "dct" on both
     sides and both weight dtypes: the same criterion as every other kind there (final < half the initial)."""
     for side in ("left", "right"):
         for dtype in (torch.float32, torch.bfloat16):
@@ -445,15 +450,10 @@ def test_tiny_model_decreases_the_loss():
             assert final < 0.5 * initial, f"dct {side} {dtype}: loss {initial:.4f} -> {final:.4f}"
 
 
-def lowrank_opt(model, **extra):
-    groups = split_groups(model, rank=3, projection="dct", update_gap=4, **extra)
-    return LowRankAdamW(groups, lr=5e-3, weight_decay=0.05, seed=11)
-
-
 @pytest.mark.parametrize("dtype,wd_mode", [(torch.float32, "full"), (torch.bfloat16, "adapter")])
 def test_state_dict_holds_indices_and_resume_is_bit_identical(dtype, wd_mode):
     model = make_model(dtype)
-    opt = lowrank_opt(model, wd_mode=wd_mode)
+    opt = lowrank_opt(model, "dct", wd_mode=wd_mode)
     train(model, opt, 6)
     buffer = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
@@ -473,7 +473,7 @@ def test_state_dict_holds_indices_and_resume_is_bit_identical(dtype, wd_mode):
 
     resumed_model = make_model(dtype, seed=5)
     resumed_model.load_state_dict(saved["model"])
-    resumed = lowrank_opt(resumed_model, wd_mode=wd_mode)
+    resumed = lowrank_opt(resumed_model, "dct", wd_mode=wd_mode)
     resumed.load_state_dict(saved["opt"])
     train(model, opt, 7, start=6)  # crosses the refresh at step 8
     train(resumed_model, resumed, 7, start=6)

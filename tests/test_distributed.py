@@ -11,21 +11,18 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import GAUSSIAN_ENTRY_TOL, assert_within_torch_error, rel_err
+from helpers import (
+    GAUSSIAN_ENTRY_TOL,
+    assert_within_torch_error,
+    one_thread,  # noqa: F401 (an autouse fixture: one intra-op thread per test)
+    rel_err,
+)
 
 from lowrank_ops import projections
 from lowrank_ops.distributed import MODES, DiLoCo, run_local, shard_placement_fn, worker_seed
 from lowrank_ops.optim import LowRankAdamW
 
 TIMEOUT = 90  # seconds for one multi-process run, start to end
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -10,89 +10,29 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
-from helpers import GAUSSIAN_ENTRY_TOL, assert_within_torch_error
+from helpers import (
+    GAUSSIAN_ENTRY_TOL,
+    assert_within_torch_error,
+    one_thread,  # noqa: F401 (an autouse fixture: one intra-op thread per test)
+)
+from tiny_models import (
+    batch,
+    lm_loss,
+    lowrank_opt,
+    make_model,
+    quadratic_grad,
+    quadratic_problem,
+    split_groups,
+    state_equal,
+    train,
+    train_mlp,
+)
 
 from lowrank_ops import ops, projections
 from lowrank_ops.optim import GaLoreAdamW, LowRankAdamW, step_in_backward
 
 ALL_KINDS = ("gaussian", "rademacher", "orthogonal", "svd", "two_sided_gaussian", "two_sided_svd")
 ONE_SIDED = ("gaussian", "rademacher", "orthogonal", "svd")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared: one intra-op thread avoids oversubscription stalls on tiny tensors."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-# ---------------------------------------------------------------------------------------------------
-# A tiny language model: embedding, a residual MLP block, LayerNorm, an output head (optionally tied to
-# the embedding) and a layer that is never used (its params get no grads).
-
-VOCAB, DIM, HIDDEN = 13, 12, 20
-
-
-class TinyLM(torch.nn.Module):
-    def __init__(self, tied=False):
-        super().__init__()
-        self.emb = torch.nn.Embedding(VOCAB, DIM)
-        self.norm = torch.nn.LayerNorm(DIM)
-        self.fc1 = torch.nn.Linear(DIM, HIDDEN)
-        self.fc2 = torch.nn.Linear(HIDDEN, DIM)
-        self.out = torch.nn.Linear(DIM, VOCAB, bias=False)
-        if tied:
-            self.out.weight = self.emb.weight
-        self.unused = torch.nn.Linear(4, 4)
-
-    def forward(self, tokens):
-        h = self.emb(tokens)
-        h = h + self.fc2(torch.tanh(self.fc1(self.norm(h))))
-        return self.out(h)
-
-
-def make_model(dtype=torch.float32, tied=False, seed=0):
-    torch.manual_seed(seed)
-    return TinyLM(tied).to(dtype)
-
-
-def batch(i, size=16):
-    g = torch.Generator().manual_seed(1000 + i)
-    return torch.randint(0, VOCAB, (size, 6), generator=g)
-
-
-def lm_loss(model, tokens):
-    logits = model(tokens[:, :-1])
-    return F.cross_entropy(logits.float().reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
-
-
-def split_groups(model, all_matrices=False, **lowrank):
-    """Low-rank group: the 2-D weights (the embedding too when all_matrices); plain group: the rest."""
-    lr_params, plain = [], []
-    for name, p in model.named_parameters():
-        (lr_params if p.dim() == 2 and (all_matrices or not name.startswith("emb")) else plain).append(p)
-    return [dict(params=lr_params, **lowrank), dict(params=plain)]
-
-
-def train(model, opt, steps, start=0, accumulation=1):
-    for i in range(start, start + steps):
-        opt.zero_grad(set_to_none=True)
-        for k in range(accumulation):
-            loss = lm_loss(model, batch(i * accumulation + k)) / accumulation
-            loss.backward()
-        opt.step()
-
-
-def state_equal(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        if isinstance(a[key], torch.Tensor):
-            assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
-        else:
-            assert a[key] == b[key], key
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -142,11 +82,6 @@ def test_non_matrix_params_of_a_rank_group_are_plain_adamw_never_svd(monkeypatch
 
 # ---------------------------------------------------------------------------------------------------
 # LowRankAdamW against a transcription of its formulas (DESIGN.md §3, lowrank_ops.projections docs)
-
-
-def quadratic_grad(W, X, Y):
-    """Gradient of 0.5 ||W X - Y||^2 / cols: (W X - Y) X^T / cols, in W's dtype."""
-    return (W @ X - Y) @ X.T / X.shape[1]
 
 
 def transcribed_basis(kind, G, shape, rank, seed, dtype):
@@ -216,10 +151,7 @@ def transcribed_lowrank_adamw(
 )
 @pytest.mark.parametrize("shape", [(14, 9), (9, 14)])
 def test_lowrank_adamw_follows_its_formulas(kind, wd_mode, shape, rng):
-    m, n = shape
-    W0 = torch.randn(m, n, generator=rng, dtype=torch.float64)
-    X = torch.randn(n, 30, generator=rng, dtype=torch.float64)
-    Y = torch.randn(m, 30, generator=rng, dtype=torch.float64)
+    W0, X, Y = quadratic_problem(shape, rng)
     hyper = dict(
         rank=3, gap=3, seed=77, lr=2e-2, betas=(0.9, 0.95), eps=1e-8, wd=0.1, scale=0.5, wd_mode=wd_mode
     )
@@ -324,10 +256,7 @@ def transcribed_galore(
 @pytest.mark.parametrize("shape", [(14, 9), (9, 14), (10, 10)])
 @pytest.mark.parametrize("correct_bias", [True, False])
 def test_galore_adamw_matches_galore_formulas(proj_type, shape, correct_bias, rng):
-    m, n = shape
-    W0 = torch.randn(m, n, generator=rng, dtype=torch.float64)
-    X = torch.randn(n, 30, generator=rng, dtype=torch.float64)
-    Y = torch.randn(m, 30, generator=rng, dtype=torch.float64)
+    W0, X, Y = quadratic_problem(shape, rng)
     hyper = dict(
         rank=4,
         gap=3,
@@ -394,11 +323,6 @@ def test_galore_state_is_plain_and_resumes(rng):
 
 # ---------------------------------------------------------------------------------------------------
 # Resume: save -> torch.load(weights_only=True) -> continue is bit-identical to never stopping
-
-
-def lowrank_opt(model, kind, **extra):
-    groups = split_groups(model, rank=3, projection=kind, update_gap=4, **extra)
-    return LowRankAdamW(groups, lr=5e-3, weight_decay=0.05, seed=11)
 
 
 RESUME_CASES = [(k, torch.float32, "full") for k in ALL_KINDS] + [
@@ -511,42 +435,6 @@ def test_per_layer_flush_and_errors():
 
 # ---------------------------------------------------------------------------------------------------
 # Tiny-model training: every kind, both sides, fp32 and bf16 weights, 200 steps
-
-
-def regression_data():
-    g = torch.Generator().manual_seed(31)
-    X = torch.randn(256, 32, generator=g)
-    W1, W2 = torch.randn(64, 32, generator=g) / 32**0.5, torch.randn(16, 64, generator=g) / 8
-    return X, torch.tanh(X @ W1.T) @ W2.T
-
-
-def train_mlp(kind, side, dtype, steps=200):
-    X, Y = regression_data()
-    torch.manual_seed(1)
-    mlp = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(), torch.nn.Linear(64, 16)).to(dtype)
-    if kind is None:
-        opt = LowRankAdamW(mlp.parameters(), lr=1e-2)
-    else:
-        weights = [mlp[0].weight, mlp[2].weight]
-        opt = LowRankAdamW(
-            [
-                dict(params=weights, rank=8, projection=kind, side=side),
-                dict(params=[mlp[0].bias, mlp[2].bias]),
-            ],
-            lr=1e-2,
-            update_gap=25,
-            seed=3,
-        )
-    losses = []
-    for _ in range(steps):
-        loss = F.mse_loss(mlp(X.to(dtype)).float(), Y)
-        losses.append(loss.item())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    final = F.mse_loss(mlp(X.to(dtype)).float(), Y).item()
-    assert all(torch.isfinite(p).all() for p in mlp.parameters())
-    return losses[0], final
 
 
 TINY_CASES = [(k, s) for k in ONE_SIDED for s in ("left", "right")] + [(k, "auto") for k in ALL_KINDS[4:]]

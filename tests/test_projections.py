@@ -5,21 +5,13 @@ import math
 
 import pytest
 import torch
+from helpers import one_thread  # noqa: F401 (an autouse fixture: one intra-op thread per test)
 
 from lowrank_ops import ops, projections
 from lowrank_ops.projections import base
 
 ALL_KINDS = ("gaussian", "rademacher", "orthogonal", "svd", "two_sided_gaussian", "two_sided_svd")
 SEEDED = ("gaussian", "rademacher", "two_sided_gaussian")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared: one intra-op thread avoids oversubscription stalls on tiny tensors."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Warnings:

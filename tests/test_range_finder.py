@@ -11,7 +11,14 @@ import torch
 
 from lowrank_ops import ops
 from lowrank_ops.reference import range_finder as reference
-from helpers import GAUSSIAN_ENTRY_TOL, assert_within_torch_error, backends, random_matrix, rel_err
+from helpers import (
+    GAUSSIAN_ENTRY_TOL,
+    assert_within_torch_error,
+    backends,
+    one_thread,  # noqa: F401 (an autouse fixture: one intra-op thread per test)
+    random_matrix,
+    rel_err,
+)
 
 rf = sys.modules["lowrank_ops.ops.range_finder"]  # the module (ops.range_finder is the function)
 
@@ -19,16 +26,6 @@ SIDES = ("left", "right")
 CPU_BACKENDS = backends("cpu")
 GPU_BACKENDS = backends("cuda")
 LARGE_SEED = 2**64 - 99
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These matrices are small; with two OpenMP threads on a loaded two-core machine LAPACK's small SVDs
-    were measured at 1.5 s (129 x 33) against 0.4 ms with one thread, so the tests run on one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def orthonormal(rows, cols, rng):
