@@ -12,10 +12,12 @@ Environment:
 """
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).parent
 BASE_VERSION = "0.1.0"
@@ -80,6 +82,22 @@ def extensions(with_cuda: bool, arch_list: str):
                                         extra_link_args=["-fopenmp"])]
 
 
+class BuildPyWithKernels(build_py):
+    """Ships kernels/ (the CUDA sources and headers) inside the package as lowrank_ops/_kernels, so the
+    NVRTC path (lowrank_ops.cupy) of an installed wheel finds them. Editable installs read kernels/ of the
+    source tree instead."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        target = Path(self.build_lib) / "lowrank_ops" / "_kernels"
+        target.mkdir(parents=True, exist_ok=True)
+        for source in sorted((ROOT / "kernels").iterdir()):
+            if source.suffix in (".h", ".cuh", ".cu"):
+                shutil.copy2(source, target / source.name)
+
+
 with_cuda = want_cuda()
 arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
 write_build_config(with_cuda, arch_list)
@@ -98,6 +116,9 @@ setup(
         "test": ["pytest", "scipy", "triton>=3.2", "expecttest"],
     },
     ext_modules=extensions(with_cuda, arch_list),
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass={
+        "build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True),
+        "build_py": BuildPyWithKernels,
+    },
     zip_safe=False,
 )

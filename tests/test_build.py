@@ -83,3 +83,5 @@ def test_wheel_carries_the_build_tag(tmp_path):
     names = zipfile.ZipFile(wheels[0]).namelist()
     assert any(re.match(r"lowrank_ops/_C\..*\.so$", n) for n in names), names
     assert "lowrank_ops/_build_config.py" in names
+    shipped = {Path(n).name for n in names if n.startswith("lowrank_ops/_kernels/")}  # for lowrank_ops.cupy
+    assert {p.name for p in (ROOT / "kernels").glob("*.cu")} <= shipped and "common.h" in shipped, shipped

@@ -19,9 +19,11 @@ _cache: dict = {}
 
 
 def kernels_dir() -> Path:
-    """The CUDA sources: $LOWRANK_OPS_KERNELS, or kernels/ of the source tree this package runs from."""
+    """The CUDA sources: $LOWRANK_OPS_KERNELS, else the copy a wheel ships in lowrank_ops/_kernels (setup.py),
+    else kernels/ of the source tree this package runs from (an editable install)."""
     env = os.environ.get("LOWRANK_OPS_KERNELS")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "kernels"
+    shipped = Path(__file__).resolve().parents[1] / "_kernels"
+    path = Path(env) if env else shipped if shipped.is_dir() else Path(__file__).resolve().parents[2] / "kernels"
     if not (path / "common.h").is_file():
         raise FileNotFoundError(
             f"lowrank_ops.cupy: the CUDA sources (kernels/*.cu, *.cuh, *.h) are not at {path}; set "
