@@ -30,6 +30,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import INTERPRETED as _INTERPRETED
+from ._common import check_device, compute_type, dot_acc, tile_ids
+
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 PI = tl.constexpr(math.pi)
 
@@ -148,10 +151,7 @@ def _dct_basis_kernel(idx_ptr, out_ptr, R, d, stride_o, BLOCK_R: tl.constexpr, B
     """out[i, t] = D[idx[i], t] for i < R, t < d (idx int64), in out's dtype, computed in float32 (float64
     for a float64 out) by the same angle-addition tiles as the GEMM."""
     DTYPE: tl.constexpr = out_ptr.dtype.element_ty
-    if DTYPE == tl.float64:
-        COMPUTE: tl.constexpr = tl.float64
-    else:
-        COMPUTE: tl.constexpr = tl.float32
+    COMPUTE: tl.constexpr = compute_type(DTYPE)
     pid = tl.program_id(0)
     num_t = tl.cdiv(d, BLOCK_T)
     rows = (pid // num_t) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -179,22 +179,10 @@ def _dct_scores_kernel(x_ptr, part_ptr, M, N, K, stride_x0, stride_x1, stride_p,
     (interpreter only, bfloat16 X) multiplies as float32 the same bfloat16 values, the exact same products
     (a bfloat16 product is exact in float32), because the interpreter's tl.dot would multiply raw bfloat16
     bit patterns (triton-lang/triton#11584) and its bfloat16 cast truncates."""
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
     # The basis-side index runs fastest, so programs that read the same block of X run together.
-    if DCT_IS_A:
-        pid_m = pid % num_m
-        pid_n = pid // num_m
-    else:
-        pid_n = pid % num_n
-        pid_m = pid // num_n
+    pid_m, pid_n = tile_ids(M, N, BLOCK_M, BLOCK_N, DCT_IS_A)
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
-    if DTYPE == tl.float64:
-        COMPUTE: tl.constexpr = tl.float64
-    else:
-        COMPUTE: tl.constexpr = tl.float32
-    IEEE: tl.constexpr = DTYPE == tl.float32 or DTYPE == tl.float64  # IEEE FMAs, no TF32
+    COMPUTE: tl.constexpr = compute_type(DTYPE)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
@@ -209,8 +197,7 @@ def _dct_scores_kernel(x_ptr, part_ptr, M, N, K, stride_x0, stride_x1, stride_p,
         cos_b, sin_b = _step_factors(k_basis[None, :], j[:, None], K, COMPUTE)
         x_rows = (offs_m.to(tl.int64) * stride_x0)[:, None]
         x_row_mask = (offs_m < M)[:, None]
-    ACC: tl.constexpr = COMPUTE
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=COMPUTE)
     for t0 in range(0, K, BLOCK_K):
         ks = t0 + offs_k
         ca, sa = _origin_factors(k_basis, tl.to_tensor(t0).to(tl.int64), K, COMPUTE)
@@ -222,12 +209,7 @@ def _dct_scores_kernel(x_ptr, part_ptr, M, N, K, stride_x0, stride_x1, stride_p,
             a = tl.load(x_ptr + x_rows + (ks.to(tl.int64) * stride_x1)[None, :],
                         mask=x_row_mask & (ks < K)[None, :], other=0.0)
             b = _basis_operand(ca[None, :] * cos_b - sa[None, :] * sin_b, DTYPE, UPCAST_DOT)
-        if UPCAST_DOT:
-            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee", out_dtype=ACC)
-        elif IEEE:
-            acc = tl.dot(a, b, acc, input_precision="ieee", out_dtype=ACC)
-        else:
-            acc = tl.dot(a, b, acc, out_dtype=ACC)
+        acc = dot_acc(a, b, acc, DTYPE, UPCAST_DOT)
     if L2:
         terms = acc * acc
     else:
@@ -260,19 +242,10 @@ def scores_config(dtype: torch.dtype) -> dict:
 # Launchers
 # --------------------------------------------------------------------------------------------------------
 
-_INTERPRETED = not isinstance(_dct_scores_kernel, triton.runtime.JITFunction)
-
-
-def _check_tensor(t: torch.Tensor, name: str) -> None:
-    if not t.is_cuda and not _INTERPRETED:
-        raise RuntimeError(f"lowrank_ops.triton.dct: {name} is on {t.device}; the Triton kernels need a CUDA "
-                           "tensor, or TRITON_INTERPRET=1 set before lowrank_ops.triton.dct is imported")
-
-
 def dct_scores(G: torch.Tensor, side: str, norm: str = "l1") -> torch.Tensor:
     """Scores of the d basis rows against G (left: rows of D G, d = G.shape[0]; right: columns of G D^T,
     d = G.shape[1]); float32, float64 for float64 G. G may have any strides."""
-    _check_tensor(G, "G")
+    check_device(G.device, "dct", "G")
     if G.dtype not in DTYPES:
         raise TypeError(f"lowrank_ops.triton.dct: G must be float32, float64, bfloat16 or float16, got {G.dtype}")
     m, n = G.shape
@@ -293,7 +266,7 @@ def dct_scores(G: torch.Tensor, side: str, norm: str = "l1") -> torch.Tensor:
 
 def dct_basis(indices: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
     """Rows indices[i] of the dim x dim basis, [len(indices), dim] in `dtype`."""
-    _check_tensor(indices, "indices")
+    check_device(indices.device, "dct", "indices")
     idx = indices.to(torch.int64).contiguous()
     out = torch.empty((idx.numel(), dim), dtype=dtype, device=indices.device)
     if out.numel() == 0:

@@ -32,8 +32,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import INTERPRETED as _INTERPRETED
+from ._common import dot_acc, tile_ids
 from .dct import PI, _div_rn, _row_scale
-from .sketch import _INTERPRETED, _TRITON_TYPES, AOT_RANK, KIND_IDS, _cast, _sketch_tile, gemm_config
+from .sketch import _TRITON_TYPES, AOT_RANK, KIND_IDS, _cast, _sketch_tile, gemm_config
 
 MATRIX = 2  # side kind id of an explicit P, next to the sketch kinds RADEMACHER = 0, GAUSSIAN = 1
 DCT = 3  # side kind id of DCT-II basis rows given by an int32 index vector
@@ -118,7 +120,6 @@ def _operator_gemm(x_ptr, stride_x0, stride_x1, p_ptr, stride_p0, stride_p1, see
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    IEEE: tl.constexpr = DOT == tl.float32 or DOT == tl.float64
     UPCAST: tl.constexpr = INTERPRETED and DOT == tl.bfloat16
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for k0 in range(0, K, BLOCK_K):
@@ -143,12 +144,7 @@ def _operator_gemm(x_ptr, stride_x0, stride_x1, p_ptr, stride_p0, stride_p1, see
             else:
                 b = _operator_tile(p_ptr, stride_p0, stride_p1, seed, rank, d, k0, n0, BLOCK_K, BLOCK_N, KIND, DOT,
                                    INTERPRETED)
-        if UPCAST:
-            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee", out_dtype=ACC)
-        elif IEEE:
-            acc = tl.dot(a, b, acc, input_precision="ieee", out_dtype=ACC)
-        else:
-            acc = tl.dot(a, b, acc, out_dtype=ACC)
+        acc = dot_acc(a, b, acc, DOT, UPCAST)
     return acc
 
 
@@ -162,15 +158,7 @@ def _scalar(x, ACC: tl.constexpr):
 def _program_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, P_IS_A: tl.constexpr):
     """(m0, n0) of this program's C tile. The P-side index runs fastest, so programs that read the same
     block of X run together."""
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    if P_IS_A:
-        pid_m = pid % num_m
-        pid_n = pid // num_m
-    else:
-        pid_n = pid % num_n
-        pid_m = pid // num_n
+    pid_m, pid_n = tile_ids(M, N, BLOCK_M, BLOCK_N, P_IS_A)
     return pid_m * BLOCK_M, pid_n * BLOCK_N
 
 

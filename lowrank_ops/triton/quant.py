@@ -22,6 +22,8 @@ import triton
 import triton.language as tl
 
 from ..reference import quant as reference
+from ._common import INTERPRETED as _INTERPRETED
+from ._common import check_device, compute_type, dot_acc
 
 INT8 = 0
 NF4 = 1
@@ -149,10 +151,7 @@ def _dequantize_int8_kernel(codes_ptr, scales_ptr, out_ptr, rows, cols, GROUP: t
     r = ((pid // num_c) * BLOCK_R + tl.arange(0, BLOCK_R))[:, None]
     c = ((pid % num_c) * BLOCK_C + tl.arange(0, BLOCK_C))[None, :]
     OUT: tl.constexpr = out_ptr.dtype.element_ty
-    if OUT == tl.float64:
-        COMPUTE: tl.constexpr = tl.float64
-    else:
-        COMPUTE: tl.constexpr = tl.float32
+    COMPUTE: tl.constexpr = compute_type(OUT)
     v = _decode(codes_ptr, scales_ptr, scales_ptr, r, c, rows, cols, 0, GROUP, COMPUTE)
     tl.store(out_ptr + r.to(tl.int64) * cols + c, _round_to(v, OUT, INTERPRETED), mask=(r < rows) & (c < cols))
 
@@ -165,10 +164,7 @@ def _dequantize_nf4_kernel(codes_ptr, absmax_ptr, code_ptr, out_ptr, numel, GROU
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     byte = tl.load(codes_ptr + i, mask=2 * i < numel, other=0).to(tl.int32)
     OUT: tl.constexpr = out_ptr.dtype.element_ty
-    if OUT == tl.float64:
-        COMPUTE: tl.constexpr = tl.float64
-    else:
-        COMPUTE: tl.constexpr = tl.float32
+    COMPUTE: tl.constexpr = compute_type(OUT)
     a = tl.load(absmax_ptr + (2 * i) // GROUP, mask=2 * i < numel, other=0.0).to(COMPUTE)  # GROUP even
     even = tl.load(code_ptr + (byte >> 4)).to(COMPUTE) * a
     odd = tl.load(code_ptr + (byte & 15)).to(COMPUTE) * a
@@ -201,11 +197,8 @@ def _dequant_matmul_kernel(x_ptr, codes_ptr, scales_ptr, code_ptr, bias_ptr, out
     pid_m = first_m + (pid % width) % group_m
     pid_n = (pid % width) // group_m
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
-    if DTYPE == tl.float64:
-        ACC: tl.constexpr = tl.float64
-    else:
-        ACC: tl.constexpr = tl.float32
-    IEEE: tl.constexpr = DTYPE == tl.float32 or DTYPE == tl.float64
+    ACC: tl.constexpr = compute_type(DTYPE)
+    UPCAST: tl.constexpr = INTERPRETED and DTYPE == tl.bfloat16
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
@@ -223,12 +216,7 @@ def _dequant_matmul_kernel(x_ptr, codes_ptr, scales_ptr, code_ptr, bias_ptr, out
             b = _decode(codes_ptr, scales_ptr, code_ptr, offs_n[None, :], ks[:, None], rows, cols, FORMAT, GROUP,
                         ACC)
         b = _round_to(b, DTYPE, INTERPRETED)
-        if INTERPRETED and DTYPE == tl.bfloat16:
-            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee", out_dtype=ACC)
-        elif IEEE:
-            acc = tl.dot(a, b, acc, input_precision="ieee", out_dtype=ACC)
-        else:
-            acc = tl.dot(a, b, acc, out_dtype=ACC)
+        acc = dot_acc(a, b, acc, DTYPE, UPCAST)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(ACC)[None, :]
     o_ptrs = out_ptr + (offs_m.to(tl.int64) * stride_om)[:, None] + (offs_n.to(tl.int64) * stride_on)[None, :]
@@ -267,7 +255,6 @@ def matmul_config(dtype: torch.dtype) -> dict:
 # Launchers
 # --------------------------------------------------------------------------------------------------------
 
-_INTERPRETED = not isinstance(_dequant_matmul_kernel, triton.runtime.JITFunction)
 _TABLES = {}
 
 
@@ -279,15 +266,9 @@ def _tables(device):
     return _TABLES[key]
 
 
-def _check_device(t: torch.Tensor, name: str) -> None:
-    if not t.is_cuda and not _INTERPRETED:
-        raise RuntimeError(f"lowrank_ops.triton.quant: {name} is on {t.device}; the Triton kernels need a CUDA "
-                           "tensor, or TRITON_INTERPRET=1 set before lowrank_ops.triton.quant is imported")
-
-
 def quantize(W: torch.Tensor, fmt: str, group_size: int):
     """W [rows, cols] -> (codes, scales) in the layout of lowrank_ops.ops.quant (see csrc/quant_args.h)."""
-    _check_device(W, "W")
+    check_device(W.device, "quant", "W")
     rows, cols = W.shape
     if fmt == "int8":
         groups = -(-cols // group_size)
@@ -311,7 +292,7 @@ def quantize(W: torch.Tensor, fmt: str, group_size: int):
 
 
 def dequantize(codes, scales, fmt: str, group_size: int, rows: int, cols: int, dtype) -> torch.Tensor:
-    _check_device(codes, "codes")
+    check_device(codes.device, "quant", "codes")
     out = torch.empty((rows, cols), dtype=dtype, device=codes.device)
     if fmt == "int8":
         cfg = DEQUANTIZE_INT8_CONFIG
@@ -327,7 +308,7 @@ def dequantize(codes, scales, fmt: str, group_size: int, rows: int, cols: int, d
 
 
 def _matmul(x, codes, scales, fmt, group_size, rows, cols, bias, trans_w):
-    _check_device(x, "X")
+    check_device(x.device, "quant", "X")
     M, K = x.shape
     N = cols if trans_w else rows
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)

@@ -18,6 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import INTERPRETED as _INTERPRETED
+from ._common import check_device, compute_type, dot_acc, tile_ids
+
 KIND_IDS = {"rademacher": 0, "gaussian": 1}  # the KIND constexpr of the kernels (kernels/sketch.h numbering)
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -65,10 +68,7 @@ def _sketch_tile(seed, row0, col0, d, ROWS: tl.constexpr, COLS: tl.constexpr, KI
     so the tile covers whole 32-column Rademacher words and whole 4-column Gaussian groups. Entries past r
     or d are generated like the others (finite values: +-scale, or |z| <= sqrt(-2 ln 1e-7)); callers drop
     them through masked stores or multiply them with zero-padded operand tiles."""
-    if DTYPE == tl.float64:
-        COMPUTE: tl.constexpr = tl.float64
-    else:
-        COMPUTE: tl.constexpr = tl.float32
+    COMPUTE: tl.constexpr = compute_type(DTYPE)
     scale = _sketch_scale(d, COMPUTE)
     rows = row0 + tl.arange(0, ROWS)[:, None]
     if KIND == 0:  # Rademacher (KIND_IDS): one Philox call per row and 128-column group
@@ -153,23 +153,10 @@ def _sketch_gemm_kernel(x_ptr, out_ptr, seed: tl.uint64, M, N, K, d, stride_x0, 
     on the GPU (_cast), and bfloat16 tiles are multiplied as float32, which gives the exact same products
     (a bfloat16 product is exact in float32) where the interpreter's tl.dot would multiply the raw bfloat16
     bit patterns (triton-lang/triton#11584)."""
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
     # The sketch-side index runs fastest, so programs that read the same block of X run together.
-    if SKETCH_IS_A:
-        pid_m = pid % num_m
-        pid_n = pid // num_m
-    else:
-        pid_n = pid % num_n
-        pid_m = pid // num_n
+    pid_m, pid_n = tile_ids(M, N, BLOCK_M, BLOCK_N, SKETCH_IS_A)
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
-    if DTYPE == tl.float64:
-        ACC: tl.constexpr = tl.float64
-    else:
-        ACC: tl.constexpr = tl.float32
-    # float32/float64 products use IEEE FMAs (no TF32), so results match torch's at that precision
-    IEEE: tl.constexpr = DTYPE == tl.float32 or DTYPE == tl.float64
+    ACC: tl.constexpr = compute_type(DTYPE)
     UPCAST: tl.constexpr = INTERPRETED and DTYPE == tl.bfloat16
     m0 = pid_m * BLOCK_M
     n0 = pid_n * BLOCK_N
@@ -199,12 +186,7 @@ def _sketch_gemm_kernel(x_ptr, out_ptr, seed: tl.uint64, M, N, K, d, stride_x0, 
                 b = tl.trans(_sketch_tile(seed, n0, k0, d, BLOCK_N, BLOCK_K, KIND, DTYPE, INTERPRETED))
             else:  # B = P[k-block, n-block]
                 b = _sketch_tile(seed, k0, n0, d, BLOCK_K, BLOCK_N, KIND, DTYPE, INTERPRETED)
-        if UPCAST:
-            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee", out_dtype=ACC)
-        elif IEEE:
-            acc = tl.dot(a, b, acc, input_precision="ieee", out_dtype=ACC)
-        else:
-            acc = tl.dot(a, b, acc, out_dtype=ACC)
+        acc = dot_acc(a, b, acc, DTYPE, UPCAST)
     o_ptrs = out_ptr + (offs_m.to(tl.int64) * stride_om)[:, None] + (offs_n.to(tl.int64) * stride_on)[None, :]
     tl.store(o_ptrs, _cast(acc, out_ptr.dtype.element_ty, INTERPRETED), mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
 
@@ -277,16 +259,6 @@ def gemm_config(op: str, side: str, rank: int, dtype: torch.dtype) -> dict:
 # Launchers
 # --------------------------------------------------------------------------------------------------------
 
-_INTERPRETED = not isinstance(_sketch_gemm_kernel, triton.runtime.JITFunction)
-
-
-def _check_device(device, name: str) -> None:
-    """The kernels reach CUDA memory, or CPU memory when they run in the interpreter."""
-    if torch.device(device).type != "cuda" and not _INTERPRETED:
-        raise RuntimeError(f"lowrank_ops.triton.sketch: {name} is on {device}; the Triton kernels need a CUDA "
-                           "device, or TRITON_INTERPRET=1 set before lowrank_ops.triton.sketch is imported")
-
-
 def _check_tensor(t: torch.Tensor, name: str) -> None:
     """What a launch cannot survive: a dtype the kernels do not take, not a matrix, an unreachable device."""
     if t.dtype not in DTYPES:
@@ -294,12 +266,12 @@ def _check_tensor(t: torch.Tensor, name: str) -> None:
                         f"got {t.dtype}")
     if t.dim() != 2:
         raise ValueError(f"lowrank_ops.triton.sketch: {name} must be a matrix, got shape {tuple(t.shape)}")
-    _check_device(t.device, name)
+    check_device(t.device, "sketch", name)
 
 
 def sketch_words(rows: int, groups: int, seed: int, device) -> torch.Tensor:
     """int64 [rows, groups, 4]: the words of philox((g, i, 0, 0), seed), made by tl.randint4x."""
-    _check_device(device, "the output")
+    check_device(device, "sketch", "the output")
     out = torch.empty((rows, groups, 4), dtype=torch.int64, device=device)
     if out.numel() == 0:
         return out
