@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -111,6 +112,12 @@ def _machine(device: torch.device) -> dict:
         info["cpu_model"] = platform.processor()
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+    try:  # the code that produced the numbers, when run from a git checkout
+        root = Path(__file__).resolve().parents[2]
+        info["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                        timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        info["commit"] = "unknown"
     try:
         info["load_average_start"] = list(os.getloadavg())
     except OSError:
