@@ -146,44 +146,39 @@ def sketch(rows: int, cols: int, seed: int, kind: str = "rademacher", dtype: tor
     return out
 
 
+def _sketch_product(op: str, arg: str, X: torch.Tensor, seed: int, size_arg: str, size: int, kind: str, side: str,
+                    out_dtype, backend, nonempty: str) -> torch.Tensor:
+    """The body of sketch_project and sketch_unproject (`op`): check the arguments (X is argument `arg`, size
+    argument `size_arg`; `nonempty` says what X needs along the side's dimension), then run `op` on the
+    chosen backend."""
+    _checks.float_matrix(op, arg, X)
+    seed64 = _checks.seed_to_int64(op, seed)
+    size = _checks.positive_int(op, size_arg, size)
+    _checks.choice(op, "kind", kind, KINDS)
+    _checks.choice(op, "side", side, SIDES)
+    _checks.float_dtype(op, "out_dtype", out_dtype)
+    if X.shape[0 if side == "left" else 1] < 1:
+        raise _checks.error(op, arg, f"{nonempty} (side {side!r})", list(X.shape))
+    chosen = _backend.resolve(op, backend, X.device)
+    if chosen == "reference":
+        return getattr(reference, op)(X, seed, size, kind, side, out_dtype)
+    if chosen == "triton":
+        return getattr(torch.ops.lowrank_ops, op + "_triton")(X, seed64, size, kind, side, out_dtype)
+    return getattr(torch.ops.lowrank_ops, op)(X, seed64, size, kind, side, out_dtype)
+
+
 def sketch_project(G: torch.Tensor, seed: int, rank: int, kind: str = "rademacher", side: str = "left", *,
                    out_dtype: torch.dtype | None = None, backend=None) -> torch.Tensor:
     """P G (side "left", d = G.shape[0], result r x n) or G P^T (side "right", d = G.shape[1], result
     m x r) for the seeded sketch P (r x d), without materializing P. Accumulates in float32 (float64 for
     float64 G); the result has `out_dtype` (default G's dtype). Differentiable in G."""
-    op = "sketch_project"
-    _checks.float_matrix(op, "G", G)
-    seed64 = _checks.seed_to_int64(op, seed)
-    rank = _checks.positive_int(op, "rank", rank)
-    _checks.choice(op, "kind", kind, KINDS)
-    _checks.choice(op, "side", side, SIDES)
-    _checks.float_dtype(op, "out_dtype", out_dtype)
-    if G.shape[0 if side == "left" else 1] < 1:
-        raise _checks.error(op, "G", f"non-empty along the projected dimension (side {side!r})", list(G.shape))
-    chosen = _backend.resolve(op, backend, G.device)
-    if chosen == "reference":
-        return reference.sketch_project(G, seed, rank, kind, side, out_dtype)
-    if chosen == "triton":
-        return torch.ops.lowrank_ops.sketch_project_triton(G, seed64, rank, kind, side, out_dtype)
-    return torch.ops.lowrank_ops.sketch_project(G, seed64, rank, kind, side, out_dtype)
+    return _sketch_product("sketch_project", "G", G, seed, "rank", rank, kind, side, out_dtype, backend,
+                           "non-empty along the projected dimension")
 
 
 def sketch_unproject(R: torch.Tensor, seed: int, dim: int, kind: str = "rademacher", side: str = "left", *,
                      out_dtype: torch.dtype | None = None, backend=None) -> torch.Tensor:
     """P^T R (side "left", R r x n, result dim x n) or R P (side "right", R m x r, result m x dim) for the
     seeded sketch P (r x dim), without materializing P. Differentiable in R."""
-    op = "sketch_unproject"
-    _checks.float_matrix(op, "R", R)
-    seed64 = _checks.seed_to_int64(op, seed)
-    dim = _checks.positive_int(op, "dim", dim)
-    _checks.choice(op, "kind", kind, KINDS)
-    _checks.choice(op, "side", side, SIDES)
-    _checks.float_dtype(op, "out_dtype", out_dtype)
-    if R.shape[0 if side == "left" else 1] < 1:
-        raise _checks.error(op, "R", f"at least one row of the rank dimension (side {side!r})", list(R.shape))
-    chosen = _backend.resolve(op, backend, R.device)
-    if chosen == "reference":
-        return reference.sketch_unproject(R, seed, dim, kind, side, out_dtype)
-    if chosen == "triton":
-        return torch.ops.lowrank_ops.sketch_unproject_triton(R, seed64, dim, kind, side, out_dtype)
-    return torch.ops.lowrank_ops.sketch_unproject(R, seed64, dim, kind, side, out_dtype)
+    return _sketch_product("sketch_unproject", "R", R, seed, "dim", dim, kind, side, out_dtype, backend,
+                           "at least one row of the rank dimension")
