@@ -15,8 +15,8 @@ treated as a failed refresh the same way.
 import torch
 
 from ..ops.range_finder import range_finder
-from .base import ProjectionKind, matrix_projection, register
-from .orthogonal import write_semi_orthogonal
+from .base import register
+from .svd import GradientBasis
 
 
 def range_finder_basis(G: torch.Tensor, side: str, rank: int, seed: int, **kwargs):
@@ -32,28 +32,16 @@ def range_finder_basis(G: torch.Tensor, side: str, rank: int, seed: int, **kwarg
     return Q.T.contiguous().to(G.dtype), S
 
 
-class RandomizedSVD(ProjectionKind):
+class RandomizedSVD(GradientBasis):
     name = "rsvd"
-    uses_gradient = True
-    persists_matrix = True
 
     def max_rank(self, shape, side):
         return min(shape)  # range_finder's rank is at most min(m, n)
 
-    def refresh(self, state, G, layout, seed):
+    def basis(self, G, layout, seed):
         ((side, rank, _),) = layout.sides()
         P, _ = range_finder_basis(G, side, rank, seed)
-        if P is None:
-            return False
-        state[f"proj_{side}"] = P
-        state["proj_seed"] = seed
-        return True
-
-    def fallback(self, state, G, layout, seed):
-        write_semi_orthogonal(state, G, layout, seed)
-
-    def projection(self, state, layout):
-        return matrix_projection(state, layout)
+        return None if P is None else {side: P}
 
 
 register(RandomizedSVD())

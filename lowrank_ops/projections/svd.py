@@ -32,18 +32,20 @@ def top_singular_vectors(G: torch.Tensor, left_rank: int, right_rank: int):
     return {side: v.contiguous().to(G.dtype) for side, v in out.items()}
 
 
-class GradientSVD(ProjectionKind):
+class GradientBasis(ProjectionKind):
+    """A kind whose refresh computes basis matrices from the gradient ("svd", "two_sided_svd", "rsvd") and
+    persists them with the refresh seed; the fallback is the seeded semi-orthogonal basis. Subclasses give
+    `basis`."""
+
     uses_gradient = True
     persists_matrix = True
 
-    def __init__(self, name: str, two_sided: bool):
-        self.name, self.two_sided = name, two_sided
-
-    def max_rank(self, shape, side):
-        return min(shape)  # the reduced SVD has min(m, n) singular vectors on either side
+    def basis(self, G: torch.Tensor, layout, seed: int):
+        """{side: P} for the sides of `layout`, or None when the computation failed."""
+        raise NotImplementedError
 
     def refresh(self, state, G, layout, seed):
-        basis = top_singular_vectors(G, layout.left_rank, layout.right_rank)
+        basis = self.basis(G, layout, seed)
         if basis is None:
             return False
         for side, matrix in basis.items():
@@ -56,6 +58,17 @@ class GradientSVD(ProjectionKind):
 
     def projection(self, state, layout):
         return matrix_projection(state, layout)
+
+
+class GradientSVD(GradientBasis):
+    def __init__(self, name: str, two_sided: bool):
+        self.name, self.two_sided = name, two_sided
+
+    def max_rank(self, shape, side):
+        return min(shape)  # the reduced SVD has min(m, n) singular vectors on either side
+
+    def basis(self, G, layout, seed):
+        return top_singular_vectors(G, layout.left_rank, layout.right_rank)
 
 
 register(GradientSVD("svd", two_sided=False))
