@@ -25,7 +25,7 @@ from helpers import (
     one_thread,  # noqa: F401 (an autouse fixture: one intra-op thread per test)
     random_matrix,
 )
-from test_lowrank_adam import HYPER, Run, peak_cpu_bytes, plain_projection
+from test_lowrank_adam import HYPER, Run, assert_compiled_step_matches_eager, peak_cpu_bytes, plain_projection
 from tiny_models import (
     batch,
     lm_loss,
@@ -218,12 +218,7 @@ def test_torch_compile_fullgraph_matches_eager(rng):
 
     W, G = torch.randn(10, 7, generator=rng), torch.randn(10, 7, generator=rng)
     m, v = torch.rand(3, 7, generator=rng), torch.rand(3, 7, generator=rng)
-    eager = [t.clone() for t in (W, m, v)]
-    torch._dynamo.reset()
-    torch.compile(step, fullgraph=True, backend="aot_eager")(W, G, m, v)
-    step(eager[0], G, eager[1], eager[2])
-    for got, want in zip((W, m, v), eager):
-        assert torch.equal(got, want)
+    assert_compiled_step_matches_eager(step, W, G, m, v)
 
 
 def _call(projection, shape=(6, 5), backend=None):

@@ -265,6 +265,17 @@ def test_opcheck(op, backend, rng):
         torch.library.opcheck(op, (W, G, m, v, delta, *left, *right, 1e-3, 0.9, 0.999, 1e-8, 0.01, 2, 1.0, wd_mode))
 
 
+def assert_compiled_step_matches_eager(step, W, G, m, v):
+    """step(W, G, m, v), an in-place update of W, m and v, gives the same tensors under
+    torch.compile(fullgraph=True) as eagerly."""
+    eager = [t.clone() for t in (W, m, v)]
+    torch._dynamo.reset()
+    torch.compile(step, fullgraph=True, backend="aot_eager")(W, G, m, v)
+    step(eager[0], G, eager[1], eager[2])
+    for got, want in zip((W, m, v), eager):
+        assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("backend", [p for p in CPU_BACKENDS if p.values[0] != "triton"])
 def test_torch_compile_fullgraph_matches_eager(backend, rng):
     """The op traces (fake kernel, mutation in the schema) and the compiled step equals the eager one."""
@@ -276,12 +287,7 @@ def test_torch_compile_fullgraph_matches_eager(backend, rng):
 
     W, G = torch.randn(10, 7, generator=rng), torch.randn(10, 7, generator=rng)
     m, v = torch.rand(5, 3, generator=rng), torch.rand(5, 3, generator=rng)
-    eager = [t.clone() for t in (W, m, v)]
-    torch._dynamo.reset()
-    torch.compile(step, fullgraph=True, backend="aot_eager")(W, G, m, v)
-    step(eager[0], G, eager[1], eager[2])
-    for got, want in zip((W, m, v), eager):
-        assert torch.equal(got, want)
+    assert_compiled_step_matches_eager(step, W, G, m, v)
 
 
 def _call(W=None, G=None, m=None, v=None, projection=None, **kw):

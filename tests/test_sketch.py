@@ -119,12 +119,16 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 LAYOUTS = ["contiguous", "transposed", "sliced"]
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("shape,rank", PROJECT_CASES)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("side", SIDES)
+def parity_grid(test):
+    """Parametrizes a project/unproject parity test over every CPU backend, case, dtype, layout, kind and
+    side (applied innermost first, as stacked decorators would be)."""
+    for names, values in (("side", SIDES), ("kind", KINDS), ("layout", LAYOUTS), ("dtype", DTYPES),
+                          ("shape,rank", PROJECT_CASES), ("backend", CPU_BACKENDS)):
+        test = pytest.mark.parametrize(names, values)(test)
+    return test
+
+
+@parity_grid
 def test_project_matches_float64_reference(backend, shape, rank, dtype, layout, kind, side, rng):
     G = random_matrix(shape, dtype, rng, layout)
     out = ops.sketch_project(G, 99, rank, kind, side, backend=backend)
@@ -136,12 +140,7 @@ def test_project_matches_float64_reference(backend, shape, rank, dtype, layout, 
                               entry_tol=entry_tol(kind))
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("shape,rank", PROJECT_CASES)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("side", SIDES)
+@parity_grid
 def test_unproject_matches_float64_reference(backend, shape, rank, dtype, layout, kind, side, rng):
     m, n = shape
     dim = m if side == "left" else n
