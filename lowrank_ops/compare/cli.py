@@ -148,8 +148,16 @@ def run_compare(args, *, on_step=None) -> int:
     if args.steps is not None:
         preset = preset.with_steps(args.steps)
     threads = args.threads or preset.threads
+    previous_threads = torch.get_num_threads()
     if threads and device.type == "cpu":
         torch.set_num_threads(threads)
+    try:
+        return _run(args, selected, device, preset, on_step)
+    finally:  # a caller in the same process (tests, a notebook) keeps its thread count
+        torch.set_num_threads(previous_threads)
+
+
+def _run(args, selected, device, preset, on_step) -> int:
     try:
         corpus = data.load(args.data, preset.model.seq_len)
     except data.DataError as exc:
