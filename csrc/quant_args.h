@@ -10,6 +10,7 @@
 
 #include <sstream>
 #include <string>
+#include <tuple>
 
 #include "../kernels/quant.h"
 
@@ -35,10 +36,13 @@ inline void check_group_size(const char* op, int format, int64_t group_size) {
               "two blocks), got ", group_size);
 }
 
-inline void check_quant_float(const char* op, const char* name, const at::Tensor& t) {
-  const at::ScalarType s = t.scalar_type();
+inline void check_quant_dtype(const char* op, const char* name, at::ScalarType s) {
   TORCH_CHECK(s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16, "lowrank_ops.", op,
               ": argument '", name, "' must be float32, float64, float16 or bfloat16, got ", s);
+}
+
+inline void check_quant_float(const char* op, const char* name, const at::Tensor& t) {
+  check_quant_dtype(op, name, t.scalar_type());
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -79,13 +83,36 @@ inline lro::QuantMatrix check_quant_weight(const char* op, const at::Tensor& cod
   return {fmt, static_cast<const uint8_t*>(codes.data_ptr()), scales.data_ptr<float>(), rows, cols, group_size};
 }
 
-inline void check_quantize_args(const at::Tensor& W, c10::string_view format, int64_t group_size) {
+// quantize_weight's checks; returns the format (lro::kQuantInt8 or lro::kQuantNF4).
+inline int check_quantize_args(const at::Tensor& W, c10::string_view format, int64_t group_size) {
   const int fmt = parse_quant_format("quantize_weight", format);
   check_group_size("quantize_weight", fmt, group_size);
   TORCH_CHECK(W.dim() == 2 && W.size(0) >= 1 && W.size(1) >= 1,
               "lowrank_ops.quantize_weight: argument 'W' must be a non-empty 2-D tensor, got shape ",
               quant_shape_str(W));
   check_quant_float("quantize_weight", "W", W);
+  return fmt;
+}
+
+// Uninitialized (codes, scales) in the storage layout above for a rows x cols W, with opts' device.
+inline std::tuple<at::Tensor, at::Tensor> empty_quant_storage(int fmt, int64_t rows, int64_t cols,
+                                                              int64_t group_size, const at::TensorOptions& opts) {
+  if (fmt == lro::kQuantInt8) {
+    return {at::empty({rows, cols}, opts.dtype(at::kChar)),
+            at::empty({rows, ceil_div(cols, group_size)}, opts.dtype(at::kFloat))};
+  }
+  const int64_t numel = rows * cols;
+  return {at::empty({ceil_div(numel, 2)}, opts.dtype(at::kByte)),
+          at::empty({ceil_div(numel, group_size)}, opts.dtype(at::kFloat))};
+}
+
+// dequantize_weight's checks: the storage, and an output dtype the kernels write.
+inline lro::QuantMatrix check_dequantize_args(const at::Tensor& codes, const at::Tensor& scales,
+                                              c10::string_view format, int64_t group_size, int64_t rows,
+                                              int64_t cols, at::ScalarType dtype) {
+  const lro::QuantMatrix w = check_quant_weight("dequantize_weight", codes, scales, format, group_size, rows, cols);
+  check_quant_dtype("dequantize_weight", "dtype", dtype);
+  return w;
 }
 
 // X [t, k] against W [rows, cols]: k must be cols (forward) or rows (transposed product).
@@ -106,6 +133,26 @@ inline void check_bias(const c10::optional<at::Tensor>& bias, const at::Tensor& 
   TORCH_CHECK(bias->scalar_type() == X.scalar_type() && bias->device() == X.device(),
               "lowrank_ops.dequant_matmul: argument 'bias' must have X's dtype and device (", X.scalar_type(),
               ", ", X.device(), "), got ", bias->scalar_type(), ", ", bias->device());
+}
+
+// dequant_matmul's checks: the storage, X [tokens, cols] on the codes' device, the optional bias [rows].
+inline lro::QuantMatrix check_dequant_matmul_args(const at::Tensor& X, const at::Tensor& codes,
+                                                  const at::Tensor& scales, c10::string_view format,
+                                                  int64_t group_size, int64_t rows, int64_t cols,
+                                                  const c10::optional<at::Tensor>& bias) {
+  const lro::QuantMatrix w = check_quant_weight("dequant_matmul", codes, scales, format, group_size, rows, cols);
+  check_matmul_input("dequant_matmul", "X", X, cols, codes);
+  check_bias(bias, X, rows);
+  return w;
+}
+
+// dequant_matmul_t's checks: the storage and dY [tokens, rows] on the codes' device.
+inline lro::QuantMatrix check_dequant_matmul_t_args(const at::Tensor& dY, const at::Tensor& codes,
+                                                    const at::Tensor& scales, c10::string_view format,
+                                                    int64_t group_size, int64_t rows, int64_t cols) {
+  const lro::QuantMatrix w = check_quant_weight("dequant_matmul_t", codes, scales, format, group_size, rows, cols);
+  check_matmul_input("dequant_matmul_t", "dY", dY, rows, codes);
+  return w;
 }
 
 }  // namespace lowrank_ops

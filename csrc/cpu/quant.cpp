@@ -82,19 +82,11 @@ void quantize_nf4(const In* src, int64_t numel, int64_t g, uint8_t* codes, float
 
 std::tuple<at::Tensor, at::Tensor> quantize_weight_cpu(const at::Tensor& W, c10::string_view format,
                                                        int64_t group_size) {
-  check_quantize_args(W, format, group_size);
-  const int fmt = parse_quant_format("quantize_weight", format);
+  const int fmt = check_quantize_args(W, format, group_size);
   const at::Tensor w = W.contiguous();
   const int64_t rows = w.size(0), cols = w.size(1), numel = rows * cols;
-  const at::TensorOptions opts = w.options();
   at::Tensor codes, scales;
-  if (fmt == lro::kQuantInt8) {
-    codes = at::empty({rows, cols}, opts.dtype(at::kChar));
-    scales = at::empty({rows, ceil_div(cols, group_size)}, opts.dtype(at::kFloat));
-  } else {
-    codes = at::empty({ceil_div(numel, 2)}, opts.dtype(at::kByte));
-    scales = at::empty({ceil_div(numel, group_size)}, opts.dtype(at::kFloat));
-  }
+  std::tie(codes, scales) = empty_quant_storage(fmt, rows, cols, group_size, w.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "lowrank_ops::quantize_weight", [&] {
     if (fmt == lro::kQuantInt8) {
       quantize_int8(w.data_ptr<scalar_t>(), rows, cols, group_size, codes.data_ptr<int8_t>(),
@@ -108,10 +100,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_weight_cpu(const at::Tensor& W, c10:
 
 at::Tensor dequantize_weight_cpu(const at::Tensor& codes, const at::Tensor& scales, c10::string_view format,
                                  int64_t group_size, int64_t rows, int64_t cols, at::ScalarType dtype) {
-  const lro::QuantMatrix w = check_quant_weight("dequantize_weight", codes, scales, format, group_size, rows, cols);
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
-              "lowrank_ops.dequantize_weight: argument 'dtype' must be float32, float64, float16 or bfloat16, "
-              "got ", dtype);
+  const lro::QuantMatrix w = check_dequantize_args(codes, scales, format, group_size, rows, cols, dtype);
   at::Tensor out = at::empty({rows, cols}, codes.options().dtype(dtype));
   decode_tile(w, out, 0, 0);
   return out;
@@ -120,17 +109,14 @@ at::Tensor dequantize_weight_cpu(const at::Tensor& codes, const at::Tensor& scal
 at::Tensor dequant_matmul_cpu(const at::Tensor& X, const at::Tensor& codes, const at::Tensor& scales,
                               c10::string_view format, int64_t group_size, int64_t rows, int64_t cols,
                               const c10::optional<at::Tensor>& bias) {
-  const lro::QuantMatrix w = check_quant_weight("dequant_matmul", codes, scales, format, group_size, rows, cols);
-  check_matmul_input("dequant_matmul", "X", X, cols, codes);
-  check_bias(bias, X, rows);
+  const lro::QuantMatrix w = check_dequant_matmul_args(X, codes, scales, format, group_size, rows, cols, bias);
   return tiled_dequant_matmul(X, w, bias, kTiles,
                               [&](const at::Tensor& tile, int64_t r0, int64_t c0) { decode_tile(w, tile, r0, c0); });
 }
 
 at::Tensor dequant_matmul_t_cpu(const at::Tensor& dY, const at::Tensor& codes, const at::Tensor& scales,
                                 c10::string_view format, int64_t group_size, int64_t rows, int64_t cols) {
-  const lro::QuantMatrix w = check_quant_weight("dequant_matmul_t", codes, scales, format, group_size, rows, cols);
-  check_matmul_input("dequant_matmul_t", "dY", dY, rows, codes);
+  const lro::QuantMatrix w = check_dequant_matmul_t_args(dY, codes, scales, format, group_size, rows, cols);
   return tiled_dequant_matmul_t(dY, w, kTiles,
                                 [&](const at::Tensor& tile, int64_t r0, int64_t c0) { decode_tile(w, tile, r0, c0); });
 }

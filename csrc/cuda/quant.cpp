@@ -58,20 +58,12 @@ void decode_tile(const lro::QuantMatrix& w, const at::Tensor& tile, int64_t r0, 
 
 std::tuple<at::Tensor, at::Tensor> quantize_weight_cuda(const at::Tensor& W, c10::string_view format,
                                                         int64_t group_size) {
-  check_quantize_args(W, format, group_size);
-  const int fmt = parse_quant_format("quantize_weight", format);
+  const int fmt = check_quantize_args(W, format, group_size);
   const c10::cuda::CUDAGuard guard(W.device());
   const at::Tensor w = W.contiguous();
-  const int64_t rows = w.size(0), cols = w.size(1), numel = rows * cols;
-  const at::TensorOptions opts = w.options();
+  const int64_t rows = w.size(0), cols = w.size(1);
   at::Tensor codes, scales;
-  if (fmt == lro::kQuantInt8) {
-    codes = at::empty({rows, cols}, opts.dtype(at::kChar));
-    scales = at::empty({rows, ceil_div(cols, group_size)}, opts.dtype(at::kFloat));
-  } else {
-    codes = at::empty({ceil_div(numel, 2)}, opts.dtype(at::kByte));
-    scales = at::empty({ceil_div(numel, group_size)}, opts.dtype(at::kFloat));
-  }
+  std::tie(codes, scales) = empty_quant_storage(fmt, rows, cols, group_size, w.options());
   uint8_t* c = static_cast<uint8_t*>(codes.mutable_data_ptr());
   float* s = scales.mutable_data_ptr<float>();
   const cudaStream_t stream = stream_of(w);
@@ -101,10 +93,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_weight_cuda(const at::Tensor& W, c10
 
 at::Tensor dequantize_weight_cuda(const at::Tensor& codes, const at::Tensor& scales, c10::string_view format,
                                   int64_t group_size, int64_t rows, int64_t cols, at::ScalarType dtype) {
-  const lro::QuantMatrix w = check_quant_weight("dequantize_weight", codes, scales, format, group_size, rows, cols);
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
-              "lowrank_ops.dequantize_weight: argument 'dtype' must be float32, float64, float16 or bfloat16, "
-              "got ", dtype);
+  const lro::QuantMatrix w = check_dequantize_args(codes, scales, format, group_size, rows, cols, dtype);
   const c10::cuda::CUDAGuard guard(codes.device());
   at::Tensor out = at::empty({rows, cols}, codes.options().dtype(dtype));
   decode_tile(w, out, 0, 0, "dequantize_weight");
@@ -114,9 +103,7 @@ at::Tensor dequantize_weight_cuda(const at::Tensor& codes, const at::Tensor& sca
 at::Tensor dequant_matmul_cuda(const at::Tensor& X, const at::Tensor& codes, const at::Tensor& scales,
                                c10::string_view format, int64_t group_size, int64_t rows, int64_t cols,
                                const c10::optional<at::Tensor>& bias) {
-  const lro::QuantMatrix w = check_quant_weight("dequant_matmul", codes, scales, format, group_size, rows, cols);
-  check_matmul_input("dequant_matmul", "X", X, cols, codes);
-  check_bias(bias, X, rows);
+  const lro::QuantMatrix w = check_dequant_matmul_args(X, codes, scales, format, group_size, rows, cols, bias);
   const c10::cuda::CUDAGuard guard(X.device());
   return tiled_dequant_matmul(X, w, bias, kTiles, [&](const at::Tensor& tile, int64_t r0, int64_t c0) {
     decode_tile(w, tile, r0, c0, "dequant_matmul");
@@ -125,8 +112,7 @@ at::Tensor dequant_matmul_cuda(const at::Tensor& X, const at::Tensor& codes, con
 
 at::Tensor dequant_matmul_t_cuda(const at::Tensor& dY, const at::Tensor& codes, const at::Tensor& scales,
                                  c10::string_view format, int64_t group_size, int64_t rows, int64_t cols) {
-  const lro::QuantMatrix w = check_quant_weight("dequant_matmul_t", codes, scales, format, group_size, rows, cols);
-  check_matmul_input("dequant_matmul_t", "dY", dY, rows, codes);
+  const lro::QuantMatrix w = check_dequant_matmul_t_args(dY, codes, scales, format, group_size, rows, cols);
   const c10::cuda::CUDAGuard guard(dY.device());
   return tiled_dequant_matmul_t(dY, w, kTiles, [&](const at::Tensor& tile, int64_t r0, int64_t c0) {
     decode_tile(w, tile, r0, c0, "dequant_matmul_t");
