@@ -59,6 +59,19 @@ def assert_within_torch_error(out, ref64, torch_out, what="", k=1, entry_tol=0.0
     assert ours <= bound, f"{what}: relative error {ours:.3e} > bound {bound:.3e} (plain torch: {theirs:.3e})"
 
 
+def assert_compiled_matches_eager(f, *args):
+    """torch.compile(f, fullgraph=True) (aot_eager: the ops' fake kernels and autograd registrations traced,
+    no Inductor codegen) returns exactly what f returns eagerly on args: one tensor or a tuple of tensors."""
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    got, want = compiled(*args), f(*args)
+    if isinstance(want, torch.Tensor):
+        got, want = (got,), (want,)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
 def random_matrix(shape, dtype, rng, layout="contiguous"):
     """A random matrix of `shape` in a given memory layout: contiguous, transposed (stride (1, m)) or a
     strided slice of a larger tensor."""

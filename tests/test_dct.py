@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.fft
 import torch
-from helpers import assert_within_torch_error, backends, random_matrix
+from helpers import assert_compiled_matches_eager, assert_within_torch_error, backends, random_matrix
 
 from lowrank_ops import _extension, ops
 from lowrank_ops.reference import dct as reference
@@ -275,10 +275,7 @@ def test_torch_compile_fullgraph_matches_eager(backend, rng):
         return G @ P.T, ops.dct_scores(G, "left", "l2", backend=backend)
 
     G = torch.randn(10, 13, generator=rng)
-    torch._dynamo.reset()
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    for got, want in zip(compiled(G), f(G)):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert_compiled_matches_eager(f, G)
 
 
 # ---------------------------------------------------------------------------------------------------------

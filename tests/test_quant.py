@@ -10,7 +10,7 @@ import io
 
 import pytest
 import torch
-from helpers import assert_within_torch_error, backends, random_matrix
+from helpers import assert_compiled_matches_eager, assert_within_torch_error, backends, random_matrix
 
 from lowrank_ops import _extension, ops
 from lowrank_ops.ops import quant as quant_ops
@@ -338,9 +338,7 @@ def test_torch_compile_fullgraph_matches_eager(backend, rng):
         return torch.tanh(ops.dequant_matmul(X, qw, bias, backend=backend))
 
     X, bias = torch.randn(3, 40, generator=rng), torch.randn(12, generator=rng)
-    torch._dynamo.reset()
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(compiled(X, bias), f(X, bias), rtol=0, atol=0)
+    assert_compiled_matches_eager(f, X, bias)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from lowrank_ops import ops
 from lowrank_ops.reference import range_finder as reference
 from helpers import (
     GAUSSIAN_ENTRY_TOL,
+    assert_compiled_matches_eager,
     assert_within_torch_error,
     backends,
     one_thread,  # noqa: F401 (an autouse fixture: one intra-op thread per test)
@@ -361,10 +362,7 @@ def test_torch_compile_fullgraph_matches_eager(rng):
         return Q * S, torch.tanh(Q)
 
     G = torch.randn(17, 11, generator=rng)
-    torch._dynamo.reset()
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    for got, want in zip(compiled(G), f(G)):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert_compiled_matches_eager(f, G)
 
 
 def with_entry(value):

@@ -9,7 +9,13 @@ import torch
 
 from lowrank_ops import ops
 from lowrank_ops.reference import sketch as reference
-from helpers import GAUSSIAN_ENTRY_TOL, assert_within_torch_error, backends, random_matrix
+from helpers import (
+    GAUSSIAN_ENTRY_TOL,
+    assert_compiled_matches_eager,
+    assert_within_torch_error,
+    backends,
+    random_matrix,
+)
 
 KINDS = ("rademacher", "gaussian")
 SIDES = ("left", "right")
@@ -233,10 +239,7 @@ def test_torch_compile_fullgraph_matches_eager(backend, rng):
         return ops.sketch_unproject(torch.tanh(R), 5, G.shape[1], "gaussian", "right", backend=backend), P
 
     G = torch.randn(10, 7, generator=rng)
-    torch._dynamo.reset()
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    for got, want in zip(compiled(G), f(G)):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert_compiled_matches_eager(f, G)
 
 
 @pytest.mark.parametrize("call,message", [
