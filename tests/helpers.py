@@ -59,6 +59,13 @@ def assert_within_torch_error(out, ref64, torch_out, what="", k=1, entry_tol=0.0
     assert ours <= bound, f"{what}: relative error {ours:.3e} > bound {bound:.3e} (plain torch: {theirs:.3e})"
 
 
+def assert_clear_error(call, error, message):
+    """call() raises `error`, and its text contains `message` (the text is shown when it does not)."""
+    with pytest.raises(error) as info:
+        call()
+    assert message in str(info.value), str(info.value)
+
+
 def assert_compiled_matches_eager(f, *args):
     """torch.compile(f, fullgraph=True) (aot_eager: the ops' fake kernels and autograd registrations traced,
     no Inductor codegen) returns exactly what f returns eagerly on args: one tensor or a tuple of tensors."""

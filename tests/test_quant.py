@@ -10,7 +10,13 @@ import io
 
 import pytest
 import torch
-from helpers import assert_compiled_matches_eager, assert_within_torch_error, backends, random_matrix
+from helpers import (
+    assert_clear_error,
+    assert_compiled_matches_eager,
+    assert_within_torch_error,
+    backends,
+    random_matrix,
+)
 
 from lowrank_ops import _extension, ops
 from lowrank_ops.ops import quant as quant_ops
@@ -412,9 +418,7 @@ QW = ops.quantize(torch.randn(6, 10), "int8", 4)
     (lambda: ops.dequant_matmul(torch.randn(3, 10), QW, backend="gpu"), "argument 'backend' must be one of"),
 ])
 def test_bad_arguments_raise_clear_errors(call, message):
-    with pytest.raises(ValueError) as info:
-        call()
-    assert message in str(info.value), str(info.value)
+    assert_clear_error(call, ValueError, message)
 
 
 def test_not_a_quantized_weight():
