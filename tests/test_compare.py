@@ -175,3 +175,24 @@ def test_schedule_follows_the_paper_ratios():
     tiny = PRESETS["tiny"].with_steps(100)
     assert tiny.update_gap == 2 and tiny.warmup == 10
     assert PRESETS["1.3b"].rank == 512
+
+
+@pytest.mark.parametrize(
+    "name, paper_200m, paper_1_3b",
+    [  # the duality paper's Table 2 memory column (GB), printed to two digits
+        ("full", 1.32, 8.04),
+        ("gaussian", 0.93, 5.02),
+        ("rademacher", 0.93, 5.02),
+        ("gaussian+int8", 0.78, 3.81),
+        ("rademacher+nf4", 0.70, 3.21),
+        ("two_sided_gaussian", 0.93, 5.02),
+    ],
+)
+def test_memory_estimates_match_the_paper(name, paper_200m, paper_1_3b):
+    method = methods.BY_NAME[name]
+    if method.unavailable():
+        pytest.skip(method.unavailable())
+    assert methods.estimate_gb(method, "200M") == pytest.approx(paper_200m, abs=0.006)
+    # 1.3B quantized rows come out up to 0.02 GB (0.5%) above the paper: we count one fp32 scale per 256
+    # weights, the paper does not say what it counts; every other entry matches to the printed digits
+    assert methods.estimate_gb(method, "1.3B") == pytest.approx(paper_1_3b, abs=0.025)
