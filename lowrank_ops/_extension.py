@@ -13,9 +13,12 @@ try:
     LOAD_ERROR = None
 except ImportError as error:  # not built, or built against another torch
     LOAD_ERROR = error
+    # A missing _C surfaces as Python's "cannot import name ... partially initialized module ... circular
+    # import" (it is imported while the package initializes): say what it means instead.
+    reason = "it was not built" if "partially initialized" in str(error) else str(error)
     warnings.warn(
         "lowrank_ops: the compiled extension lowrank_ops._C could not be loaded "
-        f"({error}); ops fall back to the pure-torch reference path (correct, slower). Build it with "
+        f"({reason}); ops fall back to the pure-torch reference path (correct, slower). Build it with "
         "`pip install --no-build-isolation -e .` against the installed torch.",
         RuntimeWarning,
         stacklevel=3,
