@@ -68,24 +68,22 @@ def _register_linear_pair(project, unproject):
     torch.library.register_fake(project)(_fake_project)
     torch.library.register_fake(unproject)(_fake_unproject)
 
-    def setup_project(ctx, inputs, output):
-        G, seed, rank, kind, side, _ = inputs
-        ctx.args = (seed, G.shape[0] if side == "left" else G.shape[1], kind, side, G.dtype)
+    def setup(ctx, inputs, output):
+        # project: X = G, the size saved is G's projected dimension (unproject's dim); unproject: X = R,
+        # the size saved is R's rank dimension (project's rank)
+        X, seed, _, kind, side, _ = inputs
+        ctx.args = (seed, X.shape[0] if side == "left" else X.shape[1], kind, side, X.dtype)
 
     def backward_project(ctx, grad):
         seed, dim, kind, side, dtype = ctx.args
         return unproject(grad, seed, dim, kind, side, dtype), None, None, None, None, None
 
-    def setup_unproject(ctx, inputs, output):
-        R, seed, dim, kind, side, _ = inputs
-        ctx.args = (seed, R.shape[0] if side == "left" else R.shape[1], kind, side, R.dtype)
-
     def backward_unproject(ctx, grad):
         seed, rank, kind, side, dtype = ctx.args
         return project(grad, seed, rank, kind, side, dtype), None, None, None, None, None
 
-    torch.library.register_autograd(project, backward_project, setup_context=setup_project)
-    torch.library.register_autograd(unproject, backward_unproject, setup_context=setup_unproject)
+    torch.library.register_autograd(project, backward_project, setup_context=setup)
+    torch.library.register_autograd(unproject, backward_unproject, setup_context=setup)
 
 
 _register_linear_pair(_sketch_project_triton, _sketch_unproject_triton)
