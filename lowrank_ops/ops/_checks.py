@@ -30,14 +30,18 @@ def choice(op: str, arg: str, value, options) -> str:
     return value
 
 
-def positive_int(op: str, arg: str, value) -> int:
+def int_at_least(op: str, arg: str, value, minimum: int) -> int:
     try:
         value = operator.index(value)
     except TypeError:
         raise TypeError(f"lowrank_ops.{op}: argument '{arg}' must be an int, got {type(value).__name__}") from None
-    if value < 1:
-        raise error(op, arg, ">= 1", value)
+    if value < minimum:
+        raise error(op, arg, f">= {minimum}", value)
     return value
+
+
+def positive_int(op: str, arg: str, value) -> int:
+    return int_at_least(op, arg, value, 1)
 
 
 def float_matrix(op: str, arg: str, t) -> torch.Tensor:

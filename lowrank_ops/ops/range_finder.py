@@ -29,7 +29,6 @@ microseconds against milliseconds of BLAS work, so no C++ wrapper would pay.
 """
 
 import contextlib
-import operator
 
 import torch
 
@@ -42,16 +41,6 @@ SIDES = ("left", "right")
 
 # CholeskyQR2 is accepted when the first pass leaves ||Q1^T Q1 - I||_F <= this (see cholesky_qr2).
 ORTHOGONALITY_LIMIT = 0.5
-
-
-def _nonnegative_int(op: str, arg: str, value) -> int:
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"lowrank_ops.{op}: argument '{arg}' must be an int, got {type(value).__name__}") from None
-    if value < 0:
-        raise _checks.error(op, arg, ">= 0", value)
-    return value
 
 
 def squared_norm(op: str, A: torch.Tensor) -> torch.Tensor:
@@ -185,8 +174,8 @@ def _check_common(op, G, rank_arg, rank, oversample, power_iters, seed, side, ba
     _checks.choice(op, "side", side, SIDES)
     if rank > min(G.shape):
         raise _checks.error(op, rank_arg, f"<= min(m, n) = {min(G.shape)} (G has shape {list(G.shape)})", rank)
-    _nonnegative_int(op, "oversample", oversample)
-    _nonnegative_int(op, "power_iters", power_iters)
+    _checks.int_at_least(op, "oversample", oversample, 0)
+    _checks.int_at_least(op, "power_iters", power_iters, 0)
     seed64 = _checks.seed_to_int64(op, seed)
     if backend is not None:  # checked here so that the error names this op, not the sketch op it runs on
         if backend not in _backend.BACKENDS:
