@@ -106,6 +106,19 @@ def _operator_tile(p_ptr, stride_p0, stride_p1, seed, rank, d, row0, col0, ROWS:
 
 
 @triton.jit
+def _operator_view(p_ptr, stride_p0, stride_p1, seed, rank, d, row0, col0, ROWS: tl.constexpr, COLS: tl.constexpr,
+                   TRANS: tl.constexpr, KIND: tl.constexpr, DTYPE: tl.constexpr, INTERPRETED: tl.constexpr):
+    """The [ROWS, COLS] tile at (row0, col0) of P, or (TRANS) of P^T, which is the transpose of P's
+    [COLS, ROWS] tile at (col0, row0); see _operator_tile."""
+    if TRANS:
+        return tl.trans(_operator_tile(p_ptr, stride_p0, stride_p1, seed, rank, d, col0, row0, COLS, ROWS, KIND, DTYPE,
+                                       INTERPRETED))
+    else:
+        return _operator_tile(p_ptr, stride_p0, stride_p1, seed, rank, d, row0, col0, ROWS, COLS, KIND, DTYPE,
+                              INTERPRETED)
+
+
+@triton.jit
 def _operator_gemm(x_ptr, stride_x0, stride_x1, p_ptr, stride_p0, stride_p1, seed, M, N, K, rank, d, m0, n0,
                    KIND: tl.constexpr, P_IS_A: tl.constexpr, P_T: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr,
                    INTERPRETED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -124,13 +137,9 @@ def _operator_gemm(x_ptr, stride_x0, stride_x1, p_ptr, stride_p0, stride_p1, see
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + offs_k
-        if P_IS_A:
-            if P_T:  # P^T[m-block, k-block] = (P[k-block, m-block])^T
-                a = tl.trans(_operator_tile(p_ptr, stride_p0, stride_p1, seed, rank, d, k0, m0, BLOCK_K, BLOCK_M,
-                                            KIND, DOT, INTERPRETED))
-            else:
-                a = _operator_tile(p_ptr, stride_p0, stride_p1, seed, rank, d, m0, k0, BLOCK_M, BLOCK_K, KIND, DOT,
-                                   INTERPRETED)
+        if P_IS_A:  # A = P or P^T [m-block, k-block]
+            a = _operator_view(p_ptr, stride_p0, stride_p1, seed, rank, d, m0, k0, BLOCK_M, BLOCK_K, P_T, KIND, DOT,
+                               INTERPRETED)
             b = tl.load(x_ptr + (ks.to(tl.int64) * stride_x0)[:, None] + (offs_n.to(tl.int64) * stride_x1)[None, :],
                         mask=(ks < K)[:, None] & (offs_n < N)[None, :], other=0.0)
             b = _cast(b, DOT, INTERPRETED)
@@ -138,12 +147,9 @@ def _operator_gemm(x_ptr, stride_x0, stride_x1, p_ptr, stride_p0, stride_p1, see
             a = tl.load(x_ptr + (offs_m.to(tl.int64) * stride_x0)[:, None] + (ks.to(tl.int64) * stride_x1)[None, :],
                         mask=(offs_m < M)[:, None] & (ks < K)[None, :], other=0.0)
             a = _cast(a, DOT, INTERPRETED)
-            if P_T:  # P^T[k-block, n-block] = (P[n-block, k-block])^T
-                b = tl.trans(_operator_tile(p_ptr, stride_p0, stride_p1, seed, rank, d, n0, k0, BLOCK_N, BLOCK_K,
-                                            KIND, DOT, INTERPRETED))
-            else:
-                b = _operator_tile(p_ptr, stride_p0, stride_p1, seed, rank, d, k0, n0, BLOCK_K, BLOCK_N, KIND, DOT,
-                                   INTERPRETED)
+            # B = P or P^T [k-block, n-block]
+            b = _operator_view(p_ptr, stride_p0, stride_p1, seed, rank, d, k0, n0, BLOCK_K, BLOCK_N, P_T, KIND, DOT,
+                               INTERPRETED)
         acc = dot_acc(a, b, acc, DOT, UPCAST)
     return acc
 
