@@ -29,8 +29,6 @@ from .model import TARGETS
 from .presets import PAPER_CONFIGS
 
 QUANT_GROUP = 256  # the paper's quantization group size (INT8 and NF4 alike)
-# bytes per element of a quantized base: codes plus one fp32 scale per group of QUANT_GROUP
-QUANT_BYTES = {"int8": 1 + 4 / QUANT_GROUP, "nf4": 0.5 + 4 / QUANT_GROUP}
 
 
 @dataclass(frozen=True)
@@ -205,11 +203,12 @@ def estimate_gb(method: Method, paper_config: str) -> float | None:
         total = (memory.estimate(others, None, **bf16).persisted
                  + memory.estimate(adapters, None, **bf16).persisted + frozen)
     else:
+        # the optimizer view with wd_mode "adapter" (moments + adapter delta) and the adapter view (A + its
+        # moments, base_bytes of the frozen W0) hold the same bytes for a dense base
         config = {"rank": lambda shape: rank_for(method.projection, shape, cfg["rank"]),
                   "projection": method.projection, "wd_mode": "adapter", "state_dtype": torch.bfloat16,
                   "targets": TARGETS}
-        total = memory.estimate(shapes, config, **bf16).persisted
         if method.base is not None:
-            numel = sum(m * n for _, (m, n) in targets)
-            total -= numel * (2 - QUANT_BYTES[method.base])
+            config.update(view="adapter", base=method.base, group_size=QUANT_GROUP)
+        total = memory.estimate(shapes, config, **bf16).persisted
     return total / 1e9
