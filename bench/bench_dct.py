@@ -219,10 +219,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = common.resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    import lowrank_ops  # noqa: F401  (loads the extension; warns once if it is missing)
+    device = common.prepare(args)
 
     shapes = [(512, 512), (512, 1376)] if args.quick else [(4096, 4096), (4096, 11008)]
     ranks = (16, 32, 64) if args.quick else (128, 256, 512)
@@ -248,11 +245,7 @@ def main(argv=None) -> int:
         res.meta["ceiling_gemm_bf16"] = ceiling
         rows += run_gpu_scoring(res, shapes, ceiling, args)
     print_summary(rows)
-    if not args.no_write:
-        name = args.name or f"dct_{device.type}{'_quick' if args.quick else ''}" + (
-            f"_t{args.threads}" if args.threads else "")
-        paths = res.write(name, args.out)
-        print("\nwrote", *paths)
+    common.write_run(res, args)
     return 0
 
 

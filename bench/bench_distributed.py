@@ -399,11 +399,8 @@ def main(argv=None) -> int:
     for name in args.part or list(PARTS):
         PARTS[name](res, args)
     res.meta["wall_s"] = time.perf_counter() - t0
-    if not args.no_write:
-        parts = "_".join(sorted(args.part)) if args.part else "all"
-        name = f"distributed_cpu_{parts}{'_quick' if args.quick else ''}"
-        paths = res.write(name, args.out)
-        print(f"\nwrote {paths[0]} and {paths[1]} ({res.meta['wall_s']:.0f} s)")
+    parts = "_".join(sorted(args.part)) if args.part else "all"
+    common.write_run(res, args, f"distributed_cpu_{parts}{'_quick' if args.quick else ''}")
     return 0
 
 

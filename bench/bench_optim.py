@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import sys
 import time
 
@@ -265,20 +264,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = common.resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    import lowrank_ops  # noqa: F401  (loads the extension; warns once if it is missing)
+    device = common.prepare(args)
 
     dtype = getattr(torch, args.dtype)
     res = common.Results("optim", device)
-    print(f"bench_optim on {common.machine_label(res.info)}")
-    print(f"torch {res.info['torch']}, triton {res.info['triton']}, commit {res.info['commit']}, "
-          f"load average {res.info['load_average_1_5_15']}")
-    load = res.info["load_average_1_5_15"]
-    if load and load[0] > 0.5:
-        print(f"NOTE: the machine is busy (1-min load average {load[0]} on {res.info['cpu_count']} cores); "
-              "other processes competing for the cores distort multi-threaded timings")
+    common.print_machine(res)
     backends = backends_for(device)
     print(f"fused backends measured: {backends}")
     galore = galore_available()
@@ -295,18 +285,13 @@ def main(argv=None) -> int:
             for kind in args.kinds:
                 cases.append(run_case(res, shape, rank, kind, device, dtype, backends, ceil, args))
     res.meta["wall_s"] = time.perf_counter() - t_start
-    print(f"\nResults on {common.machine_label(res.info)}; torch {res.info['torch']}, commit "
-          f"{res.info['commit']}; load average at start {res.info['load_average_1_5_15']}")
+    common.print_results_header(res)
     print("time: median of interleaved blocks; vs eager: time / the eager chain's; state: optimizer-state "
           "bytes of the method (moments + what it persists of the projection); extra: peak allocator bytes "
           "of one call above the start")
     for rows in cases:
         print_case(rows, device)
-    if not args.no_write:
-        name = args.name or (f"optim_{device.type}{'_quick' if args.quick else ''}"
-                             f"{f'_t{args.threads}' if args.threads else ''}")
-        paths = res.write(name, args.out)
-        print(f"\nwrote {paths[0]} and {paths[1]} ({res.meta['wall_s']:.0f} s)")
+    common.write_run(res, args)
     return 0
 
 

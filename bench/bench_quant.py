@@ -225,10 +225,7 @@ def print_rows(dequant_rows, matmul_rows):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = common.resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    import lowrank_ops  # noqa: F401  (loads the extension; warns once if it is missing)
+    device = common.prepare(args)
 
     if args.weights is None:
         args.weights = ([(256, 512)] if args.quick else [(4096, 4096)] if device.type == "cpu" else
@@ -240,13 +237,7 @@ def main(argv=None) -> int:
     if args.block_s is None:
         args.block_s = 0.05 if args.quick else 0.25
     res = common.Results("quant", device)
-    print(f"bench_quant on {common.machine_label(res.info)}")
-    print(f"torch {res.info['torch']} (cuda {res.info['torch_cuda']}), triton {res.info['triton']}, "
-          f"commit {res.info['commit']}, load average {res.info['load_average_1_5_15']}")
-    load = res.info["load_average_1_5_15"]
-    if load and load[0] > 0.5:
-        print(f"NOTE: the machine is busy (1-min load average {load[0]} on {res.info['cpu_count']} cores); "
-              "other processes competing for the cores distort multi-threaded timings")
+    common.print_machine(res)
     backends = backends_for(device)
     bnb = bitsandbytes_functional()
     print(f"backends measured: {backends}; bitsandbytes: {'installed' if bnb is not None else 'not installed'}")
@@ -267,13 +258,9 @@ def main(argv=None) -> int:
     dequant_rows = dequantize_cases(res, args, device, backends)
     matmul_rows = matmul_cases(res, args, device, backends)
     res.meta["wall_s"] = time.perf_counter() - t_start
-    print(f"\nResults on {common.machine_label(res.info)}; torch {res.info['torch']}, commit "
-          f"{res.info['commit']}; load average at start {res.info['load_average_1_5_15']}")
+    common.print_results_header(res)
     print_rows(dequant_rows, matmul_rows)
-    if not args.no_write:
-        name = args.name or f"quant_{device.type}{'_quick' if args.quick else ''}"
-        paths = res.write(name, args.out)
-        print(f"\nwrote {paths[0]} and {paths[1]} ({res.meta['wall_s']:.0f} s)")
+    common.write_run(res, args)
     return 0
 
 

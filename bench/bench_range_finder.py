@@ -230,18 +230,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = common.resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    import lowrank_ops  # noqa: F401
+    device = common.prepare(args)
 
     res = common.Results("range_finder", device)
-    print(f"bench_range_finder on {common.machine_label(res.info)}")
-    print(f"torch {res.info['torch']}, commit {res.info['commit']}, load average {res.info['load_average_1_5_15']}")
-    load = res.info["load_average_1_5_15"]
-    if load and load[0] > 0.5:
-        print(f"NOTE: the machine is busy (1-min load average {load[0]} on {res.info['cpu_count']} cores); "
-              "multi-threaded LAPACK calls suffer most from competing processes")
+    common.print_machine(res)
     t_start = time.perf_counter()
     res.meta.update(command=" ".join([sys.executable, "-m", "bench.bench_range_finder"] + (argv or sys.argv[1:])),
                     quick=args.quick, oversample=OVERSAMPLE, seeds=args.seeds, matrix="X diag(1/(i+1)) Y^T, X, Y Gaussian",
@@ -252,17 +244,12 @@ def main(argv=None) -> int:
     for m, n in args.shapes:
         cases += run_shape(res, m, n, args.ranks, device, args)
     res.meta["wall_s"] = time.perf_counter() - t_start
-    print(f"\nResults on {common.machine_label(res.info)}; torch {res.info['torch']}, commit "
-          f"{res.info['commit']}; load average at start {load}")
+    common.print_results_header(res)
     print("time: median of interleaved rounds (svd: one call); vs svd: time / svd's; GFLOP/s: the range "
           "finder's GEMM flops (2q+2 passes of 2 m n l) / time; error: ||G - QQ^T G||_F / ||G||_F")
     for case in cases:
         print_case(case)
-    if not args.no_write:
-        name = args.name or (f"range_finder_{device.type}{'_quick' if args.quick else ''}"
-                             f"{f'_t{args.threads}' if args.threads else ''}")
-        paths = res.write(name, args.out)
-        print(f"\nwrote {paths[0]} and {paths[1]} ({res.meta['wall_s']:.0f} s)")
+    common.write_run(res, args)
     return 0
 
 

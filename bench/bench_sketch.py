@@ -320,20 +320,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = common.resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    import lowrank_ops  # noqa: F401  (loads the extension; warns once if it is missing)
+    device = common.prepare(args)
 
     dtype = getattr(torch, args.dtype)
     res = common.Results("sketch", device)
-    print(f"bench_sketch on {common.machine_label(res.info)}")
-    print(f"torch {res.info['torch']} (cuda {res.info['torch_cuda']}), triton {res.info['triton']}, "
-          f"commit {res.info['commit']}, load average {res.info['load_average_1_5_15']}")
-    load = res.info["load_average_1_5_15"]
-    if load and load[0] > 0.5:
-        print(f"NOTE: the machine is busy (1-min load average {load[0]} on {res.info['cpu_count']} cores); "
-              "other processes competing for the cores distort multi-threaded timings")
+    common.print_machine(res)
     backends = backends_for(device)
     print(f"backends measured: {backends + ([] if args.no_reference else ['reference'])}")
     if device.type == "cuda":
@@ -365,19 +356,14 @@ def main(argv=None) -> int:
         sweep = tile_sweep(res, G, args.rank, device, args)
     res.meta["wall_s"] = time.perf_counter() - t_start
 
-    print(f"\nResults on {common.machine_label(res.info)}; torch {res.info['torch']}, commit "
-          f"{res.info['commit']}; load average at start {res.info['load_average_1_5_15']}")
+    common.print_results_header(res)
     print("time: median; IQR: spread of the timed blocks; extra: peak allocator bytes during one call minus "
           "the bytes of its result; extra/P: that over P's bytes; vs torch: time / the torch baseline's")
     for rows in cases:
         print_case(rows, device)
     if sweep:
         print_sweep(sweep)
-    if not args.no_write:
-        name = args.name or (f"sketch_{device.type}{'_quick' if args.quick else ''}"
-                             f"{f'_t{args.threads}' if args.threads else ''}")
-        paths = res.write(name, args.out)
-        print(f"\nwrote {paths[0]} and {paths[1]} ({res.meta['wall_s']:.0f} s)")
+    common.write_run(res, args)
     return 0
 
 

@@ -493,6 +493,46 @@ class Results:
         return json_path, csv_path
 
 
+def prepare(args) -> torch.device:
+    """The device a benchmark measures on (`args.device`), after torch's CPU thread count is set
+    (`args.threads`, when given) and lowrank_ops is imported (loading its extension, or warning once)."""
+    device = resolve_device(args.device)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    import lowrank_ops  # noqa: F401
+
+    return device
+
+
+def print_machine(res: Results) -> None:
+    """The machine, versions, commit and load average a run starts on, with a note when the machine is busy."""
+    info = res.info
+    print(f"bench_{res.bench} on {machine_label(info)}")
+    print(f"torch {info['torch']} (cuda {info['torch_cuda']}), triton {info['triton']}, commit {info['commit']}, "
+          f"load average {info['load_average_1_5_15']}")
+    load = info["load_average_1_5_15"]
+    if load and load[0] > 0.5:
+        print(f"NOTE: the machine is busy (1-min load average {load[0]} on {info['cpu_count']} cores); "
+              "other processes competing for the cores distort multi-threaded timings")
+
+
+def print_results_header(res: Results) -> None:
+    print(f"\nResults on {machine_label(res.info)}; torch {res.info['torch']}, commit "
+          f"{res.info['commit']}; load average at start {res.info['load_average_1_5_15']}")
+
+
+def write_run(res: Results, args, name: str | None = None) -> None:
+    """Writes `res` (unless --no-write) as `args.name`, else `name`, else <bench>_<device>[_quick][_t<threads>],
+    into `args.out`, and prints the paths and the run's wall time."""
+    if args.no_write:
+        return
+    threads = getattr(args, "threads", None)
+    default = f"{res.bench}_{res.device.type}{'_quick' if args.quick else ''}{f'_t{threads}' if threads else ''}"
+    paths = res.write(getattr(args, "name", None) or name or default, args.out)
+    wall = res.meta.get("wall_s")
+    print(f"\nwrote {paths[0]} and {paths[1]}" + (f" ({wall:.0f} s)" if wall is not None else ""))
+
+
 def _jsonable(x):
     if isinstance(x, (torch.dtype, torch.device)):
         return str(x)
