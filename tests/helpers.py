@@ -49,13 +49,17 @@ def assert_within_torch_error(out, ref64, torch_out, what="", k=1, entry_tol=0.0
     plain torch doing the same computation in the same precision, plus one unit roundoff of the output
     dtype (so an exact torch result does not demand more than exact rounding from us).
 
-    For float64 outputs the reference has the op's own precision and plain torch's measured error is 0,
-    so the floor becomes the probabilistic bound of a length-k float64 summation, sqrt(k) * u
-    (Higham & Mary, SIAM J. Sci. Comput. 2019). `entry_tol` is the spec's allowed relative variation of
-    the operator's entries (GAUSSIAN_ENTRY_TOL for Gaussian sketches)."""
+    For float64 outputs the reference has the op's own precision and plain torch's measured error can be 0
+    (the same BLAS call on both sides), so the floor becomes Higham's deterministic bound for a length-k
+    float64 summation in any order, gamma_k = k u / (1 - k u) (Higham, Accuracy and Stability of Numerical
+    Algorithms, 2nd ed., Lemma 3.1): a probabilistic sqrt(k) u is exceeded by correct summation orders
+    that another CPU's BLAS path takes. `k` is the longest summation the computation performs. `entry_tol`
+    is the spec's allowed relative variation of the operator's entries (GAUSSIAN_ENTRY_TOL for Gaussian
+    sketches)."""
     ours, theirs = rel_err(out, ref64), rel_err(torch_out, ref64)
     unit = torch.finfo(out.dtype).eps
-    bound = 2 * theirs + (unit * k**0.5 if out.dtype == torch.float64 else unit) + entry_tol
+    floor = k * unit / (1 - k * unit) if out.dtype == torch.float64 else unit
+    bound = 2 * theirs + floor + entry_tol
     assert ours <= bound, f"{what}: relative error {ours:.3e} > bound {bound:.3e} (plain torch: {theirs:.3e})"
 
 
