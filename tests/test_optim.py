@@ -208,7 +208,7 @@ def test_adapter_mode_keeps_the_adapter_view_identity(rng):
 
 
 # ---------------------------------------------------------------------------------------------------
-# GaLoreAdamW against galore-torch's arithmetic as ../shared/ANCHORS.md states it
+# GaLoreAdamW against galore-torch 1.0's GaLoreAdamW arithmetic, transcribed below (not from lowrank_ops)
 
 
 def galore_maps(side, A, B):
@@ -223,7 +223,10 @@ def galore_maps(side, A, B):
 def transcribed_galore(
     W0, X, Y, steps, *, rank, gap, proj_type, lr, betas, eps, wd, scale, correct_bias, dtype
 ):
-    """galore-torch 1.0's GaLoreAdamW step for one weight, transcribed from ANCHORS.md (not lowrank_ops)."""
+    """galore-torch 1.0's GaLoreAdamW step for one weight, transcribed from its arithmetic (not lowrank_ops):
+    refresh at steps t % gap == 0 (before the increment): fp32 SVD of G, U and Vh cast back to its dtype;
+    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  u = project_back(m / (sqrt(v) + eps)) scale
+    p -= lr sqrt(1 - b2^t) / (1 - b1^t) u  (lr without correct_bias);  then p -= lr wd p if wd > 0."""
     W = W0.to(dtype).clone()
     X, Y = X.to(dtype), Y.to(dtype)
     b1, b2 = betas
