@@ -1,5 +1,7 @@
 """LowRankAdamW on parameters sharded by FSDP2 (torch.distributed.fsdp.fully_shard): DTensor parameters and
-gradients with one Shard(s) placement (Replicate on any other mesh dimension).
+gradients with one Shard(s) placement (Replicate on any other mesh dimension). Importing this module
+registers `lowrank_step` as LowRankAdamW's step of DTensor parameters
+(lowrank_ops.optim.register_param_step): it works through the optimizer's public per-parameter interface (lowrank_ops.optim.LowRankParamStep).
 
 W (m x n) is split along dimension s into shards W_k (rows, or columns, [a_k, b_k)); R = L G R^T.
 - s not projected (e.g. side "right", R = G P^T, under FSDP2's default Shard(0)): every row of R, of the
@@ -8,7 +10,7 @@ W (m x n) is split along dimension s into shards W_k (rows, or columns, [a_k, b_
 - s projected (e.g. side "left", R = P G, under Shard(0)): R = sum_k P[:, a_k:b_k] G_k, so each rank
   projects its shard with its column block of P, one all-reduce sums the r x n partial products, the
   replicated moments get the Adam update, and each rank unprojects into its own rows,
-  W_k <- W_k - lr wd W_k - lr scale P[:, a_k:b_k]^T N (reference/lowrank_adam.py's arithmetic).
+  W_k <- W_k - lr wd W_k - lr scale P[:, a_k:b_k]^T N.
   Communication per step: the projected gradient (r x n), never an m x n matrix.
 `shard_placement_fn` shards each weight along the dimension its projection does not act on, so that every
 weight takes the first path (FSDP2 accepts Shard(1) only when the mesh size divides n; otherwise the
@@ -26,16 +28,10 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
-from ..ops.projection import SEEDED_KINDS
-from ..ops.sketch import sketch
-from ..reference.lowrank_adam import side_matrix
-from ..optim._base import lowrank_state
+from ..optim import LowRankParamStep, register_param_step
+from ..projections import side_matrix
 
 WHERE = "lowrank_ops.optim.LowRankAdamW"
-
-
-def is_dtensor(t) -> bool:
-    return isinstance(t, DTensor)
 
 
 def shard_placement_fn(mesh_size: int, side: str = "auto"):
@@ -86,16 +82,17 @@ def _sharded_zeros(local: torch.Tensor, p: DTensor, placements, global_shape) ->
     )
 
 
-def lowrank_step(opt, p: DTensor, group: dict, kind, layout) -> None:
-    """One LowRankAdamW step of the sharded low-rank parameter p (LowRankAdamW._step_lowrank's DTensor
-    path)."""
+def lowrank_step(step: LowRankParamStep) -> None:
+    """One LowRankAdamW step of the sharded low-rank parameter step.param (a DTensor): the step function
+    this module registers for DTensor (lowrank_ops.optim.register_param_step)."""
+    p, group, kind, layout = step.param, step.group, step.kind, step.layout
     if kind.uses_gradient:
         raise NotImplementedError(
             f"{WHERE}: projection {kind.name!r} needs the SVD of the full gradient, which no rank holds for a "
             "sharded (FSDP2) parameter; use a seeded kind ('orthogonal', 'rademacher', 'gaussian', "
             "'two_sided_gaussian')"
         )
-    if not is_dtensor(p.grad) or tuple(p.grad.placements) != tuple(p.placements):
+    if not isinstance(p.grad, DTensor) or tuple(p.grad.placements) != tuple(p.placements):
         raise ValueError(
             f"{WHERE}: the gradient of a DTensor parameter must be a DTensor with its placements"
         )
@@ -103,11 +100,11 @@ def lowrank_step(opt, p: DTensor, group: dict, kind, layout) -> None:
     projected = {0 if side == "left" else 1 for side, _, _ in layout.sides()}
     local = shard is None or shard[1] not in projected
     W, G = p.to_local(), p.grad.to_local()
-    state = opt.state[p]
+    state = step.state
     if not state:
-        _init_state(opt, state, p, W, layout, group, shard if local else None)
-    if state["step"] % group["update_gap"] == 0 and not _finite_everywhere(G, p, shard):
-        opt._warn(
+        _init_state(step, W, shard if local else None)
+    if step.refresh_due(G) and not _finite_everywhere(G, p, shard):
+        step.warn_once(
             "nonfinite",
             f"lowrank_ops: a gradient of shape {list(p.shape)} has NaN/Inf at a projection refresh; the basis "
             "is kept and this parameter's step is skipped (warned once)",
@@ -115,14 +112,14 @@ def lowrank_step(opt, p: DTensor, group: dict, kind, layout) -> None:
         return
     # refresh (all ranks derive the same seed), adapter reset, step count; the seeded kinds read only
     # dtype and device of G, so an empty shard passes a 1 x 1 stand-in
-    if not opt._advance(state, G if G.numel() else G.new_zeros(1, 1), layout, kind, group):
+    if not step.advance(G if G.numel() else G.new_zeros(1, 1)):
         return
-    projection = kind.projection(state, layout)
+    projection = step.projection()
     moments = {key: v.to_local() for key, v in state.items() if isinstance(v, DTensor)}
     moments["step"] = state["step"]
     if local:
         if W.numel():
-            opt._fused_step(W, G, moments, projection, group)
+            step.fused_step(W, G, moments, projection)
         return
     mesh_dim, dim = shard
     mesh = p.device_mesh
@@ -131,19 +128,20 @@ def lowrank_step(opt, p: DTensor, group: dict, kind, layout) -> None:
         raise RuntimeError(
             f"{WHERE}: local shard {list(W.shape)} of {list(p.shape)} is not torch.chunk's [{a}, {b})"
         )
-    _allreduce_step(W, G, moments, projection, dim, (a, b, p.shape[dim]), group, mesh.get_group(mesh_dim))
+    _allreduce_step(step, W, G, moments, projection, dim, (a, b, p.shape[dim]), mesh.get_group(mesh_dim))
 
 
-def _init_state(opt, state, p, W, layout, group, local_shard):
-    """lowrank_state on the local shape, then each tensor wrapped as a DTensor: sharded like W along the
+def _init_state(step: LowRankParamStep, W, local_shard):
+    """The initial state on the local shape, then each tensor wrapped as a DTensor: sharded like W along the
     unprojected dimension `local_shard` (mesh dim, dim), or replicated (None)."""
+    p, layout = step.param, step.layout
     placements = [Replicate()] * p.device_mesh.ndim
     shape = list(layout.projected_shape)
     if local_shard is not None:
         mesh_dim, dim = local_shard
         placements[mesh_dim] = Shard(dim)
         shape[dim] = W.shape[dim]
-    lowrank_state(state, opt._layer_index[p], tuple(shape), W, group["wd_mode"] == "adapter")
+    state = step.init_state(shape, like=W)
     for key in ("exp_avg", "exp_avg_sq", "delta"):
         if key in state:
             state[key] = _sharded_zeros(state[key], p, placements, layout.projected_shape)
@@ -157,24 +155,16 @@ def _finite_everywhere(G, p, shard) -> bool:
     return bool(bad.item() == 0)
 
 
-def _dense(op, d: int, dtype, device):
-    """A side operator (None: identity) as a dense r x d matrix."""
-    if op is None:
-        return None
-    if op.kind in SEEDED_KINDS:  # the C++/CUDA generator, not the reference's torch-op Philox
-        return sketch(op.rank, d, op.seed, op.kind, dtype, device)
-    return side_matrix(op, d, dtype, device)
-
-
-def _allreduce_step(W, G, state, projection, dim, extent, group, process_group):
+def _allreduce_step(step: LowRankParamStep, W, G, state, projection, dim, extent, process_group):
     """The step of a parameter sharded along a projected dimension `dim` (local slice [a, b) of size d):
     partial projection of the local shard with the matching columns of the side operator, all-reduce of
     the projected gradient, Adam on the replicated moments, unprojection into the local shard."""
+    group = step.group
     a, b, d = extent
     compute = torch.float64 if W.dtype == torch.float64 else torch.float32
     m, n = (d, W.shape[1]) if dim == 0 else (W.shape[0], d)
-    L = _dense(projection.left, m, compute, W.device)
-    Rt = _dense(projection.right, n, compute, W.device)
+    L = None if projection.left is None else side_matrix(projection.left, m, compute, W.device)
+    Rt = None if projection.right is None else side_matrix(projection.right, n, compute, W.device)
     if dim == 0:
         L = L[:, a:b]  # the columns of L that meet this shard's rows
     else:
@@ -211,3 +201,6 @@ def _allreduce_step(W, G, state, projection, dim, extent, group, process_group):
     if group["wd_mode"] == "full":
         W32 = W32 - lr * wd * W32
     W.copy_(W32 - lr * scale * unproject(direction))
+
+
+register_param_step(DTensor, lowrank_step)

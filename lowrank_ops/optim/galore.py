@@ -19,9 +19,10 @@ Differences, each deliberate: moments of low-rank params are fp32 for bf16 weigh
 them in the gradient's dtype); the side is fixed from the weight's shape, so square and rank >= dim
 projected gradients cannot pick the wrong side on the way back (galore-torch users report shape errors
 there for some proj_types); the rank is capped at min(m, n); the state holds only tensors and ints (no
-projector objects: torch.load(weights_only=True) works); a failed SVD keeps the previous basis (a seeded semi-orthogonal one at the first refresh) and a
-NaN/Inf gradient at a refresh skips that param's step, instead of NaN weights (galore-torch users report
-SVDs that fail on ill-conditioned gradients and a loss that collapses after them).
+projector objects: torch.load(weights_only=True) works); a failed SVD keeps the previous basis (a seeded
+semi-orthogonal one at the first refresh) and a NaN/Inf gradient at a refresh skips that param's step,
+instead of NaN weights (galore-torch users report SVDs that fail on ill-conditioned gradients and a loss
+that collapses after them).
 """
 
 import math
@@ -117,7 +118,7 @@ class GaLoreAdamW(PerParamOptimizer):
         kind = projections.get("two_sided_svd" if group["proj_type"] == "full" else "svd")
         state = self.state[p]
         if not state:
-            lowrank_state(state, self._layer_index[p], layout.projected_shape, p, with_delta=False)
+            lowrank_state(state, self.layer_index(p), layout.projected_shape, p, with_delta=False)
         G = p.grad
         if not refresh_if_due(
             state, kind, G, layout, group["update_proj_gap"], FALLBACK_BASE_SEED, self._warn
