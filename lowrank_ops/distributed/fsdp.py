@@ -1,15 +1,18 @@
 """LowRankAdamW on parameters sharded by FSDP2 (torch.distributed.fsdp.fully_shard): DTensor parameters and
 gradients with one Shard(s) placement (Replicate on any other mesh dimension). Importing this module
 registers `lowrank_step` as LowRankAdamW's step of DTensor parameters
-(lowrank_ops.optim.register_param_step): it works through the optimizer's public per-parameter interface (lowrank_ops.optim.LowRankParamStep).
+(lowrank_ops.optim.register_param_step). It works through the optimizer's public per-parameter interface
+(lowrank_ops.optim.LowRankParamStep) and runs the fused op lowrank_ops.ops.lowrank_adamw_step_ on local
+tensors: the Adam math has one implementation per backend, and this path calls it.
 
 W (m x n) is split along dimension s into shards W_k (rows, or columns, [a_k, b_k)); R = L G R^T.
 - s not projected (e.g. side "right", R = G P^T, under FSDP2's default Shard(0)): every row of R, of the
   moments and of the update depends only on the same row of G and W, so each rank runs the fused op on its
   shard, with moments sharded like W. No communication; the single-process arithmetic on a subset of rows.
 - s projected (e.g. side "left", R = P G, under Shard(0)): R = sum_k P[:, a_k:b_k] G_k, so each rank
-  projects its shard with its column block of P, one all-reduce sums the r x n partial products, the
-  replicated moments get the Adam update, and each rank unprojects into its own rows,
+  projects its shard with its column block of P, one all-reduce sums the r x n partial products, and the
+  fused op, called on a stacked problem whose projected gradient is R (_allreduce_step), updates the
+  replicated moments and unprojects into this rank's rows:
   W_k <- W_k - lr wd W_k - lr scale P[:, a_k:b_k]^T N.
   Communication per step: the projected gradient (r x n), never an m x n matrix.
 `shard_placement_fn` shards each weight along the dimension its projection does not act on, so that every
@@ -22,12 +25,11 @@ Not supported (clear errors): projections that read the gradient ("svd", "two_si
 full gradient on one rank), more than one Shard placement (2-D sharding, TP) or strided shards.
 """
 
-import math
-
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
+from ..ops import Projection, SideOperator
 from ..optim import LowRankParamStep, register_param_step
 from ..projections import side_matrix
 
@@ -155,52 +157,58 @@ def _finite_everywhere(G, p, shard) -> bool:
     return bool(bad.item() == 0)
 
 
-def _allreduce_step(step: LowRankParamStep, W, G, state, projection, dim, extent, process_group):
-    """The step of a parameter sharded along a projected dimension `dim` (local slice [a, b) of size d):
-    partial projection of the local shard with the matching columns of the side operator, all-reduce of
-    the projected gradient, Adam on the replicated moments, unprojection into the local shard."""
-    group = step.group
+def _allreduce_step(step: LowRankParamStep, W, G, moments, projection, dim, extent, process_group):
+    """The step of a parameter sharded along a projected dimension `dim` (this rank's slice [a, b) of its
+    size d): the partial projection of the local shard with the matching columns of the side operators,
+    one all-reduce to the projected gradient R, then the fused op with R (step_with_projected)."""
     a, b, d = extent
     compute = torch.float64 if W.dtype == torch.float64 else torch.float32
-    m, n = (d, W.shape[1]) if dim == 0 else (W.shape[0], d)
-    L = None if projection.left is None else side_matrix(projection.left, m, compute, W.device)
-    Rt = None if projection.right is None else side_matrix(projection.right, n, compute, W.device)
-    if dim == 0:
-        L = L[:, a:b]  # the columns of L that meet this shard's rows
-    else:
-        Rt = Rt[:, a:b]
-
-    def project(X):
-        X = X.to(compute)
-        X = X if L is None else L @ X
-        return X if Rt is None else X @ Rt.T
-
-    def unproject(N):
-        N = N if L is None else L.T @ N
-        return N if Rt is None else N @ Rt
-
-    shape = state["exp_avg"].shape
-    R = project(G) if G.numel() else torch.zeros(shape, dtype=compute, device=W.device)
+    operators = []  # per dimension of W: the dense operator (its columns [a, b) on `dim`), or None
+    for axis, op in enumerate((projection.left, projection.right)):
+        P = None if op is None else side_matrix(op, d if axis == dim else W.shape[axis], compute, W.device)
+        operators.append(P[:, a:b] if P is not None and axis == dim else P)
+    L, Rt = operators
+    if G.numel():
+        R = G.to(compute)
+        R = R if L is None else L @ R
+        R = R if Rt is None else R @ Rt.T
+    else:  # an empty shard contributes zeros
+        R = torch.zeros(moments["exp_avg"].shape, dtype=compute, device=W.device)
     dist.all_reduce(R, group=process_group)
-    beta1, beta2 = group["betas"]
-    exp_avg, exp_avg_sq, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
-    exp_avg.mul_(beta1).add_(R.to(exp_avg.dtype), alpha=1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(R.to(exp_avg_sq.dtype), R.to(exp_avg_sq.dtype), value=1 - beta2)
-    N = (exp_avg.to(compute) / (1 - beta1**t)) / (
-        exp_avg_sq.to(compute).sqrt() / math.sqrt(1 - beta2**t) + group["eps"]
-    )
-    lr, wd, scale = group["lr"], group["weight_decay"], group["scale"]
-    if group["wd_mode"] == "adapter":
-        direction = N + wd * state["delta"].to(compute)
-        state["delta"].sub_((lr * direction).to(state["delta"].dtype))
-    else:
-        direction = N
-    if not W.numel():
-        return
-    W32 = W.to(compute)
-    if group["wd_mode"] == "full":
-        W32 = W32 - lr * wd * W32
-    W.copy_(W32 - lr * scale * unproject(direction))
+    step_with_projected(step, W, R, moments, operators)
+
+
+def step_with_projected(step: LowRankParamStep, W, R, moments, operators) -> None:
+    """The fused op's step of W (in place) given its projected gradient R instead of its gradient:
+    `operators` are the dense side operators restricted to W (None: identity), P_0 (r_0 x e_0) on the left
+    and P_1 (r_1 x e_1) on the right for W of shape e_0 x e_1, so that the unprojected update of W is
+    P_0^T N P_1 (one-sided: P_0^T N or N P_1).
+
+    The op computes the projected gradient from a gradient itself, so it runs on a stacked problem whose
+    projected gradient is R. Per dimension i: projected, the stacked operator is [P_i | I_{r_i}]
+    (r_i x (e_i + r_i)) and R sits at offset e_i; unprojected, the identity and offset 0. W' holds W at
+    [0:e_0, 0:e_1] and 0 elsewhere, G' holds R at the offsets and 0 elsewhere. Then
+      L' G' R'^T = R                exactly: apart from R's entries times 1, every product has a 0 factor;
+      (L'^T N R')[0:e_0, 0:e_1] = P_0^T N P_1, the same terms as the unsharded unprojection's rows;
+    so the op updates the moments with R (kernels/adam.h's arithmetic, or its backend's twin) and
+    W'[0:e_0, 0:e_1] exactly as it updates these rows (columns) of the unsharded W; the appended blocks of
+    W' are discarded. Cost over an op that took R: the copies into W' and G', and the zero blocks' share of
+    the op's two GEMMs (r_i / e_i more work per projected dimension)."""
+    compute = R.dtype
+    extents = [W.shape[axis] + (0 if P is None else P.shape[0]) for axis, P in enumerate(operators)]
+    offsets = [0 if P is None else W.shape[axis] for axis, P in enumerate(operators)]
+    stacked_W = W.new_zeros(extents)
+    stacked_W[: W.shape[0], : W.shape[1]] = W
+    stacked_G = torch.zeros(extents, dtype=compute, device=W.device)
+    stacked_G[offsets[0] :, offsets[1] :] = R
+    sides = [
+        None
+        if P is None
+        else SideOperator("matrix", P.shape[0], matrix=torch.cat([P, torch.eye(P.shape[0]).to(P)], dim=1))
+        for P in operators
+    ]
+    step.fused_step(stacked_W, stacked_G, moments, Projection(*sides))
+    W.copy_(stacked_W[: W.shape[0], : W.shape[1]])
 
 
 register_param_step(DTensor, lowrank_step)
