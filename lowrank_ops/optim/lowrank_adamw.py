@@ -132,7 +132,7 @@ class LowRankAdamW(PerParamOptimizer):
     def is_lowrank(self, param: torch.Tensor) -> bool:
         """Whether `param` (managed by this optimizer) is stepped through a low-rank projection: a non-empty
         floating matrix in a group with a rank. The others are plain AdamW."""
-        return self.param_groups[self.group_index(param)]["rank"] is not None and is_matrix(param)
+        return self.param_groups[self._managed(param, "is_lowrank")]["rank"] is not None and is_matrix(param)
 
     def ranks(self) -> dict:
         """The rank in use per low-rank parameter, {key: rank}, to watch e.g. "adaptive" ranks decay: key is
