@@ -722,14 +722,13 @@ def test_dispatching_subclass_without_a_registered_step_is_a_clear_error():
     assert not opt.state[p]  # nothing was initialized
 
 
-def test_layer_group_and_lowrank_queries():
+def test_layer_index_and_is_lowrank():
     a, b, bias, c = (torch.nn.Parameter(torch.randn(s)) for s in ((4, 5), (3, 3), (5,), (6, 2)))
     opt = LowRankAdamW([dict(params=[a, bias], rank=2), dict(params=[b, c])])
     assert [opt.layer_index(p) for p in (a, bias, b, c)] == [0, 1, 2, 3]
-    assert [opt.group_index(p) for p in (a, bias, b, c)] == [0, 0, 1, 1]
     assert [opt.is_lowrank(p) for p in (a, bias, b, c)] == [True, False, False, False]
     stranger = torch.nn.Parameter(torch.randn(2, 2))
-    for method in ("layer_index", "group_index", "is_lowrank", "step_param"):
+    for method in ("layer_index", "is_lowrank", "step_param"):
         with pytest.raises(ValueError, match=rf"LowRankAdamW\.{method}: the parameter of shape \[2, 2\] is not"):
             getattr(opt, method)(stranger)
 

@@ -64,10 +64,6 @@ class PerParamOptimizer(torch.optim.Optimizer):
         self._managed(param, "layer_index")
         return self._layer_index[param]
 
-    def group_index(self, param: torch.Tensor) -> int:
-        """The index in `param_groups` of the group that holds `param`."""
-        return self._managed(param, "group_index")
-
     def _managed(self, param, method: str) -> int:
         """param's group index; ValueError naming `method` when this optimizer does not manage param."""
         if param not in self._group_index:
