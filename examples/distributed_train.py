@@ -68,7 +68,7 @@ def main():
     else:
         from torch.distributed.fsdp import fully_shard
 
-        from lowrank_ops.distributed import shard_placement_fn
+        from lowrank_ops.distributed import shard_placement_fn  # importing it registers the DTensor step
 
         fully_shard(
             model, shard_placement_fn=shard_placement_fn(dist.get_world_size())

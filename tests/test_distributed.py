@@ -2,11 +2,16 @@
 distributed-orthogonal worker bases, DiLoCo against a single-process simulation of the same algorithm and
 its exact resume, LowRankAdamW on FSDP2-sharded parameters against single-process LowRankAdamW (the
 tolerance rule of DESIGN.md §5), DCP save/restore on the same and a different number of ranks, and the
-low-rank DDP comm hook against uncompressed DDP.
+low-rank DDP comm hook against uncompressed DDP. Single-process: the FSDP2 step of a shard given the
+all-reduced projected gradient against the fused op on the whole parameter, projections.side_matrix
+against the oracle, and the layering rules (distributed reaches no private optimizer member and imports
+no oracle).
 
 Rank functions are module-level (the workers import this module by name); the parent does the checks."""
 
+import ast
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -528,3 +533,154 @@ def test_shard_placement_fn():
     assert place(torch.empty(20, 8)) == Shard(0)  # right-projected: rows are local
     assert place(torch.empty(5)) == Shard(0)
     assert shard_placement_fn(2, side="left")(torch.empty(20, 8)) == Shard(1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The FSDP2 step of a parameter sharded along a projected dimension, without processes: the fused op given
+# the all-reduced projected gradient R (fsdp.step_with_projected) on each shard against the fused op on the
+# whole parameter. With small-integer G and operators, R is exact in every path, so the moments must be
+# bit-identical; the weight rows follow the tolerance rule against the float64 op.
+
+SHARD_SIDES = {"left": (3, 0), "right": (0, 2), "both": (3, 2)}  # (left rank, right rank)
+
+
+def _int_matrix(shape, rng, dtype):
+    return torch.randint(-3, 4, shape, generator=rng).to(dtype)
+
+
+@pytest.mark.parametrize("sides,dim", [("left", 0), ("right", 1), ("both", 0), ("both", 1)])
+@pytest.mark.parametrize("wd_mode", ["full", "adapter"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_step_with_projected_gradient_is_the_fused_op_on_each_shard(sides, dim, wd_mode, dtype, rng):
+    """`dim`: the sharded dimension, a projected one (an unprojected one takes the shard-local path)."""
+    from lowrank_ops import ops
+    from lowrank_ops.distributed.fsdp import step_with_projected
+    from lowrank_ops.optim import LowRankParamStep
+
+    (r1, r2), (m, n) = SHARD_SIDES[sides], (11, 9)
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    L = _int_matrix((r1, m), rng, compute) if r1 else None
+    Rt = _int_matrix((r2, n), rng, compute) if r2 else None
+    projection = ops.Projection(
+        left=ops.SideOperator("matrix", r1, matrix=L) if r1 else None,
+        right=ops.SideOperator("matrix", r2, matrix=Rt) if r2 else None,
+    )
+    shape = projection.projected_shape((m, n))
+    W = torch.randn(m, n, generator=rng).to(dtype)
+    G = _int_matrix((m, n), rng, compute)
+    R = G if L is None else L @ G
+    R = R if Rt is None else R @ Rt.T
+    start = {
+        "exp_avg": torch.randn(shape, generator=rng, dtype=compute),
+        "exp_avg_sq": torch.rand(shape, generator=rng, dtype=compute),
+        "step": 3,
+    }
+    if wd_mode == "adapter":
+        start["delta"] = torch.randn(shape, generator=rng, dtype=compute)
+    param = torch.nn.Parameter(W.clone())
+    opt = LowRankAdamW([param], lr=0.05, weight_decay=0.1, scale=0.7, rank=2, wd_mode=wd_mode)
+    group = opt.param_groups[0]
+    kind = projections.get(group["projection"])
+    step = LowRankParamStep(param, group, kind, {}, 0, lambda key, message: None, None)
+
+    def copy(state, to=None):
+        return {k: v.to(to or v.dtype, copy=True) if torch.is_tensor(v) else v for k, v in state.items()}
+
+    def fused(W, G, state):
+        ops.lowrank_adamw_step_(
+            W, G, state["exp_avg"], state["exp_avg_sq"], projection, lr=0.05, beta1=0.9, beta2=0.999,
+            eps=1e-8, weight_decay=0.1, step=3, scale=0.7, wd_mode=wd_mode, delta=state.get("delta"),
+        )
+
+    whole, whole_state = W.clone(), copy(start)
+    fused(whole, G, whole_state)
+    whole64 = W.to(torch.float64, copy=True)  # the float64 op: the same operators, float64 arithmetic
+    fused(whole64, G.double(), copy(start, torch.float64))
+
+    size = W.shape[dim]
+    pieces = []
+    for a, b in ((0, 4), (4, 4), (4, size)):  # uneven shards and an empty one
+        operators = [L, Rt]
+        operators[dim] = operators[dim][:, a:b]
+        shard, state = W.narrow(dim, a, b - a).clone(), copy(start)
+        step_with_projected(step, shard, R, state, operators)
+        for key in ("exp_avg", "exp_avg_sq", "delta"):
+            if key in state:
+                assert torch.equal(state[key], whole_state[key]), (key, a, b)
+        pieces.append(shard)
+    sharded = torch.cat(pieces, dim=dim)
+    assert_within_torch_error(sharded, whole64, whole, what=f"{sides} dim {dim}", k=max(r1, r2))
+
+
+def test_side_matrix_matches_the_oracle():
+    """projections.side_matrix (production: ops.sketch, ops.dct_basis) against the reference's dense side
+    operator, for every side kind."""
+    from lowrank_ops import ops
+    from lowrank_ops.reference.lowrank_adam import side_matrix as oracle
+
+    d = 13
+    P = torch.randn(3, d, dtype=torch.float64)
+    for op in (
+        ops.SideOperator("rademacher", 4, seed=9),
+        ops.SideOperator("gaussian", 4, seed=2**63 + 5),
+        ops.SideOperator("dct", 3, indices=torch.tensor([12, 0, 5], dtype=torch.int16)),
+        ops.SideOperator("matrix", 3, matrix=P),
+    ):
+        for dtype in (torch.float32, torch.float64):
+            got, want = projections.side_matrix(op, d, dtype, "cpu"), oracle(op, d, dtype, "cpu")
+            assert got.dtype == dtype and got.shape == (op.rank, d)
+            # Rademacher and matrix entries are exact; Gaussian entries may differ by the spec's few float32
+            # ulp (GAUSSIAN_ENTRY_TOL); DCT entries by a few ulp of the dtype, near-zero ones absolutely
+            tol = {"rademacher": 0.0, "matrix": 0.0, "gaussian": GAUSSIAN_ENTRY_TOL}.get(
+                op.kind, 4 * torch.finfo(dtype).eps
+            )
+            torch.testing.assert_close(got, want, rtol=tol, atol=tol, msg=op.kind)
+    with pytest.raises(ValueError, match=r"the matrix operator is \[3, 13\], expected 3 x 12"):
+        projections.side_matrix(ops.SideOperator("matrix", 3, matrix=P), 12, torch.float32, "cpu")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layering: distributed uses optim's public interface only, and production code, not the oracle.
+
+DISTRIBUTED = Path(__file__).resolve().parents[1] / "lowrank_ops" / "distributed"
+
+
+def is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _own_private_names(tree) -> set[str]:
+    """Names with one leading underscore that a module defines itself: functions, methods, classes, and
+    attributes it assigns to self."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+    return {n for n in names if is_private(n)}
+
+
+def test_distributed_touches_no_private_member_of_another_module_and_imports_no_oracle():
+    """Every `x._name` in lowrank_ops/distributed (x not self) names a member its own module defines, so no
+    private optimizer member (_warn, _layer_index, ...) is reached; nothing private is imported from
+    lowrank_ops.optim, and nothing from the reference (the test oracle)."""
+    found = []
+    for path in sorted(DISTRIBUTED.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        own = _own_private_names(tree)
+        for node in ast.walk(tree):
+            where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Attribute) and is_private(node.attr):
+                on_self = isinstance(node.value, ast.Name) and node.value.id == "self"
+                if node.attr not in own and not on_self:
+                    found.append(f"{where}: .{node.attr}")
+            if isinstance(node, ast.ImportFrom):
+                parts = (node.module or "").split(".")
+                imported = [a.name for a in node.names]
+                from_optim = parts[0] == "optim" or parts[:2] == ["lowrank_ops", "optim"]
+                if from_optim and any(x.startswith("_") for x in parts + imported):
+                    found.append(f"{where}: from {node.module} import {imported}")
+                if "reference" in parts:
+                    found.append(f"{where}: from {node.module} import {imported}")
+    assert not found, found

@@ -4,12 +4,18 @@ resume, per-layer stepping under gradient accumulation, the tiny-model training 
 the training-loop features (refresh robustness, params without grads, tied params, GradScaler,
 torch.compile)."""
 
+import ast
 import io
 import math
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._pytree import tree_map
 from helpers import (
     GAUSSIAN_ENTRY_TOL,
     assert_within_torch_error,
@@ -208,7 +214,7 @@ def test_adapter_mode_keeps_the_adapter_view_identity(rng):
 
 
 # ---------------------------------------------------------------------------------------------------
-# GaLoreAdamW against galore-torch's arithmetic as ../shared/ANCHORS.md states it
+# GaLoreAdamW against galore-torch 1.0's GaLoreAdamW arithmetic, transcribed below (not from lowrank_ops)
 
 
 def galore_maps(side, A, B):
@@ -223,7 +229,10 @@ def galore_maps(side, A, B):
 def transcribed_galore(
     W0, X, Y, steps, *, rank, gap, proj_type, lr, betas, eps, wd, scale, correct_bias, dtype
 ):
-    """galore-torch 1.0's GaLoreAdamW step for one weight, transcribed from ANCHORS.md (not lowrank_ops)."""
+    """galore-torch 1.0's GaLoreAdamW step for one weight, transcribed from its arithmetic (not lowrank_ops):
+    refresh at steps t % gap == 0 (before the increment): fp32 SVD of G, U and Vh cast back to its dtype;
+    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  u = project_back(m / (sqrt(v) + eps)) scale
+    p -= lr sqrt(1 - b2^t) / (1 - b1^t) u  (lr without correct_bias);  then p -= lr wd p if wd > 0."""
     W = W0.to(dtype).clone()
     X, Y = X.to(dtype), Y.to(dtype)
     b1, b2 = betas
@@ -620,3 +629,141 @@ def test_bad_group_settings_raise_clear_errors(group, match):
 def test_galore_bad_proj_type():
     with pytest.raises(ValueError, match="GaLoreAdamW: param group 0: 'proj_type' must be one of"):
         GaLoreAdamW([dict(params=[torch.nn.Parameter(torch.zeros(3, 3))], rank=2, proj_type="middle")])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The per-parameter stepping interface (register_param_step, LowRankParamStep) and the layering rule
+
+
+class TaggedParameter(torch.nn.Parameter):
+    """A parameter subclass on plain storage, stepped by the function registered for it below."""
+
+
+class DispatchingTensor(torch.Tensor):
+    """A wrapper subclass that dispatches its own ops (as DTensor does): the fused kernels cannot read it."""
+
+    @staticmethod
+    def __new__(cls, inner):
+        return torch.Tensor._make_wrapper_subclass(cls, inner.shape, dtype=inner.dtype, device=inner.device)
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        def unwrap(t):
+            return t.inner if isinstance(t, DispatchingTensor) else t
+
+        args, kwargs = tree_map(unwrap, (args, kwargs or {}))
+        return tree_map(lambda t: cls(t) if isinstance(t, torch.Tensor) else t, func(*args, **kwargs))
+
+
+TAGGED_STEPS = []  # the LowRankParamStep of every call of the registered function
+
+
+def tagged_step(step):
+    """The step, spelled out with the public calls on plain tensors that share the parameter's storage (what
+    a wrapper does with its local shards)."""
+    TAGGED_STEPS.append(step)
+    W, G = step.param.detach(), step.param.grad
+    if not step.state:
+        step.init_state(step.current_layout.projected_shape, like=W)
+    if step.advance(G):
+        step.fused_step(W, G, {k: v for k, v in step.state.items()}, step.projection())
+
+
+@pytest.mark.parametrize(
+    "kind,wd_mode", [("rademacher", "adapter"), ("orthogonal", "full"), ("svd", "full"), ("adaptive", "full")]
+)
+def test_registered_param_step_takes_over_and_the_public_calls_reproduce_the_step(kind, wd_mode, rng):
+    from lowrank_ops.optim import LowRankParamStep, register_param_step
+
+    register_param_step(TaggedParameter, tagged_step)
+    W0, X, Y = quadratic_problem((12, 7), rng)
+    tagged = TaggedParameter(W0.float())
+    plain = torch.nn.Parameter(W0.float())
+    bias = TaggedParameter(torch.zeros(3))  # plain AdamW (not a matrix): never handed to the step function
+    keys = dict(lr=1e-2, weight_decay=0.1, rank=3, projection=kind, update_gap=2, seed=4, wd_mode=wd_mode)
+    ours = LowRankAdamW([bias, tagged], **keys)
+    theirs = LowRankAdamW([torch.nn.Parameter(torch.zeros(3)), plain], **keys)
+    TAGGED_STEPS.clear()
+    for _ in range(5):
+        for p in (tagged, plain):
+            p.grad = quadratic_grad(p.detach(), X.float(), Y.float())
+        bias.grad = torch.ones(3)
+        ours.step()
+        theirs.step()
+        assert torch.equal(tagged, plain)
+        state_equal(ours.state[tagged], theirs.state[plain])
+    assert len(TAGGED_STEPS) == 5 and all(isinstance(s, LowRankParamStep) for s in TAGGED_STEPS)
+    step = TAGGED_STEPS[0]
+    assert step.param is tagged and step.group is ours.param_groups[0] and step.state is ours.state[tagged]
+    assert step.layer == 1 == ours.layer_index(tagged)
+    assert step.layout == projections.get(kind).layout((12, 7), 3, "auto")
+    assert all(s.param is tagged for s in TAGGED_STEPS)
+
+
+def test_register_param_step_errors():
+    from lowrank_ops.optim import register_param_step
+
+    for bad in (torch.Tensor, torch.nn.Parameter, int, "DTensor"):
+        with pytest.raises(TypeError, match="'tensor_type' must be a subclass of torch.Tensor"):
+            register_param_step(bad, tagged_step)
+    with pytest.raises(TypeError, match="'step_fn' must be callable"):
+        register_param_step(TaggedParameter, None)
+
+
+def test_dispatching_subclass_without_a_registered_step_is_a_clear_error():
+    p = DispatchingTensor(torch.randn(6, 5))
+    p.grad = DispatchingTensor(torch.randn(6, 5))
+    opt = LowRankAdamW([p], rank=2)
+    with pytest.raises(TypeError, match=r"\[6, 5\] is a DispatchingTensor, a tensor subclass that dispatches"):
+        opt.step()
+    assert not opt.state[p]  # nothing was initialized
+
+
+def test_layer_index_and_is_lowrank():
+    a, b, bias, c = (torch.nn.Parameter(torch.randn(s)) for s in ((4, 5), (3, 3), (5,), (6, 2)))
+    opt = LowRankAdamW([dict(params=[a, bias], rank=2), dict(params=[b, c])])
+    assert [opt.layer_index(p) for p in (a, bias, b, c)] == [0, 1, 2, 3]
+    assert [opt.is_lowrank(p) for p in (a, bias, b, c)] == [True, False, False, False]
+    stranger = torch.nn.Parameter(torch.randn(2, 2))
+    for method in ("layer_index", "is_lowrank", "step_param"):
+        with pytest.raises(ValueError, match=rf"LowRankAdamW\.{method}: the parameter of shape \[2, 2\] is not"):
+            getattr(opt, method)(stranger)
+
+
+OPTIM = Path(__file__).resolve().parents[1] / "lowrank_ops" / "optim"
+
+
+def test_optim_imports_nothing_from_distributed():
+    """No import of lowrank_ops.distributed anywhere in lowrank_ops/optim (lazy ones included), and none at
+    run time: a LowRankAdamW step in a fresh interpreter leaves it unimported."""
+    found = []
+    for path in sorted(OPTIM.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):  # resolved against the package lowrank_ops.optim
+                package = ["lowrank_ops", "optim"][: 2 - node.level + 1] if node.level else []
+                module = ".".join(package + ([node.module] if node.module else []))
+                targets = [f"{module}.{a.name}" for a in node.names] + [module]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            if any(t.split(".")[:2] == ["lowrank_ops", "distributed"] for t in targets):
+                found.append(f"{path.name}:{node.lineno}")
+    assert not found, found
+    code = (
+        "import sys, torch\n"
+        "from lowrank_ops.optim import LowRankAdamW\n"
+        "p = torch.nn.Parameter(torch.randn(6, 4)); p.grad = torch.randn(6, 4)\n"
+        "LowRankAdamW([p], rank=2).step()\n"
+        "print(sorted(m for m in sys.modules if m.startswith('lowrank_ops.distributed')))\n"
+    )
+    root = str(OPTIM.parents[1])
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -5,9 +5,10 @@
   pseudo-gradients travel as r x n coefficients plus seeds (diloco.py).
 - lowrank_allreduce_hook / LowRankHookState: a DDP comm hook that all-reduces seeded r x n sketches of the
   gradients with error feedback (comm_hook.py).
-- FSDP2: LowRankAdamW steps DTensor parameters shard-locally, or with one r x n all-reduce when the
-  projected dimension is sharded; shard_placement_fn shards every weight so that its step is local
-  (fsdp.py). Checkpoint with torch.distributed.checkpoint (get_state_dict / set_state_dict).
+- FSDP2: importing this package registers LowRankAdamW's step of DTensor parameters (through
+  lowrank_ops.optim.register_param_step): shard-local, or with one r x n all-reduce when the projected
+  dimension is sharded; shard_placement_fn shards every weight so that its step is local (fsdp.py).
+  Checkpoint with torch.distributed.checkpoint (get_state_dict / set_state_dict).
 - run_local: run a function on K local gloo ranks with hard timeouts (tests, benchmarks, examples).
 """
 

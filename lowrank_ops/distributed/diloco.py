@@ -34,9 +34,7 @@ import torch
 import torch.distributed as dist
 
 from .. import projections
-from ..ops.sketch import sketch
 from ..optim import LowRankAdamW
-from ..optim._base import is_matrix
 
 MODES = ("distributed", "independent", "identical")
 WHERE = "lowrank_ops.distributed.DiLoCo"
@@ -55,11 +53,8 @@ def _basis(kind, layout, seed: int, like: torch.Tensor) -> torch.Tensor:
     gradient: `like` gives only dtype and device), as the kind's own refresh computes it."""
     tmp = {}
     kind.refresh(tmp, like, layout, seed)
-    ((side, rank, d),) = layout.sides()
-    op = getattr(kind.projection(tmp, layout), side)
-    if op.kind == "matrix":
-        return op.matrix
-    return sketch(rank, d, op.seed, op.kind, like.dtype, like.device)
+    ((side, _, d),) = layout.sides()
+    return projections.side_matrix(getattr(kind.projection(tmp, layout), side), d, like.dtype, like.device)
 
 
 class _LowRank:
@@ -175,13 +170,13 @@ class DiLoCo:
             group["update_gap"] = self.sync_every
             group["block"] = (self.rank, self.world_size) if self.projection_init == "distributed" else None
             for p in group["params"]:
-                if not is_matrix(p):
+                if not self.inner_optimizer.is_lowrank(p):
                     continue
                 try:
                     layout = kind.layout(p.shape, group["rank"], group["side"], group["block"])
                 except ValueError as e:
                     raise ValueError(f"{WHERE}: parameter {names.get(p, '?')!r}: {e}") from None
-                lowrank[p] = _LowRank(gi, kind, layout, self.inner_optimizer._layer_index[p])
+                lowrank[p] = _LowRank(gi, kind, layout, self.inner_optimizer.layer_index(p))
         return lowrank
 
     # -- training -------------------------------------------------------------------------------------------

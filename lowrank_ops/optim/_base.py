@@ -54,13 +54,24 @@ class PerParamOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step_param(self, param: torch.Tensor) -> None:
         """One optimizer step of `param` alone (no-op without a grad): the per-layer mode's entry point."""
+        group = self.param_groups[self._managed(param, "step_param")]
+        if param.grad is not None:
+            self._step_group(group, [param])
+
+    def layer_index(self, param: torch.Tensor) -> int:
+        """The index of `param` in the flattened param list (groups in order, params in group order): the
+        layer of its projection seeds, projections.derive_seed(seed, layer, refresh)."""
+        self._managed(param, "layer_index")
+        return self._layer_index[param]
+
+    def _managed(self, param, method: str) -> int:
+        """param's group index; ValueError naming `method` when this optimizer does not manage param."""
         if param not in self._group_index:
             raise ValueError(
-                f"lowrank_ops.optim.{type(self).__name__}.step_param: the parameter of shape "
+                f"lowrank_ops.optim.{type(self).__name__}.{method}: the parameter of shape "
                 f"{list(param.shape)} is not managed by this optimizer"
             )
-        if param.grad is not None:
-            self._step_group(self.param_groups[self._group_index[param]], [param])
+        return self._group_index[param]
 
     def _warn(self, key: str, message: str) -> None:
         if key not in self._warned:

@@ -1,7 +1,8 @@
 """GaLoreAdamW: a drop-in for galore-torch's `GaLoreAdamW` (param-group keys rank, update_proj_gap,
-scale, proj_type) that reproduces its arithmetic (../shared/ANCHORS.md) on the fused op.
+scale, proj_type) that reproduces its arithmetic on the fused op.
 
-galore-torch, per low-rank param at step t (t counted after the increment):
+galore-torch 1.0's GaLoreAdamW (jiaweizzhao/GaLore), per low-rank param at step t (t counted after the
+increment):
   refresh when (t - 1) % update_proj_gap == 0: fp32 SVD of G, vectors cast back to G's dtype;
       std: right (P = Vh[:r], R = G P^T) if m >= n else left (R = U[:, :r]^T G); reverse_std: swapped;
       left / right: that side; full: both sides, R = U[:, :r]^T G Vh[:r]^T. Moments are not transformed.
@@ -16,10 +17,12 @@ below in the same op order.
 
 Differences, each deliberate: moments of low-rank params are fp32 for bf16 weights (galore-torch keeps
 them in the gradient's dtype); the side is fixed from the weight's shape, so square and rank >= dim
-projected gradients cannot pick the wrong side on the way back (user complaint #7); the rank is capped at
-min(m, n); the state holds only tensors and ints (no projector objects: torch.load(weights_only=True)
-works); a failed SVD keeps the previous basis (a seeded semi-orthogonal one at the first refresh) and a
-NaN/Inf gradient at a refresh skips that param's step, instead of NaN weights (complaints #5, #6).
+projected gradients cannot pick the wrong side on the way back (galore-torch users report shape errors
+there for some proj_types); the rank is capped at min(m, n); the state holds only tensors and ints (no
+projector objects: torch.load(weights_only=True) works); a failed SVD keeps the previous basis (a seeded
+semi-orthogonal one at the first refresh) and a NaN/Inf gradient at a refresh skips that param's step,
+instead of NaN weights (galore-torch users report SVDs that fail on ill-conditioned gradients and a loss
+that collapses after them).
 """
 
 import math
@@ -115,7 +118,7 @@ class GaLoreAdamW(PerParamOptimizer):
         kind = projections.get("two_sided_svd" if group["proj_type"] == "full" else "svd")
         state = self.state[p]
         if not state:
-            lowrank_state(state, self._layer_index[p], layout.projected_shape, p, with_delta=False)
+            lowrank_state(state, self.layer_index(p), layout.projected_shape, p, with_delta=False)
         G = p.grad
         if not refresh_if_due(
             state, kind, G, layout, group["update_proj_gap"], FALLBACK_BASE_SEED, self._warn

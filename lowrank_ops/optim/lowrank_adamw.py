@@ -29,17 +29,9 @@ import torch
 from torch.optim.adamw import adamw as torch_adamw
 
 from .. import projections
-from ..ops.lowrank_adam import WD_MODES, lowrank_adamw_step_
-from ._base import (
-    SEED_LIMIT,
-    PerParamOptimizer,
-    check_block,
-    check_hyper,
-    check_int,
-    is_matrix,
-    lowrank_state,
-    refresh_if_due,
-)
+from ..ops.lowrank_adam import WD_MODES
+from ._base import SEED_LIMIT, PerParamOptimizer, check_block, check_hyper, check_int, is_matrix
+from .param_step import LowRankParamStep, registered_param_step
 
 
 def _scalar_dtype():
@@ -57,8 +49,10 @@ class LowRankAdamW(PerParamOptimizer):
     `seed` (the base seed of the per-layer, per-refresh sketch seeds), `block` (None, or (k, K): use rows
     [k r, (k+1) r) of the K r x d basis of the same seed, "orthogonal" only: the distributed-orthogonal
     worker blocks that lowrank_ops.distributed.DiLoCo sets). `backend` picks the fused op's backend (None:
-    the default for the device). Parameters sharded by FSDP2 (DTensor) are stepped shard-locally where the
-    projected dimension is not sharded (lowrank_ops.distributed.fsdp). Keywords beyond these are
+    the default for the device). A low-rank parameter of a tensor subclass whose owner registered a step
+    for it (lowrank_ops.optim.register_param_step) is stepped by that: importing lowrank_ops.distributed
+    registers the step of FSDP2's DTensor parameters (shard-local where the projected dimension is not
+    sharded, one r x n all-reduce where it is). Keywords beyond these are
     param-group keys that projection kinds declare (ProjectionKind.options, e.g. "adaptive"'s `energy`,
     `max_rank`, `min_rank`, `converge_tol`, `min_gap`, `max_gap`); `ranks()` reports the rank in use per
     low-rank parameter.
@@ -135,6 +129,11 @@ class LowRankAdamW(PerParamOptimizer):
                 if is_matrix(p):
                     self._step_lowrank(p, group, kind)
 
+    def is_lowrank(self, param: torch.Tensor) -> bool:
+        """Whether `param` (managed by this optimizer) is stepped through a low-rank projection: a non-empty
+        floating matrix in a group with a rank. The others are plain AdamW."""
+        return self.param_groups[self._managed(param, "is_lowrank")]["rank"] is not None and is_matrix(param)
+
     def ranks(self) -> dict:
         """The rank in use per low-rank parameter, {key: rank}, to watch e.g. "adaptive" ranks decay: key is
         the parameter's name when the optimizer was built from named parameters, else its index in the
@@ -152,7 +151,7 @@ class LowRankAdamW(PerParamOptimizer):
                 layout = kind.layout(p.shape, group["rank"], group["side"], group.get("block"))
                 layout = kind.current_layout(self.state.get(p, {}), layout, group)
                 ranks = [rank for _, rank, _ in layout.sides()]
-                out[names[i] if names else self._layer_index[p]] = (
+                out[names[i] if names else self.layer_index(p)] = (
                     (layout.left_rank, layout.right_rank) if kind.two_sided else ranks[0]
                 )
         return out
@@ -192,53 +191,9 @@ class LowRankAdamW(PerParamOptimizer):
         )
 
     def _step_lowrank(self, p, group, kind):
-        layout = kind.layout(p.shape, group["rank"], group["side"], group.get("block"))
-        if type(p) not in (torch.Tensor, torch.nn.Parameter):  # a tensor subclass, e.g. FSDP2's DTensor
-            from ..distributed import fsdp
-
-            if fsdp.is_dtensor(p):
-                fsdp.lowrank_step(self, p, group, kind, layout)
-                return
-        state = self.state[p]
-        if not state:
-            shape = kind.current_layout(state, layout, group).projected_shape
-            lowrank_state(state, self._layer_index[p], shape, p, group["wd_mode"] == "adapter")
-        if self._advance(state, p.grad, layout, kind, group):
-            current = kind.current_layout(state, layout, group)
-            self._fused_step(p, p.grad, state, kind.projection(state, current), group)
-
-    def _advance(self, state, G, layout, kind, group) -> bool:
-        """Refreshes the basis when due and counts the step; False: skip this step (non-finite G at a
-        refresh). Shared with the sharded path."""
-        refreshes = state["refresh"]
-        if not refresh_if_due(state, kind, G, layout, group["update_gap"], group["seed"], self._warn, group):
-            return False
-        if state["refresh"] != refreshes and "delta" in state:
-            if state["delta"].shape == state["exp_avg"].shape:
-                state["delta"].zero_()
-            else:  # the rank changed ("adaptive"): the adapter restarts in the new projected shape
-                state["delta"] = torch.zeros_like(state["exp_avg"])
-        state["step"] += 1
-        return True
-
-    def _fused_step(self, W, G, state, projection, group):
-        """The fused op on W with the moments (and adapter delta) of `state`; shared with the sharded path,
-        which passes the local shards."""
-        beta1, beta2 = group["betas"]
-        lowrank_adamw_step_(
-            W,
-            G,
-            state["exp_avg"],
-            state["exp_avg_sq"],
-            projection,
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            step=state["step"],
-            scale=group["scale"],
-            wd_mode=group["wd_mode"],
-            delta=state.get("delta"),
-            backend=self._backend,
-        )
+        step = LowRankParamStep(p, group, kind, self.state[p], self.layer_index(p), self._warn, self._backend)
+        step_fn = registered_param_step(p)
+        if step_fn is None:
+            step.run()
+        else:  # a tensor subclass whose owner registered its step (register_param_step), e.g. DTensor
+            step_fn(step)

@@ -21,6 +21,7 @@ from . import orthogonal, seeded, svd  # noqa: F401  (importing a kind module re
 from . import dct  # noqa: F401  (the SVD-free "dct" kind)
 from . import adaptive, rsvd  # noqa: F401  ("rsvd", "adaptive": range finder, AdaRankGrad)
 from .base import Layout, ProjectionKind, get, names, option_names, refresh, register
+from .dense import side_matrix
 from .orthogonal import semi_orthogonal
 from .seeds import derive_seed, splitmix64
 from .svd import top_singular_vectors
@@ -35,6 +36,7 @@ __all__ = [
     "refresh",
     "register",
     "semi_orthogonal",
+    "side_matrix",
     "splitmix64",
     "top_singular_vectors",
 ]
