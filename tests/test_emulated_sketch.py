@@ -140,12 +140,14 @@ LAYOUTS = ["contiguous", "transposed", "sliced"]
 
 
 @covers("sketch_gemm_kernel")
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("product,shape,size", GEMM_CASES)
-def test_sketch_gemm_within_tolerance(product, shape, size, dtype, rng):
-    # kinds and layouts rotate over the cases, so each product sees both kinds and several layouts
-    i = GEMM_CASES.index((product, shape, size)) + DTYPES.index(dtype)
-    kind, layout = ("rademacher", "gaussian")[i % 2], LAYOUTS[i % 3]
+def test_sketch_gemm_within_tolerance(product, shape, size, dtype, kind, rng):
+    """Every kernel instance (product x input dtype x kind); the layouts rotate over the cases."""
+    layout = LAYOUTS[
+        (GEMM_CASES.index((product, shape, size)) + DTYPES.index(dtype) + (kind == "gaussian")) % 3
+    ]
     x = torch.randn(shape, generator=rng).to(dtype)
     out, direction, side = run_gemm(product, kind, x, size, layout)
     check_gemm(out, x, size, kind, direction, side, f"{direction} {side} {kind} {dtype} {layout} {shape}")
