@@ -227,17 +227,29 @@ def test_undefined_behaviour_sanitizer_is_on():
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_every_global_kernel_has_an_emulated_test():
-    """Parses the __global__ functions out of kernels/*.cu and requires each to be claimed by a test of a
-    tests/test_emulated_*.py module (harness.covers, which also fails that test if it never launches the
-    kernel). Lists the kernels and their tests in the -v output."""
+def emulated_coverage() -> dict[str, list[str]]:
+    """harness.COVERAGE with every tests/test_emulated_*.py module imported (each registers its tests)."""
     for path in sorted(Path(__file__).parent.glob("test_emulated_*.py")):
         importlib.import_module(path.stem)
-    kernels = harness.global_kernels()
-    assert len(kernels) >= 11, f"expected the kernels of kernels/*.cu, parsed {sorted(kernels)}"
-    missing = sorted(f"{name} ({file})" for name, file in kernels.items() if name not in harness.COVERAGE)
-    assert not missing, f"__global__ kernels without an emulated test: {missing}"
-    stale = sorted(set(harness.COVERAGE) - set(kernels))
+    return harness.COVERAGE
+
+
+GLOBAL_KERNELS = harness.global_kernels()  # parsed from kernels/*.cu: one test below per kernel
+
+
+def test_the_kernel_sources_were_parsed():
+    assert len(GLOBAL_KERNELS) >= 11, f"expected the kernels of kernels/*.cu, parsed {sorted(GLOBAL_KERNELS)}"
+
+
+@pytest.mark.parametrize("kernel", sorted(GLOBAL_KERNELS))
+def test_every_global_kernel_has_an_emulated_test(kernel):
+    """Each __global__ function of kernels/*.cu (one test per kernel, so `-v` lists them) is claimed by a test
+    of a tests/test_emulated_*.py module through harness.covers, which also fails that test if it never
+    launches the kernel."""
+    claimed = emulated_coverage().get(kernel)
+    assert claimed, f"__global__ {kernel} ({GLOBAL_KERNELS[kernel]}) has no emulated test (harness.covers)"
+
+
+def test_no_emulated_test_claims_a_kernel_that_is_gone():
+    stale = sorted(set(emulated_coverage()) - set(GLOBAL_KERNELS))
     assert not stale, f"emulated tests claim kernels that kernels/*.cu no longer has: {stale}"
-    for name, file in sorted(kernels.items()):
-        print(f"{file}: {name}: {', '.join(harness.COVERAGE[name])}")
