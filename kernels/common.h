@@ -19,3 +19,11 @@ typedef long long int64_t;
 #include <cmath>
 #include <cstdint>
 #endif
+
+// A kernel launch: LRO_LAUNCH(grid, block, shared_bytes, stream, kernel)(args...) is
+// kernel<<<grid, block, shared_bytes, stream>>>(args...). The kernel comes last, so that a template-id with
+// commas needs no parentheses. The test-only CPU emulation (tests/emulated) defines LRO_LAUNCH before this
+// header and runs the kernel on host threads instead.
+#ifndef LRO_LAUNCH
+#define LRO_LAUNCH(grid, block, shared_bytes, stream, ...) __VA_ARGS__<<<grid, block, shared_bytes, stream>>>
+#endif

@@ -64,7 +64,7 @@ cudaError_t dct_rows(O* out, int64_t rows, int64_t dim, int64_t ld, const int64_
   const int64_t col_tiles = (dim + kCols - 1) / kCols, row_tiles = (rows + kRows - 1) / kRows;
   if (col_tiles > INT_MAX) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(col_tiles), static_cast<unsigned>(row_tiles < 65535 ? row_tiles : 65535));
-  dct_rows_kernel<C, O><<<grid, kThreads, 0, stream>>>(out, rows, dim, ld, indices, first_row);
+  LRO_LAUNCH(grid, kThreads, 0, stream, dct_rows_kernel<C, O>)(out, rows, dim, ld, indices, first_row);
   return cudaGetLastError();
 }
 #endif  // !__CUDACC_RTC__

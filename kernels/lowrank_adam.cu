@@ -103,9 +103,11 @@ cudaError_t sketch_window(T* out, int64_t ld, SketchKind kind, uint64_t seed, in
   if (blocks > INT_MAX) return cudaErrorInvalidValue;
   const unsigned grid = static_cast<unsigned>(blocks);
   if (kind == kRademacher) {
-    sketch_window_kernel<T, kRademacher><<<grid, kThreads, 0, stream>>>(out, ld, seed, rank, k0, width, scale);
+    LRO_LAUNCH(grid, kThreads, 0, stream, sketch_window_kernel<T, kRademacher>)
+    (out, ld, seed, rank, k0, width, scale);
   } else {
-    sketch_window_kernel<T, kGaussian><<<grid, kThreads, 0, stream>>>(out, ld, seed, rank, k0, width, scale);
+    LRO_LAUNCH(grid, kThreads, 0, stream, sketch_window_kernel<T, kGaussian>)
+    (out, ld, seed, rank, k0, width, scale);
   }
   return cudaGetLastError();
 }
@@ -119,7 +121,8 @@ cudaError_t dct_window(T* out, int64_t ld, const int64_t* indices, int64_t rank,
   if (out == nullptr || indices == nullptr) return cudaErrorInvalidValue;
   const int64_t blocks = (rank * ((width + kSegment - 1) / kSegment) + kThreads - 1) / kThreads;
   if (blocks > INT_MAX) return cudaErrorInvalidValue;
-  dct_window_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(out, ld, indices, rank, dim, k0, width);
+  LRO_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, dct_window_kernel<T>)
+  (out, ld, indices, rank, dim, k0, width);
   return cudaGetLastError();
 }
 
@@ -129,9 +132,9 @@ cudaError_t adam_moments_launch(T* r, T* m, T* v, T* delta, int64_t n, const Ada
   if (n == 0) return cudaSuccess;
   if (r == nullptr || m == nullptr || v == nullptr) return cudaErrorInvalidValue;
   if (delta != nullptr) {
-    adam_moments_kernel<T, true><<<blocks_for(n), kThreads, 0, stream>>>(r, m, v, delta, n, step);
+    LRO_LAUNCH(blocks_for(n), kThreads, 0, stream, adam_moments_kernel<T, true>)(r, m, v, delta, n, step);
   } else {
-    adam_moments_kernel<T, false><<<blocks_for(n), kThreads, 0, stream>>>(r, m, v, delta, n, step);
+    LRO_LAUNCH(blocks_for(n), kThreads, 0, stream, adam_moments_kernel<T, false>)(r, m, v, delta, n, step);
   }
   return cudaGetLastError();
 }
@@ -142,7 +145,8 @@ cudaError_t weight_update_launch(W* w, int64_t rows, int64_t cols, int64_t s0, i
   if (rows < 0 || cols < 0) return cudaErrorInvalidValue;
   if (rows == 0 || cols == 0) return cudaSuccess;
   if (w == nullptr || u == nullptr) return cudaErrorInvalidValue;
-  weight_update_kernel<W, T><<<blocks_for(rows * cols), kThreads, 0, stream>>>(w, rows, cols, s0, s1, u, step);
+  LRO_LAUNCH(blocks_for(rows * cols), kThreads, 0, stream, weight_update_kernel<W, T>)
+  (w, rows, cols, s0, s1, u, step);
   return cudaGetLastError();
 }
 #endif  // !__CUDACC_RTC__

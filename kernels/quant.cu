@@ -134,11 +134,11 @@ cudaError_t quantize(const In* w, int format, int64_t rows, int64_t cols, int64_
   if (nf4) {
     const int64_t numel = rows * cols;
     const unsigned grid = static_cast<unsigned>(grid_for((numel + g - 1) / g, kWarps, kMaxGridX));
-    quantize_nf4_kernel<In><<<grid, kThreads, 0, stream>>>(w, numel, g, codes, scales);
+    LRO_LAUNCH(grid, kThreads, 0, stream, quantize_nf4_kernel<In>)(w, numel, g, codes, scales);
   } else {
     const unsigned grid = static_cast<unsigned>(grid_for(rows * ((cols + g - 1) / g), kWarps, kMaxGridX));
-    quantize_int8_kernel<In><<<grid, kThreads, 0, stream>>>(w, rows, cols, g, reinterpret_cast<int8_t*>(codes),
-                                                            scales);
+    LRO_LAUNCH(grid, kThreads, 0, stream, quantize_int8_kernel<In>)
+    (w, rows, cols, g, reinterpret_cast<int8_t*>(codes), scales);
   }
   return cudaGetLastError();
 }
@@ -156,9 +156,9 @@ cudaError_t dequantize(const QuantMatrix& w, int64_t r0, int64_t nr, int64_t c0,
   const dim3 grid(static_cast<unsigned>(grid_for(nc, int64_t{kThreads} * kSegment, kMaxGridX)),
                   static_cast<unsigned>(nr < kMaxGridY ? nr : kMaxGridY));
   if (nf4) {
-    dequantize_kernel<kQuantNF4, C, Out><<<grid, kThreads, 0, stream>>>(w, r0, nr, c0, nc, out, ld);
+    LRO_LAUNCH(grid, kThreads, 0, stream, dequantize_kernel<kQuantNF4, C, Out>)(w, r0, nr, c0, nc, out, ld);
   } else {
-    dequantize_kernel<kQuantInt8, C, Out><<<grid, kThreads, 0, stream>>>(w, r0, nr, c0, nc, out, ld);
+    LRO_LAUNCH(grid, kThreads, 0, stream, dequantize_kernel<kQuantInt8, C, Out>)(w, r0, nr, c0, nc, out, ld);
   }
   return cudaGetLastError();
 }

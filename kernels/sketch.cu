@@ -216,9 +216,9 @@ cudaError_t sketch_fill(T* out, int64_t rows, int64_t cols, int64_t ld, SketchKi
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(cols)));
   const SketchSpec spec{kind, seed, rows, cols};
   if (kind == kRademacher) {
-    sketch_fill_kernel<T, kRademacher><<<grid, kThreads, 0, stream>>>(out, ld, spec, scale);
+    LRO_LAUNCH(grid, kThreads, 0, stream, sketch_fill_kernel<T, kRademacher>)(out, ld, spec, scale);
   } else {
-    sketch_fill_kernel<T, kGaussian><<<grid, kThreads, 0, stream>>>(out, ld, spec, scale);
+    LRO_LAUNCH(grid, kThreads, 0, stream, sketch_fill_kernel<T, kGaussian>)(out, ld, spec, scale);
   }
   return cudaGetLastError();
 }
@@ -228,11 +228,11 @@ template <typename T, typename In, SketchProduct kProduct>
 void launch_gemm(unsigned grid, cudaStream_t stream, const SketchSpec& spec, const StridedMatrix<In>& x,
                  T scale, T* out, int64_t M, int64_t N, int64_t K, bool rows_fast) {
   if (spec.kind == kRademacher) {
-    sketch_gemm_kernel<T, In, kProduct, kRademacher>
-        <<<grid, kThreads, 0, stream>>>(spec, x, scale, out, M, N, K, rows_fast);
+    LRO_LAUNCH(grid, kThreads, 0, stream, sketch_gemm_kernel<T, In, kProduct, kRademacher>)
+    (spec, x, scale, out, M, N, K, rows_fast);
   } else {
-    sketch_gemm_kernel<T, In, kProduct, kGaussian>
-        <<<grid, kThreads, 0, stream>>>(spec, x, scale, out, M, N, K, rows_fast);
+    LRO_LAUNCH(grid, kThreads, 0, stream, sketch_gemm_kernel<T, In, kProduct, kGaussian>)
+    (spec, x, scale, out, M, N, K, rows_fast);
   }
 }
 
@@ -287,7 +287,7 @@ cudaError_t launch_philox4x32(const int64_t* counters, int64_t* words, int64_t n
   if (counters == nullptr || words == nullptr) return cudaErrorInvalidValue;
   const int64_t blocks = (n + kThreads - 1) / kThreads;
   const unsigned grid = static_cast<unsigned>(blocks < (1 << 20) ? blocks : (1 << 20));
-  philox4x32_kernel<<<grid, kThreads, 0, stream>>>(counters, words, n, seed, rounds);
+  LRO_LAUNCH(grid, kThreads, 0, stream, philox4x32_kernel)(counters, words, n, seed, rounds);
   return cudaGetLastError();
 }
 
