@@ -65,7 +65,7 @@ def write_build_config(with_cuda: bool, arch_list: str) -> None:
 def extensions(with_cuda: bool, arch_list: str):
     if os.environ.get("LOWRANK_OPS_NO_EXT", "0") == "1":
         return []
-    sources = ["csrc/python_module.cpp", "csrc/registration.cpp"]
+    sources = ["csrc/python_module.cpp", "csrc/lowrank_adam.cpp"]
     sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cpu").glob("*.cpp"))
     cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
     if not with_cuda:

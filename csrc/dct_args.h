@@ -1,13 +1,12 @@
 // Argument checks of the DCT family, shared by the CPU and CUDA bindings so that a C++ caller gets the
-// same clear error (op, argument, expected vs got) on every device. The Python layer checks the same
-// things before dispatch, for the backends that do not go through C++.
+// same clear error (op, argument, expected vs got) on every device (csrc/checks.h).
 #pragma once
 #include <ATen/ATen.h>
 
 #include <string>
 
-#include "sketch_args.h"  // shape_str, parse_side, check_float_matrix
 #include "../kernels/dct.h"
+#include "checks.h"
 
 namespace lowrank_ops {
 
@@ -36,11 +35,6 @@ inline DctMethod parse_method(const char* op, c10::string_view method) {
   if (method == "fft") return DctMethod::kFft;
   TORCH_CHECK(false, "lowrank_ops.", op, ": argument 'method' must be \"auto\", \"gemm\" or \"fft\", got \"",
               std::string(method), "\"");
-}
-
-// Scores are float32, except float64 for float64 G.
-inline at::ScalarType dct_score_dtype(at::ScalarType input) {
-  return input == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 inline DctScoreArgs check_scores_args(const char* op, const at::Tensor& G, c10::string_view side,
@@ -73,9 +67,7 @@ inline void check_basis_args(const at::Tensor& indices, int64_t dim, at::ScalarT
               indices.dim(), "-D tensor of shape ", shape_str(indices));
   TORCH_CHECK(dim >= 1 && dim <= lro::kDctMaxDim, "lowrank_ops.dct_basis: argument 'dim' must be in [1, ",
               lro::kDctMaxDim, "], got ", dim);
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
-              "lowrank_ops.dct_basis: argument 'dtype' must be float32, float64, float16 or bfloat16, got ",
-              dtype);
+  check_float_dtype("dct_basis", "dtype", dtype);
   if (indices.numel() > 0) {
     const int64_t lo = indices.min().item<int64_t>(), hi = indices.max().item<int64_t>();
     TORCH_CHECK(lo >= 0 && hi < dim, "lowrank_ops.dct_basis: argument 'indices' must hold values in [0, ",

@@ -3,7 +3,7 @@
 // generation of the tiles differs per device (the caller passes it in). The CPU's FFT path is in
 // csrc/cpu/dct.cpp.
 //
-// Scores (DESIGN.md §3): side "left", d = G.size(0): s_k = || (D G)[k, :] ||; side "right", d = G.size(1):
+// Scores (docs/DESIGN.md §3): side "left", d = G.size(0): s_k = || (D G)[k, :] ||; side "right", d = G.size(1):
 // s_k = || (G D^T)[:, k] ||, with D the d x d orthonormal DCT-II matrix of kernels/dct.h and the l1 or l2
 // norm.
 #pragma once

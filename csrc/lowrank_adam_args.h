@@ -1,14 +1,14 @@
-// Argument checks of the lowrank_adam family (the fused low-rank AdamW step), shared by the CPU and CUDA
-// bindings so that a C++ or torch.ops caller gets the same clear error (op, argument, expected vs got) on
-// every device. lowrank_ops/ops/lowrank_adam.py checks the same things before dispatch.
+// Argument checks of the lowrank_adam family (the fused low-rank AdamW step), so that a C++ or torch.ops
+// caller gets the same clear error (op, argument, expected vs got) on every device (csrc/checks.h).
 #pragma once
 #include <ATen/ATen.h>
 
 #include <optional>
 #include <string>
 
-#include "sketch_args.h"
 #include "../kernels/dct.h"
+#include "../kernels/sketch.h"
+#include "checks.h"
 
 namespace lowrank_ops {
 

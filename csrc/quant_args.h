@@ -1,26 +1,19 @@
 // Argument checks of the quant family, shared by the CPU and CUDA bindings so that a C++ caller gets the
-// same clear error (op, argument, expected vs got) on every device. The Python layer checks the same
-// things before dispatch, for the backends that do not go through C++.
+// same clear error (op, argument, expected vs got) on every device (csrc/checks.h).
 //
-// Storage (DESIGN.md §3, kernels/quant.h), W of shape [rows, cols] = [out, in], group size g:
+// Storage (docs/DESIGN.md §3, kernels/quant.h), W of shape [rows, cols] = [out, in], group size g:
 //   int8: codes int8 [rows, cols], scales float32 [rows, ceil(cols / g)]
 //   nf4:  codes uint8 [ceil(rows cols / 2)], scales (absmax) float32 [ceil(rows cols / g)], g even
 #pragma once
 #include <ATen/ATen.h>
 
-#include <sstream>
 #include <string>
 #include <tuple>
 
 #include "../kernels/quant.h"
+#include "checks.h"
 
 namespace lowrank_ops {
-
-inline std::string quant_shape_str(const at::Tensor& t) {
-  std::ostringstream s;
-  s << t.sizes();
-  return s.str();
-}
 
 inline int parse_quant_format(const char* op, c10::string_view format) {
   if (format == "int8") return lro::kQuantInt8;
@@ -34,15 +27,6 @@ inline void check_group_size(const char* op, int format, int64_t group_size) {
   TORCH_CHECK(format != lro::kQuantNF4 || group_size % 2 == 0, "lowrank_ops.", op,
               ": argument 'group_size' must be even for format \"nf4\" (two codes per byte never straddle "
               "two blocks), got ", group_size);
-}
-
-inline void check_quant_dtype(const char* op, const char* name, at::ScalarType s) {
-  TORCH_CHECK(s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16, "lowrank_ops.", op,
-              ": argument '", name, "' must be float32, float64, float16 or bfloat16, got ", s);
-}
-
-inline void check_quant_float(const char* op, const char* name, const at::Tensor& t) {
-  check_quant_dtype(op, name, t.scalar_type());
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -66,19 +50,19 @@ inline lro::QuantMatrix check_quant_weight(const char* op, const at::Tensor& cod
     TORCH_CHECK(codes.scalar_type() == at::kChar, "lowrank_ops.", op,
                 ": argument 'codes' must be int8 for format \"int8\", got ", codes.scalar_type());
     TORCH_CHECK(codes.dim() == 2 && codes.size(0) == rows && codes.size(1) == cols, "lowrank_ops.", op,
-                ": argument 'codes' must have shape [", rows, ", ", cols, "], got ", quant_shape_str(codes));
+                ": argument 'codes' must have shape [", rows, ", ", cols, "], got ", shape_str(codes));
     const int64_t groups = ceil_div(cols, group_size);
     TORCH_CHECK(scales.dim() == 2 && scales.size(0) == rows && scales.size(1) == groups, "lowrank_ops.", op,
-                ": argument 'scales' must have shape [", rows, ", ", groups, "], got ", quant_shape_str(scales));
+                ": argument 'scales' must have shape [", rows, ", ", groups, "], got ", shape_str(scales));
   } else {
     const int64_t numel = rows * cols;
     TORCH_CHECK(codes.scalar_type() == at::kByte, "lowrank_ops.", op,
                 ": argument 'codes' must be uint8 for format \"nf4\", got ", codes.scalar_type());
     TORCH_CHECK(codes.dim() == 1 && codes.size(0) == ceil_div(numel, 2), "lowrank_ops.", op,
-                ": argument 'codes' must have shape [", ceil_div(numel, 2), "], got ", quant_shape_str(codes));
+                ": argument 'codes' must have shape [", ceil_div(numel, 2), "], got ", shape_str(codes));
     TORCH_CHECK(scales.dim() == 1 && scales.size(0) == ceil_div(numel, group_size), "lowrank_ops.", op,
                 ": argument 'scales' must have shape [", ceil_div(numel, group_size), "], got ",
-                quant_shape_str(scales));
+                shape_str(scales));
   }
   return {fmt, static_cast<const uint8_t*>(codes.data_ptr()), scales.data_ptr<float>(), rows, cols, group_size};
 }
@@ -89,8 +73,8 @@ inline int check_quantize_args(const at::Tensor& W, c10::string_view format, int
   check_group_size("quantize_weight", fmt, group_size);
   TORCH_CHECK(W.dim() == 2 && W.size(0) >= 1 && W.size(1) >= 1,
               "lowrank_ops.quantize_weight: argument 'W' must be a non-empty 2-D tensor, got shape ",
-              quant_shape_str(W));
-  check_quant_float("quantize_weight", "W", W);
+              shape_str(W));
+  check_float_dtype("quantize_weight", "W", W.scalar_type());
   return fmt;
 }
 
@@ -111,16 +95,16 @@ inline lro::QuantMatrix check_dequantize_args(const at::Tensor& codes, const at:
                                               c10::string_view format, int64_t group_size, int64_t rows,
                                               int64_t cols, at::ScalarType dtype) {
   const lro::QuantMatrix w = check_quant_weight("dequantize_weight", codes, scales, format, group_size, rows, cols);
-  check_quant_dtype("dequantize_weight", "dtype", dtype);
+  check_float_dtype("dequantize_weight", "dtype", dtype);
   return w;
 }
 
 // X [t, k] against W [rows, cols]: k must be cols (forward) or rows (transposed product).
 inline void check_matmul_input(const char* op, const char* name, const at::Tensor& X, int64_t k,
                                const at::Tensor& codes) {
-  check_quant_float(op, name, X);
+  check_float_dtype(op, name, X.scalar_type());
   TORCH_CHECK(X.dim() == 2 && X.size(1) == k, "lowrank_ops.", op, ": argument '", name,
-              "' must be a 2-D tensor [tokens, ", k, "], got shape ", quant_shape_str(X));
+              "' must be a 2-D tensor [tokens, ", k, "], got shape ", shape_str(X));
   TORCH_CHECK(X.device() == codes.device(), "lowrank_ops.", op, ": argument '", name, "' is on ", X.device(),
               " but the codes are on ", codes.device());
 }
@@ -129,7 +113,7 @@ inline void check_bias(const c10::optional<at::Tensor>& bias, const at::Tensor& 
   if (!bias.has_value()) return;
   TORCH_CHECK(bias->dim() == 1 && bias->size(0) == rows,
               "lowrank_ops.dequant_matmul: argument 'bias' must have shape [", rows, "], got ",
-              quant_shape_str(*bias));
+              shape_str(*bias));
   TORCH_CHECK(bias->scalar_type() == X.scalar_type() && bias->device() == X.device(),
               "lowrank_ops.dequant_matmul: argument 'bias' must have X's dtype and device (", X.scalar_type(),
               ", ", X.device(), "), got ", bias->scalar_type(), ", ", bias->device());

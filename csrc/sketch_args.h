@@ -1,13 +1,12 @@
 // Argument checks of the sketch family, shared by the CPU and CUDA bindings so that a C++ caller gets
-// the same clear error (op, argument, expected vs got) on every device. The Python layer checks the
-// same things before dispatch, for the backends that do not go through C++.
+// the same clear error (op, argument, expected vs got) on every device (csrc/checks.h).
 #pragma once
 #include <ATen/ATen.h>
 
-#include <sstream>
 #include <string>
 
 #include "../kernels/sketch.h"
+#include "checks.h"
 
 namespace lowrank_ops {
 
@@ -18,38 +17,11 @@ struct ProjectionArgs {
   int64_t rank;  // r
 };
 
-inline std::string shape_str(const at::Tensor& t) {
-  std::ostringstream s;
-  s << t.sizes();
-  return s.str();
-}
-
-// float64 computes in float64; float32, bfloat16 and float16 accumulate in float32.
-inline at::ScalarType compute_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 inline int parse_kind(const char* op, c10::string_view kind) {
   if (kind == "rademacher") return lro::kRademacher;
   if (kind == "gaussian") return lro::kGaussian;
   TORCH_CHECK(false, "lowrank_ops.", op, ": argument 'kind' must be \"rademacher\" or \"gaussian\", got \"",
               std::string(kind), "\"");
-}
-
-inline bool parse_side(const char* op, c10::string_view side) {
-  if (side == "left") return true;
-  if (side == "right") return false;
-  TORCH_CHECK(false, "lowrank_ops.", op, ": argument 'side' must be \"left\" or \"right\", got \"",
-              std::string(side), "\"");
-}
-
-inline void check_float_matrix(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(t.dim() == 2, "lowrank_ops.", op, ": argument '", name, "' must be a 2-D tensor, got ",
-              t.dim(), "-D tensor of shape ", shape_str(t));
-  const at::ScalarType s = t.scalar_type();
-  TORCH_CHECK(s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16,
-              "lowrank_ops.", op, ": argument '", name,
-              "' must be float32, float64, float16 or bfloat16, got ", s);
 }
 
 inline void check_philox_args(const at::Tensor& counters, int64_t rounds) {

@@ -32,7 +32,7 @@ def build_info() -> dict:
     """What was built and what is usable now.
 
     Keys: version; extension (lowrank_ops._C loaded); extension_error; cpu / cuda (C++ kernels
-    registered for that device); cuda_arch_list (the architectures the CUDA sources were compiled for);
+    built for that device); cuda_arch_list (the architectures the CUDA sources were compiled for);
     triton (installed version or None); torch; torch_cuda (CUDA version of the running torch);
     built_with_torch / built_with_cuda (what the extension was compiled against)."""
     config = _build_config()
@@ -40,8 +40,8 @@ def build_info() -> dict:
         "version": version(),
         "extension": _extension.LOADED,
         "extension_error": None if _extension.LOADED else str(_extension.LOAD_ERROR),
-        "cpu": _extension.has_kernel("sketch_project", "CPU"),
-        "cuda": _extension.has_kernel("sketch_project", "CUDA"),
+        "cpu": _extension.compiled("cpu") is not None,
+        "cuda": _extension.compiled("cuda") is not None,
         "cuda_arch_list": config.get("cuda_arch_list", ""),
         "triton": triton_version(),
         "torch": torch.__version__,

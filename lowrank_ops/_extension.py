@@ -1,24 +1,38 @@
 """Loads the compiled extension lowrank_ops._C if it is there.
 
-A missing or broken extension must not break `import lowrank_ops`: the ops then run their pure-torch
-reference path, and one warning says so and how to build the extension."""
+lowrank_ops._C holds the C++ kernels as plain functions, in the submodules `cpu` and (in a build with the
+CUDA sources) `cuda`, one function per op with the op's schema arguments (csrc/lowrank_ops.h declares them);
+lowrank_ops/_ops.py registers them as the ops' CPU and CUDA kernels. A missing or broken extension must not
+break `import lowrank_ops`: every op then runs its pure-torch kernel, and one warning says so and how to
+build the extension. LOWRANK_OPS_NO_EXT=1 (read at import) skips the extension, as a build without it."""
 
+import os
 import warnings
 
-import torch
+import torch  # noqa: F401  (loads libtorch and libc10, which _C links against, before _C is imported)
 
-try:
-    from . import _C  # noqa: F401  (registers torch.ops.lowrank_ops.* on import)
+SKIP_ENV = "LOWRANK_OPS_NO_EXT"
 
-    LOAD_ERROR = None
-except ImportError as error:  # not built, or built against another torch
-    LOAD_ERROR = error
-    # A missing _C surfaces as Python's "cannot import name ... partially initialized module ... circular
-    # import" (it is imported while the package initializes): say what it means instead.
-    reason = "it was not built" if "partially initialized" in str(error) else str(error)
+if os.environ.get(SKIP_ENV, "0") == "1":
+    _C = None
+    LOAD_ERROR = ImportError(f"{SKIP_ENV}=1 is set")
+    _reason = str(LOAD_ERROR)
+else:
+    try:
+        from . import _C
+
+        LOAD_ERROR = None
+    except ImportError as error:  # not built, or built against another torch
+        _C = None
+        LOAD_ERROR = error
+        # A missing _C surfaces as Python's "cannot import name ... partially initialized module ... circular
+        # import" (it is imported while the package initializes): say what it means instead.
+        _reason = "it was not built" if "partially initialized" in str(error) else str(error)
+
+if LOAD_ERROR is not None:
     warnings.warn(
         "lowrank_ops: the compiled extension lowrank_ops._C could not be loaded "
-        f"({reason}); ops fall back to the pure-torch reference path (correct, slower). Build it with "
+        f"({_reason}); ops fall back to the pure-torch reference path (correct, slower). Build it with "
         "`pip install --no-build-isolation -e .` against the installed torch.",
         RuntimeWarning,
         stacklevel=3,
@@ -26,15 +40,7 @@ except ImportError as error:  # not built, or built against another torch
 
 LOADED = LOAD_ERROR is None
 
-# The C++ kernels registered per device, read once at import: they cannot change afterwards, and a set
-# lookup (unlike a dispatcher query) is traceable by torch.compile.
-REGISTERED = {
-    key: frozenset(name for name in torch._C._dispatch_get_registrations_for_dispatch_key(key)
-                   if name.startswith("lowrank_ops::")) if LOADED else frozenset()
-    for key in ("CPU", "CUDA")
-}
 
-
-def has_kernel(op: str, dispatch_key: str) -> bool:
-    """Whether torch.ops.lowrank_ops.<op> has a C++ kernel for `dispatch_key` ("CPU" or "CUDA")."""
-    return f"lowrank_ops::{op}" in REGISTERED[dispatch_key]
+def compiled(device_type: str):
+    """The module of C++ kernels for `device_type` ("cpu" or "cuda"), or None when this build has none."""
+    return getattr(_C, device_type, None) if LOADED else None

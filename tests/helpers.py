@@ -3,17 +3,18 @@
 import pytest
 import torch
 
-from lowrank_ops.ops import _backend
+from lowrank_ops import backends as lowrank_backends
 
 
-def backends(device_type: str = "cpu"):
-    """pytest params over every backend; unavailable ones are skipped with the reason, GPU ones marked."""
+def backends(op: str, device_type: str = "cpu"):
+    """pytest params over every backend of torch.ops.lowrank_ops.<op> on `device_type`; those unavailable
+    here (not built, not installed, or no kernel of that op) are skipped with the reason, GPU ones marked."""
     device = torch.device(device_type)
     params = []
-    for name in _backend.BACKENDS:
+    for name in lowrank_backends.BACKENDS:
         if name == "cuda" and device_type == "cpu" or name in ("cpu", "reference") and device_type == "cuda":
             continue
-        reason = _backend.unavailable_reason(name, "sketch_project", device)
+        reason = lowrank_backends.unavailable_reason(name, op, device)
         marks = [pytest.mark.skipif(reason is not None, reason=str(reason))]
         if device_type == "cuda":
             marks.append(pytest.mark.gpu)

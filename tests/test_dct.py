@@ -17,16 +17,17 @@ from helpers import (
     random_matrix,
 )
 
-from lowrank_ops import _extension, ops
+from lowrank_ops import backends as lowrank_backends
+from lowrank_ops import ops
 from lowrank_ops.reference import dct as reference
 
 SIDES = ("left", "right")
 NORMS = ("l1", "l2")
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 LAYOUTS = ["contiguous", "transposed", "sliced"]
-CPU_BACKENDS = backends("cpu")
-GPU_BACKENDS = backends("cuda")
-CPP_LOADED = _extension.LOADED and _extension.has_kernel("dct_scores", "CPU")
+CPU_BACKENDS = backends("dct_scores")
+GPU_BACKENDS = backends("dct_scores", "cuda")
+CPP_LOADED = lowrank_backends.unavailable_reason("cpu", "dct_scores", torch.device("cpu")) is None
 
 
 @functools.lru_cache(maxsize=4)
@@ -249,28 +250,15 @@ def test_repeated_calls_are_bit_identical(backend, rng):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def op_variants():
-    """(scores op, topk op, basis op, extra args) of every compiled/Triton variant reachable on CPU here."""
-    available = {backend_name(p) for p in CPU_BACKENDS if not p.marks[0].args[0]}
-    variants = []
-    if "cpu" in available and CPP_LOADED:
-        lib = torch.ops.lowrank_ops
-        variants.append(pytest.param(lib.dct_scores.default, lib.dct_topk.default, lib.dct_basis.default, id="cpu"))
-    if "triton" in available:
-        lib = torch.ops.lowrank_ops
-        variants.append(pytest.param(lib.dct_scores_triton.default, lib.dct_topk_triton.default,
-                                     lib.dct_basis_triton.default, id="triton"))
-    return variants
-
-
-@pytest.mark.parametrize("scores_op,topk_op,basis_op", op_variants())
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("side", SIDES)
-def test_opcheck(scores_op, topk_op, basis_op, side, rng):
+def test_opcheck(backend, side, rng):
+    lib = torch.ops.lowrank_ops
     for dtype in (torch.float32, torch.bfloat16):
         G = torch.randn(23, 19, generator=rng).to(dtype)
-        torch.library.opcheck(scores_op, (G, side, "l2"))
-        torch.library.opcheck(topk_op, (G, 5, side, "l1"))
-    torch.library.opcheck(basis_op, (torch.tensor([3, 0, 7], dtype=torch.int32), 9, torch.float32))
+        torch.library.opcheck(lib.dct_scores.default, (G, side, "l2", "auto", backend))
+        torch.library.opcheck(lib.dct_topk.default, (G, 5, side, "l1", "auto", backend))
+    torch.library.opcheck(lib.dct_basis.default, (torch.tensor([3, 0, 7], dtype=torch.int32), 9, torch.float32, backend))
 
 
 @pytest.mark.parametrize("backend", [p for p in CPU_BACKENDS if backend_name(p) != "triton"])

@@ -40,8 +40,8 @@ from tiny_models import (
     train_mlp,
 )
 
-CPU_BACKENDS = backends("cpu")
-GPU_BACKENDS = backends("cuda")
+CPU_BACKENDS = backends("lowrank_adamw_step_")
+GPU_BACKENDS = backends("lowrank_adamw_step_", "cuda")
 
 
 def explicit_dct(d: int, indices) -> torch.Tensor:
@@ -185,18 +185,8 @@ def test_no_r_by_d_or_m_by_n_temporary(backend, side, rng):
     assert peak_cpu_bytes(lambda: reference.lowrank_adamw_step_(W, G, m, v, projection, step=1, **HYPER)) >= W.nbytes
 
 
-def op_cases():
-    available = {p.values[0] for p in CPU_BACKENDS if not p.marks[0].args[0]}
-    pairs = []
-    if "cpu" in available:
-        pairs.append(torch.ops.lowrank_ops.lowrank_adamw_step_.default)
-    if "triton" in available:
-        pairs.append(torch.ops.lowrank_ops.lowrank_adamw_step_triton_.default)
-    return pairs
-
-
-@pytest.mark.parametrize("op", op_cases(), ids=lambda x: str(x))
-def test_opcheck(op, rng):
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_opcheck(backend, rng):
     shape = (21, 13)
     for w_dtype, left, right, wd_mode in [
         (torch.float32, ("dct", 0, 3, random_indices(3, 21, torch.int16, rng)), ("none", 0, 0, None), "full"),
@@ -207,7 +197,8 @@ def test_opcheck(op, rng):
         W = torch.randn(shape, generator=rng).to(w_dtype)
         G = torch.randn(shape, generator=rng).to(torch.bfloat16)
         m, v, delta = torch.zeros(r), torch.rand(r, generator=rng), torch.randn(r, generator=rng)
-        torch.library.opcheck(op, (W, G, m, v, delta, *left, *right, 1e-3, 0.9, 0.999, 1e-8, 0.01, 2, 1.0, wd_mode))
+        torch.library.opcheck(torch.ops.lowrank_ops.lowrank_adamw_step_.default,
+                              (W, G, m, v, delta, *left, *right, 1e-3, 0.9, 0.999, 1e-8, 0.01, 2, 1.0, wd_mode, backend))
 
 
 def test_torch_compile_fullgraph_matches_eager(rng):

@@ -29,8 +29,8 @@ except ImportError:  # pragma: no cover - install.sh installs it
 
 needs_bnb = pytest.mark.skipif(bnb is None, reason="bitsandbytes is not installed (scripts/install.sh installs it)")
 
-CPU_BACKENDS = backends("cpu")
-GPU_BACKENDS = backends("cuda")
+CPU_BACKENDS = backends("dequant_matmul")
+GPU_BACKENDS = backends("dequant_matmul", "cuda")
 FAST_BACKENDS = [p for p in CPU_BACKENDS if p.values[0] != "triton"]  # for shapes too big for the interpreter
 FORMATS = ("int8", "nf4")
 U = 2.0**-24  # float32 unit roundoff
@@ -303,37 +303,22 @@ def test_gradcheck_float64(backend, fmt, rng):
     assert torch.autograd.gradgradcheck(f, (X, bias))
 
 
-def raw_ops():
-    """(quantize, dequantize, matmul, matmul_t) op overloads of every C++/Triton backend reachable here."""
-    available = {p.values[0] for p in CPU_BACKENDS if not p.marks[0].args[0]}
-    sets = []
-    if "cpu" in available:
-        L = torch.ops.lowrank_ops
-        sets.append(pytest.param((L.quantize_weight.default, L.dequantize_weight.default, L.dequant_matmul.default,
-                                  L.dequant_matmul_t.default), id="cpu"))
-    if "triton" in available:
-        L = torch.ops.lowrank_ops
-        sets.append(pytest.param((L.quantize_weight_triton.default, L.dequantize_weight_triton.default,
-                                  L.dequant_matmul_triton.default, L.dequant_matmul_t_triton.default), id="triton"))
-    return sets
-
-
-@pytest.mark.parametrize("op_set", raw_ops())
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_opcheck(op_set, fmt, rng):
-    quantize_op, dequantize_op, matmul, matmul_t = op_set
+def test_opcheck(backend, fmt, rng):
+    L = torch.ops.lowrank_ops
     W = torch.randn(9, 22, generator=rng)
-    torch.library.opcheck(quantize_op, (W, fmt, 4))
-    codes, scales = quantize_op(W, fmt, 4)
+    torch.library.opcheck(L.quantize_weight.default, (W, fmt, 4, backend))
+    codes, scales = L.quantize_weight(W, fmt, 4, backend)
     weight_args = (codes, scales, fmt, 4, 9, 22)
-    torch.library.opcheck(dequantize_op, (*weight_args, torch.bfloat16))
+    torch.library.opcheck(L.dequantize_weight.default, (*weight_args, torch.bfloat16, backend))
     for dtype in (torch.float32, torch.bfloat16):
         X = torch.randn(5, 22, generator=rng).to(dtype).requires_grad_(dtype == torch.float32)
         bias = torch.randn(9, generator=rng).to(dtype).requires_grad_(dtype == torch.float32)
-        torch.library.opcheck(matmul, (X, *weight_args, bias))
-        torch.library.opcheck(matmul, (X, *weight_args, None))
+        torch.library.opcheck(L.dequant_matmul.default, (X, *weight_args, bias, backend))
+        torch.library.opcheck(L.dequant_matmul.default, (X, *weight_args, None, backend))
         dY = torch.randn(5, 9, generator=rng).to(dtype).requires_grad_(dtype == torch.float32)
-        torch.library.opcheck(matmul_t, (dY, *weight_args))
+        torch.library.opcheck(L.dequant_matmul_t.default, (dY, *weight_args, backend))
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)

@@ -20,8 +20,9 @@ from helpers import (
 
 KINDS = ("rademacher", "gaussian")
 SIDES = ("left", "right")
-CPU_BACKENDS = backends("cpu")
-GPU_BACKENDS = backends("cuda")
+CPU_BACKENDS = backends("sketch_project")
+GPU_BACKENDS = backends("sketch_project", "cuda")
+PHILOX_BACKENDS = backends("philox4x32")
 LARGE_SEED = 2**64 - 12345  # exercises the high key word and the int64 wrap of the schema
 
 # Random123's published known-answer vectors for Philox4x32 (counter, key = (k0, k1), rounds, output).
@@ -37,11 +38,7 @@ PHILOX_KAT = [
 ]
 
 
-def philox_backends():
-    return [p for p in CPU_BACKENDS if p.values[0] != "triton"]
-
-
-@pytest.mark.parametrize("backend", philox_backends())
+@pytest.mark.parametrize("backend", PHILOX_BACKENDS)
 @pytest.mark.parametrize("counter,key,rounds,expected", PHILOX_KAT)
 def test_philox_known_answers(backend, counter, key, rounds, expected):
     seed = key[0] | (key[1] << 32)
@@ -49,7 +46,7 @@ def test_philox_known_answers(backend, counter, key, rounds, expected):
     assert out.tolist() == [list(expected)]
 
 
-@pytest.mark.parametrize("backend", philox_backends())
+@pytest.mark.parametrize("backend", PHILOX_BACKENDS)
 def test_philox_words_equal_reference_on_random_counters(backend, rng):
     counters = torch.randint(0, 2**32, (3, 5, 4), generator=rng, dtype=torch.int64)
     seed = int(torch.randint(0, 2**62, (), generator=rng)) * 3
@@ -182,20 +179,9 @@ def test_out_dtype(backend, rng):
     assert ops.sketch_unproject(R, 1, 40, out_dtype=torch.bfloat16, backend=backend).dtype == torch.bfloat16
 
 
-def cpp_and_triton_ops():
-    """(op overload, backend) pairs of every compiled/Triton op reachable on CPU here."""
-    available = {p.values[0] for p in CPU_BACKENDS if not p.marks[0].args[0]}
-    pairs = []
-    if "cpu" in available:
-        pairs += [(torch.ops.lowrank_ops.sketch_project.default, "cpu"),
-                  (torch.ops.lowrank_ops.sketch_unproject.default, "cpu")]
-    if "triton" in available:
-        pairs += [(torch.ops.lowrank_ops.sketch_project_triton.default, "triton"),
-                  (torch.ops.lowrank_ops.sketch_unproject_triton.default, "triton")]
-    return pairs
-
-
-@pytest.mark.parametrize("op,backend", cpp_and_triton_ops(), ids=lambda x: str(x))
+@pytest.mark.parametrize("op", [torch.ops.lowrank_ops.sketch_project.default,
+                                torch.ops.lowrank_ops.sketch_unproject.default], ids=["project", "unproject"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("side", SIDES)
 def test_opcheck_projections(op, backend, side, rng):
     is_project = "unproject" not in str(op)
@@ -206,17 +192,18 @@ def test_opcheck_projections(op, backend, side, rng):
             X = torch.randn((5, 19) if side == "left" else (23, 5), generator=rng).to(dtype)
             X.requires_grad_(dtype == torch.float32)
         for kind in KINDS:
-            torch.library.opcheck(op, (X, 42, size, kind, side, None))
+            torch.library.opcheck(op, (X, 42, size, kind, side, None, backend))
 
 
-def test_opcheck_fill_and_philox():
-    from lowrank_ops import _extension
+@pytest.mark.parametrize("backend", backends("sketch_fill_"))
+def test_opcheck_fill(backend):
+    torch.library.opcheck(torch.ops.lowrank_ops.sketch_fill_.default, (torch.empty(6, 70), 3, "gaussian", backend))
 
-    if not _extension.LOADED:
-        pytest.skip("compiled extension not loaded")
-    torch.library.opcheck(torch.ops.lowrank_ops.sketch_fill_.default, (torch.empty(6, 70), 3, "gaussian"))
+
+@pytest.mark.parametrize("backend", PHILOX_BACKENDS)
+def test_opcheck_philox(backend):
     counters = torch.randint(0, 2**32, (8, 4), dtype=torch.int64)
-    torch.library.opcheck(torch.ops.lowrank_ops.philox4x32.default, (counters, -5, 10))
+    torch.library.opcheck(torch.ops.lowrank_ops.philox4x32.default, (counters, -5, 10, backend))
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -1,4 +1,4 @@
-// CPU kernels of the DCT family (DESIGN.md §3): basis rows from kernels/dct.h, scores by a GEMM on basis
+// CPU kernels of the DCT family (docs/DESIGN.md §3; declared in csrc/lowrank_ops.h): basis rows from kernels/dct.h, scores by a GEMM on basis
 // tiles generated into cache or by an FFT (csrc/dct_impl.h), and the deterministic top-k.
 //
 // Precision: the CPU computes in float64 for every input dtype and rounds the scores once, to float32
@@ -8,16 +8,17 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <cmath>
 #include <vector>
 
+#include "../../kernels/dct.h"
 #include "../dct_args.h"
 #include "../dct_impl.h"
-#include "../../kernels/dct.h"
+#include "../lowrank_ops.h"
 
 namespace lowrank_ops {
+namespace cpu {
 namespace {
 
 // GEMM path: kGemmTileElems entries per basis tile (1 MiB of float64; kb = 2^17 / d rows, at least one).
@@ -129,10 +130,10 @@ at::Tensor scores_fft(const at::Tensor& G, const DctScoreArgs& a, int64_t chunk)
   return s;
 }
 
-at::Tensor scores_cpu(const char* op, const at::Tensor& G, c10::string_view side, c10::string_view norm,
+at::Tensor scores(const char* op, const at::Tensor& G, c10::string_view side, c10::string_view norm,
                       c10::string_view method) {
   const DctScoreArgs a = check_scores_args(op, G, side, norm, method);
-  const at::ScalarType out = dct_score_dtype(G.scalar_type());
+  const at::ScalarType out = compute_dtype(G.scalar_type());
   const bool gemm = a.method == DctMethod::kGemm || (a.method == DctMethod::kAuto && a.dim <= kGemmMaxDim);
   at::Tensor s;
   if (gemm) {
@@ -145,31 +146,25 @@ at::Tensor scores_cpu(const char* op, const at::Tensor& G, c10::string_view side
   return s.to(out);
 }
 
-at::Tensor dct_scores_cpu(const at::Tensor& G, c10::string_view side, c10::string_view norm,
-                          c10::string_view method) {
-  return scores_cpu("dct_scores", G, side, norm, method);
+}  // namespace
+
+at::Tensor dct_scores(const at::Tensor& G, c10::string_view side, c10::string_view norm, c10::string_view method) {
+  return scores("dct_scores", G, side, norm, method);
 }
 
-at::Tensor dct_topk_cpu(const at::Tensor& G, int64_t rank, c10::string_view side, c10::string_view norm,
-                        c10::string_view method) {
+at::Tensor dct_topk(const at::Tensor& G, int64_t rank, c10::string_view side, c10::string_view norm,
+                    c10::string_view method) {
   check_topk_args(G, rank, side, norm, method);
-  return dct::select_top(scores_cpu("dct_topk", G, side, norm, method), rank);
+  return dct::select_top(scores("dct_topk", G, side, norm, method), rank);
 }
 
-at::Tensor dct_basis_cpu(const at::Tensor& indices, int64_t dim, at::ScalarType dtype) {
+at::Tensor dct_basis(const at::Tensor& indices, int64_t dim, at::ScalarType dtype) {
   check_basis_args(indices, dim, dtype);
   const at::Tensor index = indices.to(at::kLong).contiguous();
-  at::Tensor rows = at::empty({index.numel(), dim}, indices.options().dtype(dct_score_dtype(dtype)));
+  at::Tensor rows = at::empty({index.numel(), dim}, indices.options().dtype(compute_dtype(dtype)));
   fill_rows(rows, dim, 0, index.data_ptr<int64_t>());
   return rows.to(dtype);
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(lowrank_ops, CPU, m) {
-  m.impl("dct_scores", &dct_scores_cpu);
-  m.impl("dct_topk", &dct_topk_cpu);
-  m.impl("dct_basis", &dct_basis_cpu);
-}
-
+}  // namespace cpu
 }  // namespace lowrank_ops

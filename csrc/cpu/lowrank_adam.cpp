@@ -1,5 +1,5 @@
-// CPU kernels of the lowrank_adam family: the device hooks of csrc/lowrank_adam_driver.h. The per-element
-// math is kernels/adam.h (and kernels/dct.h for the basis tiles of a "dct" side). Each hook is ONE
+// CPU kernels of the lowrank_adam family: the device hooks of csrc/lowrank_adam_impl.h (cpu::kAdamDevice).
+// The per-element math is kernels/adam.h (and kernels/dct.h for the basis tiles of a "dct" side). Each hook is ONE
 // parallel region: on a machine with few cores a fork/join per tile and per GEMM costs more than it saves
 // (bench/results/sketch_cpu.json, bench/results/optim_cpu*.json).
 // The weight update splits P's columns (W's rows for a left side, its columns for a right side) into
@@ -10,14 +10,17 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
+
+#include <algorithm>
 
 #include "../../kernels/adam.h"
 #include "../../kernels/dct.h"
-#include "../lowrank_adam_driver.h"
-#include "sketch_tile.h"
+#include "../lowrank_adam_impl.h"
+#include "../lowrank_ops.h"
+#include "sketch_impl.h"
 
 namespace lowrank_ops {
+namespace cpu {
 namespace {
 
 // Columns of P per block of the weight update (one Rademacher Philox group), and elements of the U chunk
@@ -26,12 +29,7 @@ constexpr int64_t kBlockColumns = 128;
 constexpr int64_t kChunkElems = 64 * 1024;
 constexpr int64_t kMomentsGrain = 4096;
 
-template <typename T>
-lro::AdamStep<T> adam_step(const AdamArgs& a) {
-  return lro::make_adam_step<T>(a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.step, a.scale, a.adapter);
-}
-
-void moments_cpu(at::Tensor& r, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, at::Tensor* delta,
+void moments(at::Tensor& r, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, at::Tensor* delta,
                  const AdamArgs& args) {
   AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "lowrank_adamw_step_ moments", [&] {
     const lro::AdamStep<scalar_t> s = adam_step<scalar_t>(args);
@@ -70,7 +68,7 @@ void update_rows(W_t* w, int64_t s0, int64_t s1, int64_t rows, int64_t cols, con
 // rows i of P[:, k0 : k0 + width] of a "dct" side (P[i, :] = D[indices[i], :]), written into `tile`
 // (rank x width, unit column stride, float or double) by kernels/dct.h's dct_fill_segment, rows in
 // parallel (inline when called inside a parallel region).
-void fill_dct_cpu(const SideOp& side, int64_t k0, const at::Tensor& tile) {
+void fill_dct(const SideOp& side, int64_t k0, const at::Tensor& tile) {
   const int64_t* index = side.indices.const_data_ptr<int64_t>();
   const int64_t width = tile.size(1), ld = tile.stride(0);
   AT_DISPATCH_FLOATING_TYPES(tile.scalar_type(), "lowrank_adamw_step_ dct tile", [&] {
@@ -81,7 +79,7 @@ void fill_dct_cpu(const SideOp& side, int64_t k0, const at::Tensor& tile) {
   });
 }
 
-void unproject_update_cpu(const SideOp& side, bool left, const at::Tensor& Y, const at::Tensor& W,
+void unproject_update(const SideOp& side, bool left, const at::Tensor& Y, const at::Tensor& W,
                           const AdamArgs& args) {
   const int64_t d = side.dim, other = left ? W.size(1) : W.size(0);
   if (d == 0 || other == 0) return;
@@ -103,7 +101,7 @@ void unproject_update_cpu(const SideOp& side, bool left, const at::Tensor& Y, co
           p = sketch_tile_rows(side.kind, side.seed, d, 0, k0, tile.narrow(1, 0, width));
         } else if (side.kind == kSideDct) {
           p = tile.narrow(1, 0, width);
-          fill_dct_cpu(side, k0, p);
+          fill_dct(side, k0, p);
         } else {
           p = side.matrix.narrow(1, k0, width);
         }
@@ -124,22 +122,9 @@ void unproject_update_cpu(const SideOp& side, bool left, const at::Tensor& Y, co
   });
 }
 
-const AdamDevice kCpu{&moments_cpu, &unproject_update_cpu, &fill_dct_cpu};
-
-void lowrank_adamw_step_cpu(const at::Tensor& W, const at::Tensor& G, const at::Tensor& exp_avg,
-                            const at::Tensor& exp_avg_sq, const std::optional<at::Tensor>& delta,
-                            c10::string_view left_kind, int64_t left_seed, int64_t left_rank,
-                            const std::optional<at::Tensor>& left_matrix, c10::string_view right_kind,
-                            int64_t right_seed, int64_t right_rank, const std::optional<at::Tensor>& right_matrix,
-                            double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step,
-                            double scale, c10::string_view wd_mode) {
-  lowrank_adamw_step_op(kCpu, W, G, exp_avg, exp_avg_sq, delta, left_kind, left_seed, left_rank, left_matrix,
-                        right_kind, right_seed, right_rank, right_matrix, lr, beta1, beta2, eps, weight_decay, step,
-                        scale, wd_mode);
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lowrank_ops, CPU, m) { m.impl("lowrank_adamw_step_", &lowrank_adamw_step_cpu); }
+const AdamDevice kAdamDevice{&moments, &unproject_update, &fill_dct, &sketch_project, &sketch_unproject};
 
+}  // namespace cpu
 }  // namespace lowrank_ops

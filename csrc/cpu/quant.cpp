@@ -1,21 +1,23 @@
-// CPU kernels of the quant family (INT8 / NF4 weights, DESIGN.md §3; per-element math in kernels/quant.h).
+// CPU kernels of the quant family (INT8 / NF4 weights, docs/DESIGN.md §3; declared in csrc/lowrank_ops.h;
+// per-element math in kernels/quant.h).
 //   quantize_weight    per group (int8: a row's g consecutive elements; nf4: g consecutive flat elements):
 //                      absmax, then every element encoded against it
 //   dequantize_weight  deq(W) in the requested dtype
 //   dequant_matmul     Y = X deq(W)^T (+ b), dequant_matmul_t  dX = dY deq(W): tile-wise dequant into a
-//                      buffer of at most 8 MiB or 512 lines + a BLAS GEMM on the tile (csrc/quant_tiles.h)
+//                      buffer of at most 8 MiB or 512 lines + a BLAS GEMM on the tile (csrc/quant_impl.h)
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <type_traits>
 
-#include "../quant_args.h"
-#include "../quant_tiles.h"
 #include "../../kernels/quant.h"
+#include "../lowrank_ops.h"
+#include "../quant_args.h"
+#include "../quant_impl.h"
 
 namespace lowrank_ops {
+namespace cpu {
 namespace {
 
 // A decoded tile is 8 MiB (it stays in the last-level cache between its decode and its GEMM) or 512 lines
@@ -80,8 +82,9 @@ void quantize_nf4(const In* src, int64_t numel, int64_t g, uint8_t* codes, float
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> quantize_weight_cpu(const at::Tensor& W, c10::string_view format,
-                                                       int64_t group_size) {
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> quantize_weight(const at::Tensor& W, c10::string_view format, int64_t group_size) {
   const int fmt = check_quantize_args(W, format, group_size);
   const at::Tensor w = W.contiguous();
   const int64_t rows = w.size(0), cols = w.size(1), numel = rows * cols;
@@ -98,36 +101,28 @@ std::tuple<at::Tensor, at::Tensor> quantize_weight_cpu(const at::Tensor& W, c10:
   return {codes, scales};
 }
 
-at::Tensor dequantize_weight_cpu(const at::Tensor& codes, const at::Tensor& scales, c10::string_view format,
-                                 int64_t group_size, int64_t rows, int64_t cols, at::ScalarType dtype) {
+at::Tensor dequantize_weight(const at::Tensor& codes, const at::Tensor& scales, c10::string_view format,
+                             int64_t group_size, int64_t rows, int64_t cols, at::ScalarType dtype) {
   const lro::QuantMatrix w = check_dequantize_args(codes, scales, format, group_size, rows, cols, dtype);
   at::Tensor out = at::empty({rows, cols}, codes.options().dtype(dtype));
   decode_tile(w, out, 0, 0);
   return out;
 }
 
-at::Tensor dequant_matmul_cpu(const at::Tensor& X, const at::Tensor& codes, const at::Tensor& scales,
-                              c10::string_view format, int64_t group_size, int64_t rows, int64_t cols,
-                              const c10::optional<at::Tensor>& bias) {
+at::Tensor dequant_matmul(const at::Tensor& X, const at::Tensor& codes, const at::Tensor& scales,
+                          c10::string_view format, int64_t group_size, int64_t rows, int64_t cols,
+                          const std::optional<at::Tensor>& bias) {
   const lro::QuantMatrix w = check_dequant_matmul_args(X, codes, scales, format, group_size, rows, cols, bias);
   return tiled_dequant_matmul(X, w, bias, kTiles,
                               [&](const at::Tensor& tile, int64_t r0, int64_t c0) { decode_tile(w, tile, r0, c0); });
 }
 
-at::Tensor dequant_matmul_t_cpu(const at::Tensor& dY, const at::Tensor& codes, const at::Tensor& scales,
-                                c10::string_view format, int64_t group_size, int64_t rows, int64_t cols) {
+at::Tensor dequant_matmul_t(const at::Tensor& dY, const at::Tensor& codes, const at::Tensor& scales,
+                            c10::string_view format, int64_t group_size, int64_t rows, int64_t cols) {
   const lro::QuantMatrix w = check_dequant_matmul_t_args(dY, codes, scales, format, group_size, rows, cols);
   return tiled_dequant_matmul_t(dY, w, kTiles,
                                 [&](const at::Tensor& tile, int64_t r0, int64_t c0) { decode_tile(w, tile, r0, c0); });
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(lowrank_ops, CPU, m) {
-  m.impl("quantize_weight", &quantize_weight_cpu);
-  m.impl("dequantize_weight", &dequantize_weight_cpu);
-  m.impl("dequant_matmul", &dequant_matmul_cpu);
-  m.impl("dequant_matmul_t", &dequant_matmul_t_cpu);
-}
-
+}  // namespace cpu
 }  // namespace lowrank_ops

@@ -1,4 +1,4 @@
-// CPU kernels of the sketch family (spec v1, DESIGN.md §3). P is never materialized by the projections:
+// CPU kernels of the sketch family (spec v1, docs/DESIGN.md §3; declared in csrc/lowrank_ops.h). P is never materialized by the projections:
 // it is generated tile by tile (r x kb columns, a slice of the projected dimension) into a cache-sized
 // buffer and consumed by a GEMM on the tile.
 //   left:  R = P G   = sum_k P[:, k] G[k, :]     (accumulate over column tiles of P)
@@ -9,16 +9,16 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
-#include <torch/library.h>
 
-#include "../sketch_args.h"
 #include "../../kernels/sketch.h"
-#include "sketch_tile.h"
+#include "../lowrank_ops.h"
+#include "../sketch_args.h"
+#include "sketch_impl.h"
 
 namespace lowrank_ops {
-namespace {
+namespace cpu {
 
-at::Tensor philox4x32_cpu(const at::Tensor& counters, int64_t seed, int64_t rounds) {
+at::Tensor philox4x32(const at::Tensor& counters, int64_t seed, int64_t rounds) {
   check_philox_args(counters, rounds);
   const at::Tensor c = counters.contiguous();
   at::Tensor out = at::empty_like(c);
@@ -38,7 +38,7 @@ at::Tensor philox4x32_cpu(const at::Tensor& counters, int64_t seed, int64_t roun
   return out;
 }
 
-void sketch_fill_cpu(const at::Tensor& out, int64_t seed, c10::string_view kind) {
+void sketch_fill_(const at::Tensor& out, int64_t seed, c10::string_view kind) {
   check_fill_args(out);
   const int k = parse_kind("sketch_fill_", kind);
   const at::ScalarType compute = compute_dtype(out.scalar_type());
@@ -55,8 +55,8 @@ void sketch_fill_cpu(const at::Tensor& out, int64_t seed, c10::string_view kind)
 // columns (right) of R. A fork/join per tile and per GEMM would cost more than the GEMMs on 2 cores
 // (bench/results/sketch_cpu.json, diag rows). The tiles of all threads together hold rank x kb values,
 // at most 1/8 of P.
-at::Tensor sketch_project_cpu(const at::Tensor& G, int64_t seed, int64_t rank, c10::string_view kind,
-                              c10::string_view side, std::optional<at::ScalarType> out_dtype) {
+at::Tensor sketch_project(const at::Tensor& G, int64_t seed, int64_t rank, c10::string_view kind,
+                          c10::string_view side, std::optional<at::ScalarType> out_dtype) {
   const ProjectionArgs a = check_project_args("sketch_project", G, rank, kind, side);
   const at::ScalarType compute = compute_dtype(G.scalar_type());
   const int64_t d = a.dim;
@@ -84,8 +84,8 @@ at::Tensor sketch_project_cpu(const at::Tensor& G, int64_t seed, int64_t rank, c
 
 // Column tiles of P map to disjoint rows (left) or columns (right) of the result, so threads split the
 // tiles; each generates the full rank x kb tile it needs and runs a single-threaded GEMM.
-at::Tensor sketch_unproject_cpu(const at::Tensor& R, int64_t seed, int64_t dim, c10::string_view kind,
-                                c10::string_view side, std::optional<at::ScalarType> out_dtype) {
+at::Tensor sketch_unproject(const at::Tensor& R, int64_t seed, int64_t dim, c10::string_view kind,
+                            c10::string_view side, std::optional<at::ScalarType> out_dtype) {
   const ProjectionArgs a = check_unproject_args("sketch_unproject", R, dim, kind, side);
   const at::ScalarType compute = compute_dtype(R.scalar_type());
   const at::Tensor r = R.to(compute);
@@ -96,7 +96,7 @@ at::Tensor sketch_unproject_cpu(const at::Tensor& R, int64_t seed, int64_t dim, 
   const int64_t kb = tile_columns(dim);
   const int64_t tiles = (dim + kb - 1) / kb;
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in sketch_project_cpu
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in sketch_project
     at::Tensor tile = at::empty({rank, kb}, R.options().dtype(compute));
     for (int64_t t = begin; t < end; ++t) {
       const int64_t k0 = t * kb, w = std::min(kb, dim - k0);
@@ -113,13 +113,5 @@ at::Tensor sketch_unproject_cpu(const at::Tensor& R, int64_t seed, int64_t dim, 
   return out.to(out_dtype.value_or(R.scalar_type()));
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(lowrank_ops, CPU, m) {
-  m.impl("philox4x32", &philox4x32_cpu);
-  m.impl("sketch_fill_", &sketch_fill_cpu);
-  m.impl("sketch_project", &sketch_project_cpu);
-  m.impl("sketch_unproject", &sketch_unproject_cpu);
-}
-
+}  // namespace cpu
 }  // namespace lowrank_ops

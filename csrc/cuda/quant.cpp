@@ -1,21 +1,23 @@
-// CUDA implementations of the quant family (INT8 / NF4 weights, DESIGN.md §3): tensors -> pointers -> the
-// launchers of kernels/quant.cuh, on the current stream of the tensor's device. Mirrors csrc/cpu/quant.cpp:
-// the same argument checks (csrc/quant_args.h), the same storage, and the same tile-wise dequant + GEMM
-// driver (csrc/quant_tiles.h), here with cuBLAS (at::mm_out) on each tile decoded by launch_dequantize.
-// A fused dequant-in-the-K-loop GEMM is the Triton backend's; DESIGN.md §4 keeps this decode + cuBLAS
-// path only where the GPU benchmark measures it faster, which no GPU has measured yet.
+// CUDA kernels of the quant family (INT8 / NF4 weights, docs/DESIGN.md §3; declared in csrc/lowrank_ops.h):
+// tensors -> pointers -> the launchers of kernels/quant.cuh, on the current stream of the tensor's device.
+// Mirrors csrc/cpu/quant.cpp: the same argument checks (csrc/quant_args.h), the same storage, and the same
+// tile-wise dequant + GEMM driver (csrc/quant_impl.h), here with cuBLAS (at::mm_out) on each tile decoded by
+// launch_dequantize. A fused dequant-in-the-K-loop GEMM is the Triton backend's; docs/DESIGN.md §4 keeps this
+// decode + cuBLAS path only where the GPU benchmark measures it faster, which no GPU has measured yet.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <string>
 
-#include "../quant_args.h"
-#include "../quant_tiles.h"
 #include "../../kernels/quant.cuh"
+#include "../lowrank_ops.h"
+#include "../quant_args.h"
+#include "../quant_impl.h"
+#include "dtype_dispatch.h"
+#include "launch.h"
 
 namespace lowrank_ops {
+namespace cuda {
 namespace {
 
 // A decoded tile is 16 MiB, or 1024 lines of W if those are more: a 4096-wide bf16 W gives 2048-row tiles,
@@ -23,41 +25,18 @@ namespace {
 // held whole.
 constexpr TilePolicy kTiles{int64_t{16} << 20, 1024};
 
-void check_launch(cudaError_t err, const char* op) {
-  TORCH_CHECK(err == cudaSuccess, "lowrank_ops.", op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
-}
-
-cudaStream_t stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.get_device()).stream(); }
-
 // tile [nr, nc] <- deq(W)[r0 : r0 + nr, c0 : c0 + nc] in tile's dtype (tile contiguous in its rows).
 void decode_tile(const lro::QuantMatrix& w, const at::Tensor& tile, int64_t r0, int64_t c0, const char* op) {
   const int64_t nr = tile.size(0), nc = tile.size(1), ld = tile.stride(0);
-  const cudaStream_t stream = stream_of(tile);
-  cudaError_t err = cudaSuccess;
-  switch (tile.scalar_type()) {
-    case at::kFloat:
-      err = lro::launch_dequantize(w, r0, nr, c0, nc, tile.mutable_data_ptr<float>(), ld, stream);
-      break;
-    case at::kDouble:
-      err = lro::launch_dequantize(w, r0, nr, c0, nc, tile.mutable_data_ptr<double>(), ld, stream);
-      break;
-    case at::kHalf:
-      err = lro::launch_dequantize(w, r0, nr, c0, nc, reinterpret_cast<__half*>(tile.mutable_data_ptr()), ld,
-                                   stream);
-      break;
-    case at::kBFloat16:
-      err = lro::launch_dequantize(w, r0, nr, c0, nc, reinterpret_cast<__nv_bfloat16*>(tile.mutable_data_ptr()), ld,
-                                   stream);
-      break;
-    default:
-      TORCH_CHECK(false, "lowrank_ops.", op, ": output must be float32, float64, float16 or bfloat16, got ",
-                  tile.scalar_type());
-  }
-  check_launch(err, op);
+  const cudaError_t err = dispatch_float(tile.scalar_type(), op, "dtype", [&](auto tag) {
+    return lro::launch_dequantize(w, r0, nr, c0, nc, data_as<decltype(tag)>(tile), ld, stream_of(tile));
+  });
+  check_launch(err, op, "a tile of " + std::to_string(nr) + " x " + std::to_string(nc) + " decoded weights");
 }
 
-std::tuple<at::Tensor, at::Tensor> quantize_weight_cuda(const at::Tensor& W, c10::string_view format,
-                                                        int64_t group_size) {
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> quantize_weight(const at::Tensor& W, c10::string_view format, int64_t group_size) {
   const int fmt = check_quantize_args(W, format, group_size);
   const c10::cuda::CUDAGuard guard(W.device());
   const at::Tensor w = W.contiguous();
@@ -66,33 +45,15 @@ std::tuple<at::Tensor, at::Tensor> quantize_weight_cuda(const at::Tensor& W, c10
   std::tie(codes, scales) = empty_quant_storage(fmt, rows, cols, group_size, w.options());
   uint8_t* c = static_cast<uint8_t*>(codes.mutable_data_ptr());
   float* s = scales.mutable_data_ptr<float>();
-  const cudaStream_t stream = stream_of(w);
-  cudaError_t err = cudaSuccess;
-  switch (w.scalar_type()) {
-    case at::kFloat:
-      err = lro::launch_quantize(w.const_data_ptr<float>(), fmt, rows, cols, group_size, c, s, stream);
-      break;
-    case at::kDouble:
-      err = lro::launch_quantize(w.const_data_ptr<double>(), fmt, rows, cols, group_size, c, s, stream);
-      break;
-    case at::kHalf:
-      err = lro::launch_quantize(reinterpret_cast<const __half*>(w.const_data_ptr()), fmt, rows, cols, group_size,
-                                 c, s, stream);
-      break;
-    case at::kBFloat16:
-      err = lro::launch_quantize(reinterpret_cast<const __nv_bfloat16*>(w.const_data_ptr()), fmt, rows, cols,
-                                 group_size, c, s, stream);
-      break;
-    default:
-      TORCH_CHECK(false, "lowrank_ops.quantize_weight: argument 'W' must be float32, float64, float16 or "
-                  "bfloat16, got ", w.scalar_type());
-  }
-  check_launch(err, "quantize_weight");
+  const cudaError_t err = dispatch_float(w.scalar_type(), "quantize_weight", "W", [&](auto tag) {
+    return lro::launch_quantize(const_data_as<decltype(tag)>(w), fmt, rows, cols, group_size, c, s, stream_of(w));
+  });
+  check_launch(err, "quantize_weight", "W of shape " + shape_str(W));
   return {codes, scales};
 }
 
-at::Tensor dequantize_weight_cuda(const at::Tensor& codes, const at::Tensor& scales, c10::string_view format,
-                                  int64_t group_size, int64_t rows, int64_t cols, at::ScalarType dtype) {
+at::Tensor dequantize_weight(const at::Tensor& codes, const at::Tensor& scales, c10::string_view format,
+                             int64_t group_size, int64_t rows, int64_t cols, at::ScalarType dtype) {
   const lro::QuantMatrix w = check_dequantize_args(codes, scales, format, group_size, rows, cols, dtype);
   const c10::cuda::CUDAGuard guard(codes.device());
   at::Tensor out = at::empty({rows, cols}, codes.options().dtype(dtype));
@@ -100,9 +61,9 @@ at::Tensor dequantize_weight_cuda(const at::Tensor& codes, const at::Tensor& sca
   return out;
 }
 
-at::Tensor dequant_matmul_cuda(const at::Tensor& X, const at::Tensor& codes, const at::Tensor& scales,
-                               c10::string_view format, int64_t group_size, int64_t rows, int64_t cols,
-                               const c10::optional<at::Tensor>& bias) {
+at::Tensor dequant_matmul(const at::Tensor& X, const at::Tensor& codes, const at::Tensor& scales,
+                          c10::string_view format, int64_t group_size, int64_t rows, int64_t cols,
+                          const std::optional<at::Tensor>& bias) {
   const lro::QuantMatrix w = check_dequant_matmul_args(X, codes, scales, format, group_size, rows, cols, bias);
   const c10::cuda::CUDAGuard guard(X.device());
   return tiled_dequant_matmul(X, w, bias, kTiles, [&](const at::Tensor& tile, int64_t r0, int64_t c0) {
@@ -110,8 +71,8 @@ at::Tensor dequant_matmul_cuda(const at::Tensor& X, const at::Tensor& codes, con
   });
 }
 
-at::Tensor dequant_matmul_t_cuda(const at::Tensor& dY, const at::Tensor& codes, const at::Tensor& scales,
-                                 c10::string_view format, int64_t group_size, int64_t rows, int64_t cols) {
+at::Tensor dequant_matmul_t(const at::Tensor& dY, const at::Tensor& codes, const at::Tensor& scales,
+                            c10::string_view format, int64_t group_size, int64_t rows, int64_t cols) {
   const lro::QuantMatrix w = check_dequant_matmul_t_args(dY, codes, scales, format, group_size, rows, cols);
   const c10::cuda::CUDAGuard guard(dY.device());
   return tiled_dequant_matmul_t(dY, w, kTiles, [&](const at::Tensor& tile, int64_t r0, int64_t c0) {
@@ -119,13 +80,5 @@ at::Tensor dequant_matmul_t_cuda(const at::Tensor& dY, const at::Tensor& codes, 
   });
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(lowrank_ops, CUDA, m) {
-  m.impl("quantize_weight", &quantize_weight_cuda);
-  m.impl("dequantize_weight", &dequantize_weight_cuda);
-  m.impl("dequant_matmul", &dequant_matmul_cuda);
-  m.impl("dequant_matmul_t", &dequant_matmul_t_cuda);
-}
-
+}  // namespace cuda
 }  // namespace lowrank_ops

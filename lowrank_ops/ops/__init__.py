@@ -1,5 +1,6 @@
-"""Public op functions. Each validates its arguments, picks a backend (`backend=None`: the default for
-the tensor's device; or "cpu", "cuda", "triton", "reference") and calls torch.ops.lowrank_ops.*."""
+"""Public op functions. Each validates its arguments and calls torch.ops.lowrank_ops.* with its `backend`
+(None: the kernel's default for the tensor's device; or "cpu", "cuda", "triton", "reference"; see
+lowrank_ops.backends)."""
 
 import inspect as _inspect
 

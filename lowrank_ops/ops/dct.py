@@ -1,7 +1,7 @@
 """The DCT family: SVD-free projections from a fixed orthonormal DCT-II basis (Modoranu et al., "SVD-Free
 Low-Rank Adaptive Gradient Optimization for Large Language Models", arXiv:2505.17967).
 
-D is the d x d orthonormal DCT-II matrix (DESIGN.md §3, scipy.fft.dct(norm="ortho")):
+D is the d x d orthonormal DCT-II matrix (docs/DESIGN.md §3, scipy.fft.dct(norm="ortho")):
 D[k, t] = c_k cos(pi k (2t + 1) / (2d)), c_0 = sqrt(1/d), c_k = sqrt(2/d). Per layer, the r basis rows
 best aligned with the gradient G form the projection P = D[idx, :]; only idx is persisted.
   dct_scores(G, side, norm)     the alignment score of every basis row: the l1 (default) or l2 norms of
@@ -22,67 +22,9 @@ generates the basis tile in its K-loop and reduces the norms in its epilogue; "r
 
 import torch
 
-from .. import _extension
-from ..reference import dct as reference
-from . import _backend, _checks
-
-SIDES = ("left", "right")
-NORMS = ("l1", "l2")
-INDEX_DTYPES = (torch.int16, torch.int32, torch.int64)
-
-
-def _triton():
-    from ..triton import dct as triton_dct  # imported on first use: triton is optional
-
-    return triton_dct
-
-
-# Triton variants: their own ops, so torch.compile sees them like the C++ ones.
-@torch.library.custom_op("lowrank_ops::dct_scores_triton", mutates_args=())
-def _dct_scores_triton(G: torch.Tensor, side: str, norm: str) -> torch.Tensor:
-    return _triton().dct_scores(G, side, norm)
-
-
-@torch.library.custom_op("lowrank_ops::dct_topk_triton", mutates_args=())
-def _dct_topk_triton(G: torch.Tensor, rank: int, side: str, norm: str) -> torch.Tensor:
-    return reference.select_top(_triton().dct_scores(G, side, norm), rank)
-
-
-@torch.library.custom_op("lowrank_ops::dct_basis_triton", mutates_args=())
-def _dct_basis_triton(indices: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
-    _check_index_range("dct_basis", indices, dim)
-    return _triton().dct_basis(indices, dim, dtype)
-
-
-def _check_index_range(op: str, indices: torch.Tensor, dim: int) -> None:
-    """Every index in [0, dim). Reads the values (a device sync), so it runs where the values are concrete:
-    eagerly in dct_basis, and inside the compiled and Triton ops (which check again at run time) when
-    torch.compile traces dct_basis."""
-    if indices.numel() and (indices.min() < 0 or indices.max() >= dim):
-        raise _checks.error(op, "indices", f"values in [0, {dim})",
-                            f"values in [{int(indices.min())}, {int(indices.max())}]")
-
-
-def _fake_scores(G, side, norm="l1", method="auto"):
-    d = G.shape[0] if side == "left" else G.shape[1]
-    return G.new_empty((d, ), dtype=reference.score_dtype(G.dtype))
-
-
-def _fake_topk(G, rank, side, norm="l1", method="auto"):
-    return G.new_empty((rank, ), dtype=torch.int32)
-
-
-def _fake_basis(indices, dim, dtype):
-    return indices.new_empty((indices.shape[0], dim), dtype=dtype)
-
-
-torch.library.register_fake("lowrank_ops::dct_scores_triton")(_fake_scores)
-torch.library.register_fake("lowrank_ops::dct_topk_triton")(_fake_topk)
-torch.library.register_fake("lowrank_ops::dct_basis_triton")(_fake_basis)
-if _extension.LOADED:
-    torch.library.register_fake("lowrank_ops::dct_scores")(_fake_scores)
-    torch.library.register_fake("lowrank_ops::dct_topk")(_fake_topk)
-    torch.library.register_fake("lowrank_ops::dct_basis")(_fake_basis)
+from .. import _checks, backends
+from ..spec import DCT_NORMS as NORMS
+from ..spec import INDEX_DTYPES, SIDES
 
 
 def _projected_dim(op: str, G, side: str) -> int:
@@ -100,12 +42,7 @@ def dct_scores(G: torch.Tensor, side: str, norm: str = "l1", *, backend=None) ->
     op = "dct_scores"
     _projected_dim(op, G, side)
     _checks.choice(op, "norm", norm, NORMS)
-    chosen = _backend.resolve(op, backend, G.device)
-    if chosen == "reference":
-        return reference.dct_scores(G, side, norm)
-    if chosen == "triton":
-        return torch.ops.lowrank_ops.dct_scores_triton(G, side, norm)
-    return torch.ops.lowrank_ops.dct_scores(G, side, norm)
+    return torch.ops.lowrank_ops.dct_scores(G, side, norm, "auto", backends.check(op, backend, G.device))
 
 
 def dct_topk(G: torch.Tensor, rank: int, side: str, norm: str = "l1", *, backend=None) -> torch.Tensor:
@@ -118,12 +55,7 @@ def dct_topk(G: torch.Tensor, rank: int, side: str, norm: str = "l1", *, backend
         raise _checks.error(op, "rank", f"<= {d} (the projected dimension d of G, side {side!r}, shape "
                             f"{list(G.shape)})", rank)
     _checks.choice(op, "norm", norm, NORMS)
-    chosen = _backend.resolve(op, backend, G.device)
-    if chosen == "reference":
-        return reference.dct_topk(G, rank, side, norm)
-    if chosen == "triton":
-        return torch.ops.lowrank_ops.dct_topk_triton(G, rank, side, norm)
-    return torch.ops.lowrank_ops.dct_topk(G, rank, side, norm)
+    return torch.ops.lowrank_ops.dct_topk(G, rank, side, norm, "auto", backends.check(op, backend, G.device))
 
 
 def dct_basis(dim: int, indices, dtype: torch.dtype = torch.float32, device=None, *, backend=None) -> torch.Tensor:
@@ -142,11 +74,6 @@ def dct_basis(dim: int, indices, dtype: torch.dtype = torch.float32, device=None
         raise _checks.error(op, "dtype", "a floating dtype", None)
     if device is not None:
         indices = indices.to(device)
-    if not torch.compiler.is_compiling():
-        _check_index_range(op, indices, dim)
-    chosen = _backend.resolve(op, backend, indices.device)
-    if chosen == "reference":
-        return reference.dct_basis(dim, indices, dtype, indices.device)
-    if chosen == "triton":
-        return torch.ops.lowrank_ops.dct_basis_triton(indices, dim, dtype)
-    return torch.ops.lowrank_ops.dct_basis(indices, dim, dtype)
+    if not torch.compiler.is_compiling():  # traced, the value check runs inside the kernels
+        _checks.index_range(op, indices, dim)
+    return torch.ops.lowrank_ops.dct_basis(indices, dim, dtype, backends.check(op, backend, indices.device))

@@ -1,46 +1,18 @@
 """The fused low-rank AdamW step: project -> Adam moments -> unproject -> weight update, in place.
 
-Math and conventions: lowrank_ops/reference/lowrank_adam.py (the eager reference) and
-lowrank_ops/ops/projection.py (the projection argument). Backends fuse the moment update into the
-projection GEMM's epilogue and the weight update into the unprojection GEMM's epilogue, so no m x n
-temporary is formed.
+Math and conventions: lowrank_ops/pure_torch/lowrank_adam.py (the chain of torch ops, backend
+"reference") and lowrank_ops/ops/projection.py (the projection argument). The compiled and Triton backends
+fuse the moment update into the projection GEMM's epilogue and the weight update into the unprojection
+GEMM's epilogue, so no m x n temporary is formed.
 """
 
 import torch
 
-from . import _backend, _checks
+from .. import _checks, backends
+from ..spec import WD_MODES
 from .projection import Projection, SideOperator
-from .. import _extension
-from ..reference import lowrank_adam as reference
 
-WD_MODES = ("full", "adapter")
 OP = "lowrank_adamw_step_"
-
-
-# The Triton variant: its own op (the schema of csrc/registration.cpp), so torch.compile sees it like the
-# C++ one. It mutates W and the states in place and returns nothing: the fake kernels do nothing, and
-# there is no autograd (an optimizer step is not differentiated).
-@torch.library.custom_op("lowrank_ops::lowrank_adamw_step_triton_", mutates_args=("W", "exp_avg", "exp_avg_sq", "delta"))
-def _lowrank_adamw_step_triton_(W: torch.Tensor, G: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-                                delta: torch.Tensor | None, left_kind: str, left_seed: int, left_rank: int,
-                                left_matrix: torch.Tensor | None, right_kind: str, right_seed: int, right_rank: int,
-                                right_matrix: torch.Tensor | None, lr: float, beta1: float, beta2: float, eps: float,
-                                weight_decay: float, step: int, scale: float, wd_mode: str) -> None:
-    from ..triton import lowrank_adam as triton_lowrank_adam  # imported on first use: triton is optional
-
-    triton_lowrank_adam.lowrank_adamw_step_(W, G, exp_avg, exp_avg_sq, delta, left_kind, left_seed, left_rank,
-                                            left_matrix, right_kind, right_seed, right_rank, right_matrix, lr, beta1,
-                                            beta2, eps, weight_decay, step, scale, wd_mode)
-
-
-def _fake_step(W, G, exp_avg, exp_avg_sq, delta, left_kind, left_seed, left_rank, left_matrix, right_kind, right_seed,
-               right_rank, right_matrix, lr, beta1, beta2, eps, weight_decay, step, scale, wd_mode):
-    return None
-
-
-torch.library.register_fake(_lowrank_adamw_step_triton_)(_fake_step)
-if _extension.LOADED:
-    torch.library.register_fake("lowrank_ops::lowrank_adamw_step_")(_fake_step)
 
 
 def _flatten_side(op: SideOperator | None):
@@ -110,15 +82,8 @@ def lowrank_adamw_step_(W: torch.Tensor, G: torch.Tensor, exp_avg: torch.Tensor,
     operands (tensor cores; accumulation and the elementwise math stay float32); see
     lowrank_ops/triton/lowrank_adam.py."""
     _check(W, G, exp_avg, exp_avg_sq, projection, step, wd_mode, delta)
-    chosen = _backend.resolve(OP, backend, W.device)
-    hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, step=step, scale=scale,
-                 wd_mode=wd_mode)
-    if chosen == "reference":
-        reference.lowrank_adamw_step_(W, G, exp_avg, exp_avg_sq, projection, delta=delta, **hyper)
-        return
-    args = (W, G, exp_avg, exp_avg_sq, delta, *_flatten_side(projection.left), *_flatten_side(projection.right),
-            float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), int(step), float(scale), wd_mode)
-    if chosen == "triton":
-        torch.ops.lowrank_ops.lowrank_adamw_step_triton_(*args)
-    else:
-        torch.ops.lowrank_ops.lowrank_adamw_step_(*args)
+    backend = backends.check(OP, backend, W.device)
+    torch.ops.lowrank_ops.lowrank_adamw_step_(
+        W, G, exp_avg, exp_avg_sq, delta, *_flatten_side(projection.left), *_flatten_side(projection.right),
+        float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), int(step), float(scale), wd_mode,
+        backend)

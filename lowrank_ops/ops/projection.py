@@ -5,7 +5,7 @@ A projection maps a gradient G (m x n) to R = L G R^T, where each side operator 
 stored), an explicit matrix ("matrix": P of shape rank x d, e.g. from an SVD or an orthonormalized
 sketch) or rows of the orthonormal DCT-II basis ("dct": P[i, :] = D[indices[i], :] of the d x d basis of
 lowrank_ops.ops.dct, regenerated from the index vector inside the kernels, never stored). One-sided left is R = P G (r x n), one-sided right R = G P^T (m x r), two-sided L G R^T
-(r1 x r2), matching DESIGN.md §3 and the duality paper's Table 1. The adjoint maps N back:
+(r1 x r2), matching docs/DESIGN.md §3 and the duality paper's Table 1. The adjoint maps N back:
 L^T N R (the "unprojection").
 """
 
@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-SEEDED_KINDS = ("rademacher", "gaussian")
-SIDE_KINDS = SEEDED_KINDS + ("matrix", "dct")
-INDEX_DTYPES = (torch.int16, torch.int32, torch.int64)
+from ..spec import INDEX_DTYPES, SIDE_KINDS
+from ..spec import SEEDED_KINDS  # noqa: F401 (re-exported: callers name the side kinds where Projection lives)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The quant family: INT8 / NF4 base weights and the dequant-matmul (DESIGN.md §3 "Quantized weights").
+"""The quant family: INT8 / NF4 base weights and the dequant-matmul (docs/DESIGN.md §3 "Quantized weights").
 
   qw = quantize(W, "int8" | "nf4", group_size=None, double_quant=False)   W [out, in] -> QuantizedWeight
   dequantize(qw, dtype)                                                   deq(W) [out, in]
@@ -18,9 +18,9 @@ Formats (kernels/quant.h has the per-element formulas):
         This is our own scheme, not bitsandbytes' (which uses a dynamic 8-bit map); the codes of W do not
         change, only the scales they are decoded with.
 
-dequant_matmul never materializes deq(W): the CPU and CUDA backends decode a tile of W at a time into a
-reused buffer and run a BLAS/cuBLAS GEMM on it (csrc/quant_tiles.h); Triton decodes W inside the GEMM's
-K-loop. Its backward is dX = dY deq(W), computed the same way; codes and scales get no gradient. deq(W) is
+dequant_matmul never materializes deq(W) on the compiled backends: the CPU and CUDA backends decode a tile
+of W at a time into a reused buffer and run a BLAS/cuBLAS GEMM on it (csrc/quant_impl.h); Triton decodes W
+inside the GEMM's K-loop; only the pure-torch backend ("reference") decodes W whole. Its backward is dX = dY deq(W), computed the same way; codes and scales get no gradient. deq(W) is
 rounded to X's dtype first, so the result is that of X @ dequantize(qw, X.dtype).T.
 """
 
@@ -31,19 +31,9 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .. import _extension
-from ..reference import quant as reference
-from . import _backend, _checks
-
-FORMATS = reference.FORMATS
-DEFAULT_GROUP_SIZE = reference.DEFAULT_GROUP_SIZE
-DOUBLE_QUANT_GROUP = 256
-
-
-def _triton():
-    from ..triton import quant as triton_quant  # imported on first use: triton is optional
-
-    return triton_quant
+from .. import _checks, backends
+from ..spec import DEFAULT_GROUP_SIZE, DOUBLE_QUANT_GROUP
+from ..spec import QUANT_FORMATS as FORMATS
 
 
 @dataclass
@@ -119,91 +109,6 @@ class QuantizedWeight:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Op variants, fake kernels and autograd
-# --------------------------------------------------------------------------------------------------------
-
-
-@torch.library.custom_op("lowrank_ops::quantize_weight_triton", mutates_args=())
-def _quantize_weight_triton(W: torch.Tensor, format: str, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return _triton().quantize(W, format, group_size)
-
-
-@torch.library.custom_op("lowrank_ops::dequantize_weight_triton", mutates_args=())
-def _dequantize_weight_triton(codes: torch.Tensor, scales: torch.Tensor, format: str, group_size: int, rows: int,
-                              cols: int, dtype: torch.dtype) -> torch.Tensor:
-    return _triton().dequantize(codes, scales, format, group_size, rows, cols, dtype)
-
-
-@torch.library.custom_op("lowrank_ops::dequant_matmul_triton", mutates_args=())
-def _dequant_matmul_triton(X: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, format: str, group_size: int,
-                           rows: int, cols: int, bias: torch.Tensor | None = None) -> torch.Tensor:
-    return _triton().dequant_matmul(X, codes, scales, format, group_size, rows, cols, bias)
-
-
-@torch.library.custom_op("lowrank_ops::dequant_matmul_t_triton", mutates_args=())
-def _dequant_matmul_t_triton(dY: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, format: str,
-                             group_size: int, rows: int, cols: int) -> torch.Tensor:
-    return _triton().dequant_matmul_t(dY, codes, scales, format, group_size, rows, cols)
-
-
-def _fake_quantize(W, format, group_size):
-    rows, cols = W.shape
-    if format == "int8":
-        return (W.new_empty((rows, cols), dtype=torch.int8),
-                W.new_empty((rows, -(-cols // group_size)), dtype=torch.float32))
-    numel = rows * cols
-    return (W.new_empty((-(-numel // 2), ), dtype=torch.uint8),
-            W.new_empty((-(-numel // group_size), ), dtype=torch.float32))
-
-
-def _fake_dequantize(codes, scales, format, group_size, rows, cols, dtype):
-    return codes.new_empty((rows, cols), dtype=dtype)
-
-
-def _fake_matmul(X, codes, scales, format, group_size, rows, cols, bias=None):
-    return X.new_empty((X.shape[0], rows))
-
-
-def _fake_matmul_t(dY, codes, scales, format, group_size, rows, cols):
-    return dY.new_empty((dY.shape[0], cols))
-
-
-def _register(quantize_op, dequantize_op, matmul, matmul_t):
-    """Fake kernels and autograd for the ops of one backend.
-
-    Y = X deq(W)^T + b is linear in X and b: dX = dY deq(W) (matmul_t of the same backend), db = sum_t dY;
-    matmul_t is linear in dY with adjoint matmul, which gives double backward. Codes and scales: no gradient."""
-    torch.library.register_fake(quantize_op)(_fake_quantize)
-    torch.library.register_fake(dequantize_op)(_fake_dequantize)
-    torch.library.register_fake(matmul)(_fake_matmul)
-    torch.library.register_fake(matmul_t)(_fake_matmul_t)
-
-    def setup(ctx, inputs, output):
-        ctx.weight = inputs[1:7]
-        ctx.has_bias = inputs[7] is not None
-
-    def backward(ctx, grad):
-        dX = matmul_t(grad, *ctx.weight) if ctx.needs_input_grad[0] else None
-        db = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[7] else None
-        return dX, None, None, None, None, None, None, db
-
-    def setup_t(ctx, inputs, output):
-        ctx.weight = inputs[1:7]
-
-    def backward_t(ctx, grad):
-        return matmul(grad, *ctx.weight, None), None, None, None, None, None, None
-
-    torch.library.register_autograd(matmul, backward, setup_context=setup)
-    torch.library.register_autograd(matmul_t, backward_t, setup_context=setup_t)
-
-
-_register(_quantize_weight_triton, _dequantize_weight_triton, _dequant_matmul_triton, _dequant_matmul_t_triton)
-if _extension.LOADED:
-    _register(torch.ops.lowrank_ops.quantize_weight.default, torch.ops.lowrank_ops.dequantize_weight.default,
-              torch.ops.lowrank_ops.dequant_matmul.default, torch.ops.lowrank_ops.dequant_matmul_t.default)
-
-
-# --------------------------------------------------------------------------------------------------------
 # Checks
 # --------------------------------------------------------------------------------------------------------
 
@@ -263,26 +168,18 @@ def _check_quantized(qw, op: str) -> QuantizedWeight:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Backend dispatch of the raw ops
+# The raw ops
 # --------------------------------------------------------------------------------------------------------
 
 
 def _quantize_raw(W, fmt, group_size, backend):
-    chosen = _backend.resolve("quantize_weight", backend, W.device)
-    if chosen == "reference":
-        return reference.quantize(W, fmt, group_size)
-    if chosen == "triton":
-        return torch.ops.lowrank_ops.quantize_weight_triton(W, fmt, group_size)
-    return torch.ops.lowrank_ops.quantize_weight(W, fmt, group_size)
+    backend = backends.check("quantize_weight", backend, W.device)
+    return torch.ops.lowrank_ops.quantize_weight(W, fmt, group_size, backend)
 
 
 def _dequantize_raw(codes, scales, fmt, group_size, shape, dtype, backend):
-    chosen = _backend.resolve("dequantize_weight", backend, codes.device)
-    if chosen == "reference":
-        return reference.dequantize(codes, scales, fmt, group_size, shape, dtype)
-    if chosen == "triton":
-        return torch.ops.lowrank_ops.dequantize_weight_triton(codes, scales, fmt, group_size, *shape, dtype)
-    return torch.ops.lowrank_ops.dequantize_weight(codes, scales, fmt, group_size, *shape, dtype)
+    backend = backends.check("dequantize_weight", backend, codes.device)
+    return torch.ops.lowrank_ops.dequantize_weight(codes, scales, fmt, group_size, *shape, dtype, backend)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -342,12 +239,7 @@ def dequant_matmul(X: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | No
         raise _checks.error(op, "bias", f"a {X.dtype} tensor of shape [{rows}] on {X.device}", got)
     lead = X.shape[:-1]
     X2 = X.reshape(-1, cols)
-    args = (qw.codes, qw.block_scales(backend), qw.format, qw.group_size, rows, cols)
-    chosen = _backend.resolve(op, backend, X.device)
-    if chosen == "reference":
-        Y = reference.dequant_matmul(X2, *args[:4], qw.shape, bias)
-    elif chosen == "triton":
-        Y = torch.ops.lowrank_ops.dequant_matmul_triton(X2, *args, bias)
-    else:
-        Y = torch.ops.lowrank_ops.dequant_matmul(X2, *args, bias)
+    backend = backends.check(op, backend, X.device)
+    scales = qw.block_scales(backend)
+    Y = torch.ops.lowrank_ops.dequant_matmul(X2, qw.codes, scales, qw.format, qw.group_size, rows, cols, bias, backend)
     return Y.reshape(*lead, rows)

@@ -1,63 +1,51 @@
-"""Reference of the fused low-rank AdamW step: the eager chain of torch ops, float64-capable.
+"""Oracle of the fused low-rank AdamW step, from the update's definition (docs/DESIGN.md §3), with both sides
+of the projection always present (an absent side is the identity, which multiplies exactly):
 
-With R = L G R^T the projected gradient (lowrank_ops.ops.projection), t = step >= 1:
-  m <- b1 m + (1 - b1) R;  v <- b2 v + (1 - b2) R^2                       (state in the projected shape)
-  N  = (m / (1 - b1^t)) / (sqrt(v) / sqrt(1 - b2^t) + eps)                  (torch.optim.AdamW's arithmetic)
-  wd_mode "full":    W <- W - lr wd W - lr scale L^T N R
-  wd_mode "adapter": W <- W - lr scale L^T (N + wd D) R;  D <- D - lr (N + wd D)
-where D (`delta`, projected shape) is the low-rank adapter A accumulated since the last refresh, so that
-W = W_refresh + scale L^T D R and weight decay acts on the adapter only (duality paper, App. B).
-Math runs in float32 (float64 when W is float64); W is rounded once on store.
-"""
-
-import math
+  R  = L G R_op^T                                   the projected gradient
+  m' = b1 m + (1 - b1) R,   v' = b2 v + (1 - b2) R * R
+  N  = m_hat / (sqrt(v_hat) + eps),  m_hat = m' / (1 - b1^t),  v_hat = v' / (1 - b2^t)
+  "full":    W' = (1 - lr wd) W - lr scale L^T N R_op
+  "adapter": A = N + wd delta;  W' = W - lr scale L^T A R_op;  delta' = delta - lr A
+(AdamW with decoupled weight decay, Loshchilov & Hutter 2019; the adapter form keeps the decay on the
+low-rank adapter, duality paper App. B). Arithmetic in float64 for a float64 W, float32 otherwise (the op's
+contract); W is rounded once when stored, the states keep their dtypes."""
 
 import torch
 
+from ..spec import compute_dtype
 from .dct import dct_basis
-from .sketch import compute_dtype, sketch
+from .sketch import sketch
 
 
 def side_matrix(op, dim: int, dtype, device) -> torch.Tensor:
-    """The side operator as a dense rank x dim matrix (the reference may materialize it)."""
+    """A SideOperator (kind, rank, seed / matrix / indices) as its dense rank x dim matrix."""
     if op.kind == "matrix":
         return op.matrix.to(device=device, dtype=dtype)
     if op.kind == "dct":
-        return dct_basis(dim, op.indices.to(device), dtype, device)
+        return dct_basis(dim, op.indices, dtype, device)
     return sketch(op.rank, dim, op.seed, op.kind, dtype, device)
 
 
-def project(projection, G: torch.Tensor, dtype) -> torch.Tensor:
-    R = G.to(dtype)
-    if projection.left is not None:
-        R = side_matrix(projection.left, G.shape[0], dtype, G.device) @ R
-    if projection.right is not None:
-        R = R @ side_matrix(projection.right, G.shape[1], dtype, G.device).T
-    return R
+def _operator(op, dim: int, dtype, device) -> torch.Tensor:
+    return torch.eye(dim, dtype=dtype, device=device) if op is None else side_matrix(op, dim, dtype, device)
 
 
-def unproject(projection, N: torch.Tensor, shape, dtype) -> torch.Tensor:
-    U = N.to(dtype)
-    if projection.left is not None:
-        U = side_matrix(projection.left, shape[0], dtype, N.device).T @ U
-    if projection.right is not None:
-        U = U @ side_matrix(projection.right, shape[1], dtype, N.device)
-    return U
-
-
-def lowrank_adamw_step_(W, G, exp_avg, exp_avg_sq, projection, *, lr, beta1, beta2, eps, weight_decay,
-                        step, scale=1.0, wd_mode="full", delta=None):
-    compute = compute_dtype(W.dtype)
-    R = project(projection, G, compute)
-    exp_avg.mul_(beta1).add_(R.to(exp_avg.dtype), alpha=1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(R.to(exp_avg_sq.dtype), R.to(exp_avg_sq.dtype), value=1 - beta2)
-    bias1, bias2 = 1 - beta1**step, 1 - beta2**step
-    N = (exp_avg.to(compute) / bias1) / (exp_avg_sq.to(compute).sqrt() / math.sqrt(bias2) + eps)
-    W32 = W.to(compute)
+def lowrank_adamw_step_(W, G, exp_avg, exp_avg_sq, projection, *, lr, beta1, beta2, eps, weight_decay, step,
+                        scale=1.0, wd_mode="full", delta=None):
+    """One step in place on W, exp_avg, exp_avg_sq (and delta for wd_mode "adapter")."""
+    dtype = compute_dtype(W.dtype)
+    left = _operator(projection.left, W.shape[0], dtype, W.device)
+    right = _operator(projection.right, W.shape[1], dtype, W.device)
+    R = torch.einsum("am,mn,bn->ab", left, G.to(dtype), right)
+    m = beta1 * exp_avg.to(dtype) + (1 - beta1) * R
+    v = beta2 * exp_avg_sq.to(dtype) + (1 - beta2) * R * R
+    exp_avg.copy_(m)
+    exp_avg_sq.copy_(v)
+    m, v = exp_avg.to(dtype), exp_avg_sq.to(dtype)  # as stored
+    N = (m / (1 - beta1**step)) / ((v / (1 - beta2**step)).sqrt() + eps)
     if wd_mode == "full":
-        W32 = W32 - lr * weight_decay * W32 - lr * scale * unproject(projection, N, W.shape, compute)
-    else:
-        direction = N + weight_decay * delta.to(compute)
-        W32 = W32 - lr * scale * unproject(projection, direction, W.shape, compute)
-        delta.sub_((lr * direction).to(delta.dtype))
-    W.copy_(W32)
+        W.copy_((1 - lr * weight_decay) * W.to(dtype) - lr * scale * torch.einsum("am,ab,bn->mn", left, N, right))
+        return
+    A = N + weight_decay * delta.to(dtype)
+    W.copy_(W.to(dtype) - lr * scale * torch.einsum("am,ab,bn->mn", left, A, right))
+    delta.copy_(delta.to(dtype) - lr * A)

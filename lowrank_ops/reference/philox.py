@@ -1,36 +1,32 @@
-"""Philox4x32 in plain int64 torch arithmetic (Salmon et al., SC'11; the Random123 round function).
+"""Philox4x32 (Salmon, Moraes, Dror & Shaw, "Parallel random numbers: as easy as 1, 2, 3", SC'11), as
+Random123's philox4x32_R defines it, in NumPy uint64 arithmetic: a 32 x 32-bit product is exact in 64 bits,
+so its high and low words are a shift and a mask.
 
-Every 32-bit quantity lives in an int64 tensor in [0, 2^32). The 32x32 -> 64-bit product of a round
-would overflow int64, so it is formed from 16-bit halves of the constant multiplier."""
+One round on counter (x0, x1, x2, x3) with key (k0, k1):
+    (hi0, lo0) = M0 * x0,  (hi1, lo1) = M1 * x2
+    (x0, x1, x2, x3) <- (hi1 ^ x1 ^ k0, lo1, hi0 ^ x3 ^ k1, lo0)
+and the key is bumped by (W0, W1) mod 2^32 before every round but the first."""
 
+import numpy as np
 import torch
 
-PHILOX_M0 = 0xD2511F53
-PHILOX_M1 = 0xCD9E8D57
-PHILOX_W0 = 0x9E3779B9
-PHILOX_W1 = 0xBB67AE85
-MASK32 = 0xFFFFFFFF
+from ..spec import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
 
-
-def mul_hi_lo(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hi, lo) 32-bit words of a * m for int64 tensors a in [0, 2^32) and a uint32 constant m.
-
-    a*m = (a*m_hi << 16) + a*m_lo; with t = a*m_hi + (a*m_lo >> 16) (< 2^49, no overflow),
-    hi = t >> 16 and lo = ((t & 0xffff) << 16) | (a*m_lo & 0xffff)."""
-    m_lo, m_hi = m & 0xFFFF, m >> 16
-    p_lo = a * m_lo
-    t = a * m_hi + (p_lo >> 16)
-    return t >> 16, ((t & 0xFFFF) << 16) | (p_lo & 0xFFFF)
+LOW32 = np.uint64(0xFFFFFFFF)
 
 
 def philox4x32(c0, c1, c2, c3, seed: int, rounds: int = 10):
-    """The four output words for counters (c0, c1, c2, c3) (int64 tensors of uint32 values, broadcast
-    together) and a uint64 seed (key = (seed & 0xffffffff, seed >> 32))."""
-    k0, k1 = seed & MASK32, (seed >> 32) & MASK32
-    c0, c1, c2, c3 = torch.broadcast_tensors(c0, c1, c2, c3)
-    for _ in range(rounds):
-        hi0, lo0 = mul_hi_lo(c0, PHILOX_M0)
-        hi1, lo1 = mul_hi_lo(c2, PHILOX_M1)
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-        k0, k1 = (k0 + PHILOX_W0) & MASK32, (k1 + PHILOX_W1) & MASK32
-    return c0, c1, c2, c3
+    """The four output words (int64 tensors of uint32 values) for counters c0..c3 (int64 tensors of uint32
+    values, broadcast together) under the uint64 seed, key = (seed & 0xffffffff, seed >> 32)."""
+    device = torch.as_tensor(c0).device
+    x = [np.asarray(torch.as_tensor(c).cpu(), dtype=np.int64).astype(np.uint64) for c in (c0, c1, c2, c3)]
+    x = [a.copy() for a in np.broadcast_arrays(*x)]
+    key = [seed % 2**32, (seed >> 32) % 2**32]
+    for r in range(rounds):
+        if r > 0:
+            key = [(key[0] + PHILOX_W0) % 2**32, (key[1] + PHILOX_W1) % 2**32]
+        p0 = x[0] * np.uint64(PHILOX_M0)
+        p1 = x[2] * np.uint64(PHILOX_M1)
+        x = [(p1 >> np.uint64(32)) ^ x[1] ^ np.uint64(key[0]), p1 & LOW32,
+             (p0 >> np.uint64(32)) ^ x[3] ^ np.uint64(key[1]), p0 & LOW32]
+    return tuple(torch.from_numpy(a.astype(np.int64)).to(device) for a in x)

@@ -1,115 +1,81 @@
-"""Reference of the quant family, written straight from the formats of DESIGN.md §3 (kernels/quant.h has
-the same formulas for the kernels).
+"""Oracle of the quant family, group by group from the formats of lowrank_ops/spec.py (docs/DESIGN.md §3),
+in NumPy float32 where the format says float32:
 
-INT8: symmetric absmax per group of `group_size` consecutive elements of a row of W [out, in]; the last
-group of a row may be shorter (it is padded with zeros, which do not change its absmax, and the padding is
-never stored). scale = absmax / 127 (float32), code = clamp(round(w / scale), -127, 127), round half to
-even; an all-zero group has scale 0 and codes 0.
+  int8  per row, per group of `group_size` columns (the last one shorter): scale = absmax / 127 (float32);
+        code = round half to even of w / scale (float32 quotient), clamped to [-127, 127]; a zero group has
+        scale 0 and codes 0.
+  nf4   per block of `group_size` elements of the flattened W (the last one shorter): absmax (float32);
+        x = w * (1 / max(absmax, 1e-38)) (float32); code = how many codebook midpoints (float32 means of
+        neighbouring codes) lie below x; codes 2i and 2i + 1 share byte i (2i in the high nibble), an odd
+        count is padded with the code of 0.
+  decode code value x scale in float64 for a float64 result, in float32 otherwise, rounded once.
+Every W is read as its float32 values."""
 
-NF4: blocks of `group_size` consecutive elements of the flattened W (as bitsandbytes blocks), the last one
-possibly shorter; absmax in float32, x = w * (1 / max(absmax, 1e-38)), code = the number of codebook
-midpoints (float32) strictly below x; element 2i in the high nibble of byte i, 2i + 1 in the low one; an
-odd element count pads the last low nibble with the code of 0.
-
-Encoding is done on the float32 value of W. Decoding computes code value x scale in float64 for a float64
-result and in float32 otherwise, then rounds once to the requested dtype.
-"""
-
+import numpy as np
 import torch
 
-FORMATS = ("int8", "nf4")
-DEFAULT_GROUP_SIZE = {"int8": 256, "nf4": 64}
+from ..spec import INT8_MAX, NF4_CODE, NF4_MIN_ABSMAX, compute_dtype
 
-# QLoRA's NormalFloat4 codebook as bitsandbytes 0.50 stores it (float32 values).
-NF4_CODE = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
-            -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
-            0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
-            0.7229568362236023, 1.0)
-NF4_MIN_ABSMAX = 1e-38
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The precision decoding is done in: float64 for float64 results, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def nf4_codebook(device=None) -> torch.Tensor:
-    return torch.tensor(NF4_CODE, dtype=torch.float32, device=device)
+NF4 = np.array(NF4_CODE, dtype=np.float32)
 
 
 def nf4_thresholds(device=None) -> torch.Tensor:
-    """The 15 midpoints (c_t + c_(t+1)) / 2, computed in float32."""
-    code = nf4_codebook(device)
-    return (code[:-1] + code[1:]) / 2
+    """The 15 float32 midpoints between neighbouring codes."""
+    mids = [(NF4[t] + NF4[t + 1]) * np.float32(0.5) for t in range(len(NF4) - 1)]
+    return torch.tensor(np.array(mids, dtype=np.float32), device=device)
 
 
-def num_groups(in_features: int, group_size: int) -> int:
-    return -(-in_features // group_size)
+def _blocks(length: int, size: int):
+    return [(start, min(start + size, length)) for start in range(0, length, size)]
 
 
 def quantize_int8(W: torch.Tensor, group_size: int):
-    """W [m, n] -> (codes int8 [m, n], scales float32 [m, ceil(n / group_size)])."""
-    m, n = W.shape
-    groups = num_groups(n, group_size)
-    w = torch.nn.functional.pad(W.float(), (0, groups * group_size - n)).view(m, groups, group_size)
-    scales = w.abs().amax(dim=-1) / torch.tensor(127.0, dtype=torch.float32)
-    safe = torch.where(scales > 0, scales, torch.ones_like(scales))
-    codes = torch.round(w / safe.unsqueeze(-1)).clamp(-127, 127)
-    codes = torch.where(scales.unsqueeze(-1) > 0, codes, torch.zeros_like(codes))
-    return codes.to(torch.int8).view(m, groups * group_size)[:, :n].contiguous(), scales
-
-
-def dequantize_int8(codes: torch.Tensor, scales: torch.Tensor, group_size: int, dtype=torch.float32):
-    compute = compute_dtype(dtype)
-    n = codes.shape[1]
-    per_element = scales.repeat_interleave(group_size, dim=1)[:, :n]
-    return (codes.to(compute) * per_element.to(compute)).to(dtype)
+    """(codes int8 [m, n], scales float32 [m, ceil(n / group_size)])."""
+    w = W.detach().float().cpu().numpy()
+    codes = np.zeros(w.shape, dtype=np.int8)
+    scales = np.zeros((w.shape[0], len(_blocks(w.shape[1], group_size))), dtype=np.float32)
+    for i, row in enumerate(w):
+        for g, (a, b) in enumerate(_blocks(w.shape[1], group_size)):
+            scale = np.abs(row[a:b]).max() / np.float32(INT8_MAX)
+            scales[i, g] = scale
+            if scale > 0:
+                codes[i, a:b] = np.clip(np.rint(row[a:b] / scale), -INT8_MAX, INT8_MAX)
+    return torch.from_numpy(codes).to(W.device), torch.from_numpy(scales).to(W.device)
 
 
 def quantize_nf4(W: torch.Tensor, group_size: int):
-    """W [m, n] -> (codes uint8 [ceil(m n / 2)], absmax float32 [ceil(m n / group_size)])."""
-    flat = W.reshape(-1).float()
-    numel = flat.numel()
-    blocks = num_groups(numel, group_size)
-    padded = torch.nn.functional.pad(flat, (0, blocks * group_size - numel)).view(blocks, group_size)
-    absmax = padded.abs().amax(dim=-1)
-    inv = 1.0 / absmax.clamp(min=NF4_MIN_ABSMAX)
-    scaled = (padded * inv.unsqueeze(-1)).reshape(-1)[:numel]
-    scaled = torch.nn.functional.pad(scaled, (0, numel % 2))  # the pad nibble encodes 0
-    q = torch.bucketize(scaled, nf4_thresholds(W.device)).to(torch.uint8)
-    return (q[0::2] << 4) | q[1::2], absmax
+    """(codes uint8 [ceil(numel / 2)], absmax float32 [ceil(numel / group_size)])."""
+    flat = W.detach().float().cpu().numpy().reshape(-1)
+    mids = nf4_thresholds().numpy()
+    q = np.empty(flat.size + flat.size % 2, dtype=np.uint8)
+    q[-1] = np.searchsorted(mids, np.float32(0))  # the pad of an odd count (overwritten when even)
+    absmax = np.zeros(len(_blocks(flat.size, group_size)), dtype=np.float32)
+    for g, (a, b) in enumerate(_blocks(flat.size, group_size)):
+        absmax[g] = np.abs(flat[a:b]).max()
+        inverse = np.float32(1) / max(absmax[g], np.float32(NF4_MIN_ABSMAX))
+        q[a:b] = np.searchsorted(mids, flat[a:b] * inverse, side="left")  # midpoints strictly below
+    return torch.from_numpy(q[0::2] * np.uint8(16) + q[1::2]).to(W.device), torch.from_numpy(absmax).to(W.device)
 
 
 def nf4_unpack(codes: torch.Tensor, numel: int) -> torch.Tensor:
-    """int64 codes of the first `numel` elements."""
-    q = torch.stack(((codes >> 4) & 15, codes & 15), dim=-1).reshape(-1)
-    return q[:numel].to(torch.int64)
-
-
-def dequantize_nf4(codes: torch.Tensor, absmax: torch.Tensor, group_size: int, shape, dtype=torch.float32):
-    compute = compute_dtype(dtype)
-    numel = shape[0] * shape[1]
-    values = nf4_codebook(codes.device).to(compute)[nf4_unpack(codes, numel)]
-    per_element = absmax.repeat_interleave(group_size)[:numel].to(compute)
-    return (values * per_element).to(dtype).view(shape)
+    """int64 codes of the first `numel` elements (high nibble first)."""
+    c = codes.cpu().numpy().astype(np.int64)
+    return torch.from_numpy(np.column_stack((c // 16, c % 16)).reshape(-1)[:numel]).to(codes.device)
 
 
 def quantize(W: torch.Tensor, fmt: str, group_size: int):
     return quantize_int8(W, group_size) if fmt == "int8" else quantize_nf4(W, group_size)
 
 
-def dequantize(codes, scales, fmt: str, group_size: int, shape, dtype=torch.float32):
+def dequantize(codes, scales, fmt: str, group_size: int, shape, dtype=torch.float32) -> torch.Tensor:
+    """deq(W) [shape] in `dtype`: value x scale in compute_dtype(dtype), rounded once."""
+    compute = np.float64 if compute_dtype(dtype) == torch.float64 else np.float32
+    rows, cols = shape
+    s = scales.cpu().numpy().astype(compute)
     if fmt == "int8":
-        return dequantize_int8(codes, scales, group_size, dtype)
-    return dequantize_nf4(codes, scales, group_size, shape, dtype)
-
-
-def dequant_matmul(X, codes, scales, fmt: str, group_size: int, shape, bias=None):
-    """X [t, in] @ deq(W)^T (+ bias), deq(W) in X's dtype; plain torch, materializes deq(W)."""
-    W = dequantize(codes, scales, fmt, group_size, shape, X.dtype)
-    return torch.nn.functional.linear(X, W, bias)
-
-
-def dequant_matmul_t(dY, codes, scales, fmt: str, group_size: int, shape):
-    """dY [t, out] @ deq(W), deq(W) in dY's dtype: the input gradient of dequant_matmul."""
-    return dY @ dequantize(codes, scales, fmt, group_size, shape, dY.dtype)
+        values = codes.cpu().numpy().astype(compute)
+        per_element = np.repeat(s, group_size, axis=1)[:, :cols]
+    else:
+        values = NF4.astype(compute)[nf4_unpack(codes, rows * cols).numpy()].reshape(rows, cols)
+        per_element = np.repeat(s, group_size)[:rows * cols].reshape(rows, cols)
+    return torch.from_numpy(values * per_element).to(dtype=dtype, device=codes.device)

@@ -1,5 +1,5 @@
 """Triton backend of the lowrank_adam family: the fused low-rank AdamW step (math and conventions:
-lowrank_ops/reference/lowrank_adam.py, lowrank_ops/ops/projection.py).
+lowrank_ops/pure_torch/lowrank_adam.py, lowrank_ops/ops/projection.py).
 
 Two GEMM kernels, each with its epilogue, on a side operator P (r x d) and a data matrix X:
   _project_kernel     C = P X (left) or X P^T (right); EPILOGUE "adam": the moment update of every element
@@ -350,8 +350,8 @@ def _working(state: torch.Tensor) -> torch.Tensor:
 def lowrank_adamw_step_(W, G, exp_avg, exp_avg_sq, delta, left_kind, left_seed, left_rank, left_matrix, right_kind,
                         right_seed, right_rank, right_matrix, lr, beta1, beta2, eps, weight_decay, step, scale,
                         wd_mode) -> None:
-    """The fused step with the schema's arguments (csrc/registration.cpp), in place on W, the moments and
-    delta. Order of the GEMMs as in csrc/lowrank_adam_driver.h: the one on G first and, for two sides, the
+    """The fused step with the schema's arguments (lowrank_ops/_ops.py), in place on W, the moments and
+    delta. Order of the GEMMs as in csrc/lowrank_adam.cpp: the one on G first and, for two sides, the
     order with fewer flops."""
     if W.dtype == torch.float64 and _INTERPRETED:
         raise NotImplementedError(

@@ -21,7 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import quant as reference
+from ..pure_torch.quant import nf4_codebook, nf4_thresholds
+from ..spec import DEFAULT_GROUP_SIZE
 from ._common import INTERPRETED as _INTERPRETED
 from ._common import check_device, compute_type, dot_acc
 
@@ -262,7 +263,7 @@ def _tables(device):
     """(codebook [16], midpoints [15]) as float32 tensors on `device`, made once per device."""
     key = str(device)
     if key not in _TABLES:
-        _TABLES[key] = (reference.nf4_codebook(device), reference.nf4_thresholds(device))
+        _TABLES[key] = (nf4_codebook(device), nf4_thresholds(device))
     return _TABLES[key]
 
 
@@ -345,7 +346,7 @@ def aot_entries() -> list:
     group sizes (int8 256, nf4 64)."""
     from .aot import AotEntry
 
-    g8, g4 = reference.DEFAULT_GROUP_SIZE["int8"], reference.DEFAULT_GROUP_SIZE["nf4"]
+    g8, g4 = DEFAULT_GROUP_SIZE["int8"], DEFAULT_GROUP_SIZE["nf4"]
     entries = []
     many = 1 << 20  # a large weight: programs hold full tiles
     (g8_programs, g8_chunk), (g4_programs, g4_chunk) = quantize_config(g8, many), quantize_config(g4 // 2, many)
@@ -378,7 +379,7 @@ def aot_entries() -> list:
                                 expects_wgmma=False, num_warps=d4["num_warps"],
                                 divisible_by_16=("codes_ptr", "absmax_ptr", "code_ptr", "out_ptr", "numel")))
     for fmt, fmt_id in FORMAT_IDS.items():
-        group = reference.DEFAULT_GROUP_SIZE[fmt]
+        group = DEFAULT_GROUP_SIZE[fmt]
         for trans_w in (False, True):
             for dtype in (torch.bfloat16, torch.float16, torch.float32):
                 ty = _TRITON_TYPES[dtype]

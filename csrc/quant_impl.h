@@ -1,4 +1,5 @@
-// Tile-wise dequant + GEMM, shared by the CPU and CUDA bindings of the quant family:
+// Device-independent parts of the quant family: the tile-wise dequant + GEMM, shared by the CPU and CUDA
+// bindings:
 //   dequant_matmul    Y  = X deq(W)^T (+ b)  over row tiles of W:     Y[:, R]  = X deq(W[R, :])^T (+ b[R])
 //   dequant_matmul_t  dX = dY deq(W)         over column tiles of W:  dX[:, C] = dY deq(W[:, C])
 // Each tile of deq(W) is decoded into one reused buffer in X's dtype (sized by a TilePolicy) and consumed by

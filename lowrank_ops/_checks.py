@@ -1,11 +1,13 @@
-"""Argument checks shared by the public ops. Every message names the op, the argument, what was
-expected and what was given, so that bad input never reaches a kernel."""
+"""Argument checks shared by the public ops (lowrank_ops.ops) and the checks that run inside an op's
+pure-torch kernel. Every message names the op, the argument, what was expected and what was given, so that
+bad input never reaches a kernel."""
 
 import operator
 
 import torch
 
-FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+from .spec import FLOAT_DTYPES
+
 UINT64_RANGE = 2**64
 
 
@@ -58,3 +60,9 @@ def float_dtype(op: str, arg: str, dtype):
     if dtype is not None and dtype not in FLOAT_DTYPES:
         raise error(op, arg, "float32, float64, float16, bfloat16 or None", dtype)
     return dtype
+
+
+def index_range(op: str, indices: torch.Tensor, dim: int) -> None:
+    """Every index in [0, dim). Reads the values (a device sync)."""
+    if indices.numel() and (indices.min() < 0 or indices.max() >= dim):
+        raise error(op, "indices", f"values in [0, {dim})", f"values in [{int(indices.min())}, {int(indices.max())}]")

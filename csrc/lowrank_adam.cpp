@@ -1,11 +1,10 @@
-// The fused low-rank AdamW step (lowrank_ops/reference/lowrank_adam.py), device-independent part: the
-// order of the GEMMs. The per-device parts (the moment epilogue and the unprojection GEMM with the
-// weight-update epilogue) come in an AdamDevice; csrc/cpu/lowrank_adam.cpp and csrc/cuda/lowrank_adam.cpp
-// provide one each.
+// The fused low-rank AdamW step (lowrank_ops/pure_torch/lowrank_adam.py has the math as a chain of torch
+// ops), device-independent part: the order of the GEMMs, run on the per-device parts of an AdamDevice
+// (csrc/lowrank_adam_impl.h; csrc/cpu/lowrank_adam.cpp and csrc/cuda/lowrank_adam.cpp provide one each).
 //
-// Projection R = L G R^T. A seeded side is the sketch family's op (lowrank_ops::sketch_project: P generated
-// tile by tile, never materialized, on either device); an explicit side is a GEMM with its matrix, over
-// tiles of the projected dimension when G must be converted to the compute dtype; a "dct" side is the same
+// Projection R = L G R^T. A seeded side is the device's sketch kernel (sketch_project: P generated tile by
+// tile, never materialized); an explicit side is a GEMM with its matrix, over tiles of the projected
+// dimension when G must be converted to the compute dtype; a "dct" side is the same
 // tiled GEMM on basis tiles the device generates from the index vector (AdamDevice::fill_dct), so P is
 // never materialized either. Two sides: two such GEMMs, the one on G first, in the order with fewer flops.
 // Moments: one elementwise pass over R (kernels/adam.h), which leaves the direction in R's buffer.
@@ -14,49 +13,31 @@
 //   left   W[k, :] <- update(W[k, :], P[:, k]^T Y)    right   W[:, k] <- update(W[:, k], Y P[:, k])
 // with Y the direction (one side) or, for two sides, D R (r1 x n, then left) or L^T D (m x r2, then
 // right), whichever costs fewer flops.
-#pragma once
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/DeviceGuard.h>
 
 #include <algorithm>
 
-#include "cpu/sketch_tile.h"
 #include "lowrank_adam_args.h"
+#include "lowrank_adam_impl.h"
+#include "lowrank_ops.h"
+#include "sketch_impl.h"
 
 namespace lowrank_ops {
+namespace {
 
-struct AdamDevice {
-  // The moments of every element of r (the projected gradient; contiguous, compute dtype), in place on
-  // the states (contiguous, compute dtype; delta only in the adapter mode); r is overwritten with the
-  // direction to unproject.
-  void (*moments)(at::Tensor& r, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, at::Tensor* delta,
-                  const AdamArgs& args);
-  // W <- adam_weight_update(W, U) with U = P^T Y (left) or Y P (right), P the side's rank x dim operator,
-  // Y in the compute dtype, without forming U as a whole.
-  void (*unproject_update)(const SideOp& side, bool left, const at::Tensor& Y, const at::Tensor& W,
-                           const AdamArgs& args);
-  // tile (rank x width, unit column stride, compute dtype) <- P[:, k0 : k0 + width] of a "dct" side.
-  void (*fill_dct)(const SideOp& side, int64_t k0, const at::Tensor& tile);
-};
+const char* kind_name(int kind) { return kind == kSideRademacher ? "rademacher" : "gaussian"; }
 
-namespace adam_driver {
-
-inline const char* kind_name(int kind) { return kind == kSideRademacher ? "rademacher" : "gaussian"; }
-
-using SketchOp = at::Tensor(const at::Tensor&, int64_t, int64_t, c10::string_view, c10::string_view,
-                            std::optional<at::ScalarType>);
-
-// lowrank_ops::sketch_project / sketch_unproject through the dispatcher (csrc/registration.cpp).
-inline at::Tensor call_sketch_op(const char* name, const at::Tensor& x, const SideOp& side, int64_t size, bool left,
-                                 at::ScalarType out_dtype) {
-  const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<SketchOp>();
-  return op.call(x, static_cast<int64_t>(side.seed), size, kind_name(side.kind), left ? "left" : "right", out_dtype);
+// The device's sketch kernel `kernel` (sketch_project or sketch_unproject) for a seeded side.
+at::Tensor call_sketch(SketchKernel kernel, const at::Tensor& x, const SideOp& side, int64_t size, bool left,
+                       at::ScalarType out_dtype) {
+  return kernel(x, static_cast<int64_t>(side.seed), size, kind_name(side.kind), left ? "left" : "right", out_dtype);
 }
 
 // P[:, k0 : k0 + width] of an explicit side (a view of its matrix) or of a "dct" side (generated into
 // `buffer`, rank x kb in the compute dtype).
-inline at::Tensor operator_columns(const AdamDevice& device, const SideOp& side, int64_t k0, int64_t width,
-                                   const at::Tensor& buffer) {
+at::Tensor operator_columns(const AdamDevice& device, const SideOp& side, int64_t k0, int64_t width,
+                            const at::Tensor& buffer) {
   if (side.kind != kSideDct) return side.matrix.narrow(1, k0, width);
   const at::Tensor tile = buffer.narrow(1, 0, width);
   device.fill_dct(side, k0, tile);
@@ -66,12 +47,12 @@ inline at::Tensor operator_columns(const AdamDevice& device, const SideOp& side,
 // P X (left, X: dim x c) or X P^T (right, X: c x dim), accumulated in `compute` (sketch_project
 // accumulates in X's compute dtype, so a float64 step takes X in float64: for float64 W and a
 // lower-precision G that is a copy of G, float64 being the testing precision).
-inline at::Tensor project(const AdamDevice& device, const SideOp& side, bool left, const at::Tensor& X_in,
-                          at::ScalarType compute) {
+at::Tensor project(const AdamDevice& device, const SideOp& side, bool left, const at::Tensor& X_in,
+                   at::ScalarType compute) {
   const at::TensorOptions options = X_in.options().dtype(compute);
   if (side.dim == 0) return left ? at::zeros({side.rank, X_in.size(1)}, options) : at::zeros({X_in.size(0), side.rank}, options);
   const at::Tensor X = compute == at::kDouble ? X_in.to(at::kDouble) : X_in;
-  if (side.seeded()) return call_sketch_op("lowrank_ops::sketch_project", X, side, side.rank, left, compute);
+  if (side.seeded()) return call_sketch(device.sketch_project, X, side, side.rank, left, compute);
   if (side.kind == kSideMatrix && X.scalar_type() == compute)
     return left ? at::mm(side.matrix, X) : at::mm(X, side.matrix.t());
   // Over tiles of P's columns: X converted tile by tile (no full-size copy of G in the compute dtype), and
@@ -92,9 +73,9 @@ inline at::Tensor project(const AdamDevice& device, const SideOp& side, bool lef
 }
 
 // P^T Y (left: dim x c) or Y P (right: c x dim) for a small Y (the first GEMM of a two-sided unprojection).
-inline at::Tensor unproject(const AdamDevice& device, const SideOp& side, bool left, const at::Tensor& Y) {
+at::Tensor unproject(const AdamDevice& device, const SideOp& side, bool left, const at::Tensor& Y) {
   if (side.dim == 0) return left ? at::empty({0, Y.size(1)}, Y.options()) : at::empty({Y.size(0), 0}, Y.options());
-  if (side.seeded()) return call_sketch_op("lowrank_ops::sketch_unproject", Y, side, side.dim, left, Y.scalar_type());
+  if (side.seeded()) return call_sketch(device.sketch_unproject, Y, side, side.dim, left, Y.scalar_type());
   if (side.kind == kSideMatrix) return left ? at::mm(side.matrix.t(), Y) : at::mm(Y, side.matrix);
   at::Tensor out = left ? at::empty({side.dim, Y.size(1)}, Y.options()) : at::empty({Y.size(0), side.dim}, Y.options());
   const int64_t kb = tile_columns(side.dim);
@@ -114,22 +95,18 @@ inline at::Tensor unproject(const AdamDevice& device, const SideOp& side, bool l
 
 // `state` as a contiguous tensor of `compute`: itself when it already is one, else a copy (written back
 // by write_back).
-inline at::Tensor working_copy(const at::Tensor& state, at::ScalarType compute) {
+at::Tensor working_copy(const at::Tensor& state, at::ScalarType compute) {
   return state.scalar_type() == compute && state.is_contiguous() ? state : state.to(compute).contiguous();
 }
 
-inline void write_back(const at::Tensor& work, const at::Tensor& state) {
+void write_back(const at::Tensor& work, const at::Tensor& state) {
   if (!work.is_same(state)) state.copy_(work);
 }
 
-}  // namespace adam_driver
-
 // The whole step (arguments already checked by check_adam_args).
-inline void lowrank_adamw_step(const at::Tensor& W, const at::Tensor& G, const at::Tensor& exp_avg,
-                               const at::Tensor& exp_avg_sq, const std::optional<at::Tensor>& delta,
-                               const SideOp& left, const SideOp& right, const AdamArgs& args,
-                               const AdamDevice& device) {
-  using namespace adam_driver;
+void step_on(const AdamDevice& device, const at::Tensor& W, const at::Tensor& G, const at::Tensor& exp_avg,
+             const at::Tensor& exp_avg_sq, const std::optional<at::Tensor>& delta, const SideOp& left,
+             const SideOp& right, const AdamArgs& args) {
   const at::ScalarType compute = compute_dtype(W.scalar_type());
   const double m = static_cast<double>(W.size(0)), n = static_cast<double>(W.size(1));
   const bool two_sided = left.present() && right.present();
@@ -165,19 +142,20 @@ inline void lowrank_adamw_step(const at::Tensor& W, const at::Tensor& G, const a
   }
 }
 
-// The op with the schema's arguments (csrc/registration.cpp): checks them, then runs the step on `device`.
-inline void lowrank_adamw_step_op(const AdamDevice& device, const at::Tensor& W, const at::Tensor& G,
-                                  const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
-                                  const std::optional<at::Tensor>& delta, c10::string_view left_kind,
-                                  int64_t left_seed, int64_t left_rank, const std::optional<at::Tensor>& left_matrix,
-                                  c10::string_view right_kind, int64_t right_seed, int64_t right_rank,
-                                  const std::optional<at::Tensor>& right_matrix, double lr, double beta1, double beta2,
-                                  double eps, double weight_decay, int64_t step, double scale,
-                                  c10::string_view wd_mode) {
+}  // namespace
+
+void lowrank_adamw_step_(const AdamDevice& device, const at::Tensor& W, const at::Tensor& G,
+                         const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
+                         const std::optional<at::Tensor>& delta, c10::string_view left_kind, int64_t left_seed,
+                         int64_t left_rank, const std::optional<at::Tensor>& left_matrix,
+                         c10::string_view right_kind, int64_t right_seed, int64_t right_rank,
+                         const std::optional<at::Tensor>& right_matrix, double lr, double beta1, double beta2,
+                         double eps, double weight_decay, int64_t step, double scale, c10::string_view wd_mode) {
   const auto sides = check_adam_args(W, G, exp_avg, exp_avg_sq, delta, left_kind, left_seed, left_rank, left_matrix,
                                      right_kind, right_seed, right_rank, right_matrix, step, wd_mode);
   const AdamArgs args{lr, beta1, beta2, eps, weight_decay, scale, step, wd_mode == "adapter"};
-  lowrank_adamw_step(W, G, exp_avg, exp_avg_sq, delta, sides.first, sides.second, args, device);
+  const c10::DeviceGuard guard(W.device());
+  step_on(device, W, G, exp_avg, exp_avg_sq, delta, sides.first, sides.second, args);
 }
 
 }  // namespace lowrank_ops

@@ -1,6 +1,6 @@
-// Tiles of the seeded sketch P (spec v1, DESIGN.md §3) for the CPU kernels: P is never materialized by a
-// projection; it is generated r x kb columns at a time into a cache-sized buffer and consumed by a GEMM on
-// the tile. Shared by the sketch and lowrank_adam families.
+// Tiles of the seeded sketch P (spec v1, docs/DESIGN.md §3) for the CPU kernels: P is never materialized by
+// a projection; it is generated r x kb columns at a time into a cache-sized buffer (csrc/sketch_impl.h says
+// how wide) and consumed by a GEMM on the tile. Shared by the CPU sketch and lowrank_adam kernels.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -10,16 +10,9 @@
 #include <cmath>
 
 #include "../../kernels/sketch.h"
+#include "../sketch_impl.h"
 
 namespace lowrank_ops {
-
-// Column-tile width of P: an eighth of P's columns (so the tile holds at most 1/8 of P's bytes), a
-// multiple of the Rademacher column group, at least one group and at most all of d.
-inline int64_t tile_columns(int64_t d) {
-  const int64_t group = lro::kRademacherGroup;
-  const int64_t eighth = (d / 8) / group * group;
-  return std::min<int64_t>(d, std::max<int64_t>(group, eighth));
-}
 
 // Rows [row0, row0 + rows) of P[:, k0 : k0 + kb] (the rank x d sketch) into `dst` (row stride ld),
 // on the calling thread. scale = 1/sqrt(d) rounded to scalar_t, as on every backend.

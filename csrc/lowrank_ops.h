@@ -1,0 +1,70 @@
+// The C++ kernels of lowrank_ops: one function per op and device, with the op's schema arguments
+// (lowrank_ops/_ops.py defines the schemas; this library defines none). lowrank_ops._C exposes them to
+// Python (csrc/python_module.cpp), where they are registered as the ops' CPU and CUDA kernels; C++/libtorch
+// users link the CMake target and call them directly. Each checks its arguments and raises c10::Error with
+// "lowrank_ops.<op>: argument '<name>' must be <expected>, got <actual>".
+//
+// Conventions: `seed` is a uint64 passed through int64 (two's complement); `kind` is "rademacher" or
+// "gaussian"; `side` is "left" or "right". The cuda:: functions exist in builds with LOWRANK_OPS_CUDA.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+namespace lowrank_ops {
+
+// The per-device parts of the fused low-rank AdamW step (csrc/lowrank_adam_impl.h).
+struct AdamDevice;
+
+// The fused low-rank AdamW step on `device` (cpu::kAdamDevice or cuda::kAdamDevice), in place on W,
+// exp_avg, exp_avg_sq and delta. Sides: left acts on W's rows, right on its columns; kind "none" |
+// "rademacher" | "gaussian" | "matrix" (the explicit rank x d matrix in the side's matrix slot) | "dct" (the
+// basis rows' index vector in the matrix slot). wd_mode "full" | "adapter" (needs delta).
+void lowrank_adamw_step_(const AdamDevice& device, const at::Tensor& W, const at::Tensor& G,
+                         const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
+                         const std::optional<at::Tensor>& delta, c10::string_view left_kind, int64_t left_seed,
+                         int64_t left_rank, const std::optional<at::Tensor>& left_matrix,
+                         c10::string_view right_kind, int64_t right_seed, int64_t right_rank,
+                         const std::optional<at::Tensor>& right_matrix, double lr, double beta1, double beta2,
+                         double eps, double weight_decay, int64_t step, double scale, c10::string_view wd_mode);
+
+// The ops of one device. The same declarations for both devices: the device is the namespace.
+#define LOWRANK_OPS_DECLARE_DEVICE_OPS                                                                         \
+  /* sketch family (spec v1) */                                                                                \
+  at::Tensor philox4x32(const at::Tensor& counters, int64_t seed, int64_t rounds);                             \
+  void sketch_fill_(const at::Tensor& out, int64_t seed, c10::string_view kind);                               \
+  at::Tensor sketch_project(const at::Tensor& G, int64_t seed, int64_t rank, c10::string_view kind,            \
+                            c10::string_view side, std::optional<at::ScalarType> out_dtype);                   \
+  at::Tensor sketch_unproject(const at::Tensor& R, int64_t seed, int64_t dim, c10::string_view kind,           \
+                              c10::string_view side, std::optional<at::ScalarType> out_dtype);                 \
+  /* dct family */                                                                                             \
+  at::Tensor dct_scores(const at::Tensor& G, c10::string_view side, c10::string_view norm,                     \
+                        c10::string_view method);                                                              \
+  at::Tensor dct_topk(const at::Tensor& G, int64_t rank, c10::string_view side, c10::string_view norm,         \
+                      c10::string_view method);                                                                \
+  at::Tensor dct_basis(const at::Tensor& indices, int64_t dim, at::ScalarType dtype);                          \
+  /* quant family */                                                                                           \
+  std::tuple<at::Tensor, at::Tensor> quantize_weight(const at::Tensor& W, c10::string_view format,             \
+                                                     int64_t group_size);                                      \
+  at::Tensor dequantize_weight(const at::Tensor& codes, const at::Tensor& scales, c10::string_view format,      \
+                               int64_t group_size, int64_t rows, int64_t cols, at::ScalarType dtype);          \
+  at::Tensor dequant_matmul(const at::Tensor& X, const at::Tensor& codes, const at::Tensor& scales,            \
+                            c10::string_view format, int64_t group_size, int64_t rows, int64_t cols,           \
+                            const std::optional<at::Tensor>& bias);                                            \
+  at::Tensor dequant_matmul_t(const at::Tensor& dY, const at::Tensor& codes, const at::Tensor& scales,         \
+                              c10::string_view format, int64_t group_size, int64_t rows, int64_t cols);        \
+  /* lowrank_adam family: pass kAdamDevice to lowrank_ops::lowrank_adamw_step_ */                              \
+  extern const AdamDevice kAdamDevice;
+
+namespace cpu {
+LOWRANK_OPS_DECLARE_DEVICE_OPS
+}  // namespace cpu
+
+namespace cuda {
+LOWRANK_OPS_DECLARE_DEVICE_OPS
+}  // namespace cuda
+
+#undef LOWRANK_OPS_DECLARE_DEVICE_OPS
+
+}  // namespace lowrank_ops
