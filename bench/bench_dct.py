@@ -73,12 +73,6 @@ def time_slow(fn, device: torch.device, repeats: int) -> common.Timing:
                          f"time.perf_counter over {repeats} single call(s), median", min(times) * 1e3)
 
 
-def backends_for(device: torch.device) -> list[str]:
-    from lowrank_ops.ops import _backend
-
-    names = ("cpu", ) if device.type == "cpu" else ("cuda", "triton")
-    return [b for b in names if _backend.unavailable_reason(b, "dct_topk", device) is None]
-
 
 def persisted_bytes(rank: int, d: int) -> dict:
     index_bytes = rank * (2 if d <= INT16_MAX_DIM else 4)
@@ -104,7 +98,8 @@ def run_shape(res: common.Results, G: torch.Tensor, ranks, device, args) -> list
                         role="baseline"))
     for r in ranks:
         lowrank = time_slow(lambda r=r: torch.svd_lowrank(G, q=r), device, args.slow_repeats)
-        fns = {f"dct_topk[{b}]": (lambda b=b, r=r: ops.dct_topk(G, r, side, backend=b)) for b in backends_for(device)}
+        fns = {f"dct_topk[{b}]": (lambda b=b, r=r: ops.dct_topk(G, r, side, backend=b))
+               for b in common.compiled_backends("dct_topk", device)}
         timings = common.time_interleaved(fns, device, rounds=args.rounds, block_s=args.block_s)
         print(f"  rank {r}: svd_lowrank {lowrank.median_ms / 1e3:.2f} s, "
               + ", ".join(f"{k} {t.median_ms:.1f} ms" for k, t in timings.items()), flush=True)
@@ -167,7 +162,7 @@ def run_gpu_scoring(res: common.Results, shapes, ceiling: dict, args) -> list[di
         d, other = (m, n) if side == "left" else (n, m)
         G = torch.randn(m, n, device=device, dtype=torch.bfloat16)
         flops = 2 * d * d * other
-        for b in backends_for(device):
+        for b in common.compiled_backends("dct_topk", device):
             t = common.time_cuda(lambda b=b, G=G, side=side: ops.dct_scores(G, side, backend=b))
             tflops = flops / (t.median_ms * 1e-3) / 1e12
             frac = tflops / ceiling["tflops"]

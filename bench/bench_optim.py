@@ -104,12 +104,6 @@ def state_bytes(kind: str, shape, rank: int, side: str) -> dict:
             "galore-torch": moments + rank * d * 4}  # GaLore keeps its SVD basis
 
 
-def backends_for(device: torch.device) -> list[str]:
-    from lowrank_ops.ops import _backend
-
-    names = ["cpu"] if device.type == "cpu" else ["triton", "cuda"]
-    return [b for b in names if _backend.unavailable_reason(b, "lowrank_adamw_step_", device) is None]
-
 
 def variants(shape, rank, kind, device, dtype, backends, args) -> dict:
     """name -> (callable, role, state key). Every variant owns its W, G and state."""
@@ -269,7 +263,7 @@ def main(argv=None) -> int:
     dtype = getattr(torch, args.dtype)
     res = common.Results("optim", device)
     common.print_machine(res)
-    backends = backends_for(device)
+    backends = common.compiled_backends("lowrank_adamw_step_", device)
     print(f"fused backends measured: {backends}")
     galore = galore_available()
     print("galore-torch: " + ("installed, measured" if galore else "not installed (pip install galore-torch); "

@@ -83,12 +83,6 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def backends_for(device: torch.device) -> list:
-    from lowrank_ops.ops import _backend
-
-    names = ("cpu", ) if device.type == "cpu" else ("cuda", "triton")
-    return [b for b in names if _backend.unavailable_reason(b, "dequant_matmul", device) is None]
-
 
 def bitsandbytes_functional():
     try:
@@ -238,7 +232,7 @@ def main(argv=None) -> int:
         args.block_s = 0.05 if args.quick else 0.25
     res = common.Results("quant", device)
     common.print_machine(res)
-    backends = backends_for(device)
+    backends = common.compiled_backends("dequant_matmul", device)
     bnb = bitsandbytes_functional()
     print(f"backends measured: {backends}; bitsandbytes: {'installed' if bnb is not None else 'not installed'}")
     t_start = time.perf_counter()

@@ -104,13 +104,6 @@ def tiled_gemms(P_tiles, G: torch.Tensor, side: str, kb: int) -> torch.Tensor:
     return acc
 
 
-def backends_for(device: torch.device) -> list[str]:
-    """The compiled/triton backends that can run on `device` here (reference is handled apart)."""
-    from lowrank_ops.ops import _backend
-
-    names = ["cpu"] if device.type == "cpu" else ["cuda", "triton"]
-    return [b for b in names if _backend.unavailable_reason(b, "sketch_project", device) is None]
-
 
 def variants(G, r, kind, side, device, backends, *, diagnose: bool, with_reference: bool):
     """name -> (callable, description, role). Roles: baseline, variant, op, diag."""
@@ -325,7 +318,7 @@ def main(argv=None) -> int:
     dtype = getattr(torch, args.dtype)
     res = common.Results("sketch", device)
     common.print_machine(res)
-    backends = backends_for(device)
+    backends = common.compiled_backends("sketch_project", device)
     print(f"backends measured: {backends + ([] if args.no_reference else ['reference'])}")
     if device.type == "cuda":
         print(f"torch.backends.cuda.matmul.allow_tf32 = {torch.backends.cuda.matmul.allow_tf32}")

@@ -87,6 +87,15 @@ class Timing:
         return asdict(self)
 
 
+def compiled_backends(op: str, device: torch.device) -> list[str]:
+    """The compiled and Triton backends of lowrank_ops that can run `op` on `device` here, in the order
+    the benchmarks report them ("cpu" on a CPU; "cuda", "triton" on a GPU); the pure-torch one is apart."""
+    from lowrank_ops import backends
+
+    names = ("cpu",) if device.type == "cpu" else ("cuda", "triton")
+    return [b for b in names if backends.unavailable_reason(b, op, device) is None]
+
+
 def _quartiles(xs: list[float]) -> tuple[float, float, float]:
     xs = sorted(xs)
     if len(xs) == 1:
