@@ -159,11 +159,6 @@ def test_unknown_backend_named_to_the_op_itself():
 # The oracle stays an oracle
 # --------------------------------------------------------------------------------------------------------
 
-# Modules that still import the oracle while their own issue is open, each leaving this set with its fix.
-# The test fails both for a new importer and for a listed module that no longer imports it.
-PENDING = {"lowrank_ops/distributed/fsdp.py"}  # issue 13, item 3 (the distributed/optim decoupling)
-
-
 def imports_reference(source: str, package: tuple) -> bool:
     """Whether a module of `package` (e.g. ("lowrank_ops", "ops")) with this source imports
     lowrank_ops.reference or a module of it."""
@@ -185,7 +180,7 @@ def test_production_never_imports_the_oracle():
     production = [p for p in (ROOT / "lowrank_ops").rglob("*.py") if "reference" not in p.relative_to(ROOT).parts]
     importers = {str(p.relative_to(ROOT)) for p in production
                  if imports_reference(p.read_text(), p.relative_to(ROOT).parts[:-1])}
-    assert importers == PENDING, f"modules importing lowrank_ops.reference: {sorted(importers)}"
+    assert not importers, f"modules importing lowrank_ops.reference: {sorted(importers)}"
 
 
 def test_import_check_sees_every_import_form():
