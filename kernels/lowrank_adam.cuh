@@ -1,6 +1,6 @@
 // CUDA launchers of the lowrank_adam family (the fused low-rank AdamW step): a plain C++ API (raw pointers,
 // sizes, strides, a stream; no torch) implemented in kernels/lowrank_adam.cu. They are the device parts of
-// csrc/lowrank_adam_driver.h on CUDA, which runs the GEMMs on tiles with cuBLAS (through ATen) between
+// csrc/lowrank_adam_impl.h on CUDA, which runs the GEMMs on tiles with cuBLAS (through ATen) between
 // them. The per-element math is kernels/adam.h and kernels/sketch.h, shared with the CPU backend. Every
 // launcher runs asynchronously on `stream` and returns the launch's cudaError_t; cudaErrorInvalidValue
 // means an argument is out of range.
