@@ -179,7 +179,11 @@ class PerParamOptimizer(torch.optim.Optimizer):
         was = {p for p in params if old["rank"] is not None and is_matrix(p)}
         now = {p for p in params if new["rank"] is not None and is_matrix(p)}
         changed = [key for key in dict.fromkeys([*old, *new]) if old.get(key) != new.get(key)]
-        restart = [key for key in changed if key in self.LAYOUT_KEYS and key not in self.KEPT_KEYS]
+        restart = [  # the keys named: those set before and after (rank None -> 4 names only the rank)
+            key
+            for key in changed
+            if key in self.LAYOUT_KEYS and key not in self.KEPT_KEYS and key in old and key in new
+        ]
         if restart and was | now:
             for p in was | now:
                 del self.state[p]
