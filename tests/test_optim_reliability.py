@@ -296,6 +296,14 @@ def test_incomplete_lowrank_state_is_refused(projection, remove, match):
     state["state"][0]["exp_avg_sq"] = state["state"][0]["exp_avg_sq"][:, :2]
     with pytest.raises(ValueError, match=r"'exp_avg_sq' has shape \[10, 2\], expected \[10, 3\]"):
         opt.load_state_dict(state)
+    if projection == "dct":
+        state = saved(source)
+        state["state"][0]["proj_right"] = state["state"][0]["proj_right"].float()
+        with pytest.raises(
+            ValueError, match="the state's basis does not fit projection 'dct': .*int16/int32/int64"
+        ):
+            opt.load_state_dict(state)
+    assert not opt.state
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -245,13 +245,6 @@ class PerParamOptimizer(torch.optim.Optimizer):
         where = f"lowrank_ops.optim.{type(self).__name__}.load_state_dict"
         own_groups, own_state = self.param_groups, self.state
         super().load_state_dict(state_dict)
-        try:
-            for index, (group, own) in enumerate(zip(self.param_groups, own_groups)):
-                self._check_loaded_group(where, index, group, own)
-        except Exception:
-            self.__dict__.update(state=own_state, param_groups=own_groups)  # nothing loaded
-            raise
-        self._applied = [self._settings(group) for group in self.param_groups]
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
         params = [p for group in self.param_groups for p in group["params"]]
         for saved_id, p in zip(saved_ids, params):
@@ -260,6 +253,13 @@ class PerParamOptimizer(torch.optim.Optimizer):
                 for key, value in saved.items():
                     if isinstance(value, torch.Tensor):
                         self.state[p][key] = value.to(device=p.device, copy=True)
+        try:
+            for index, (group, own) in enumerate(zip(self.param_groups, own_groups)):
+                self._check_loaded_group(where, index, group, own)
+        except Exception:
+            self.__dict__.update(state=own_state, param_groups=own_groups)  # nothing loaded
+            raise
+        self._applied = [self._settings(group) for group in self.param_groups]
 
     def _required_keys(self, own: dict) -> list[str]:
         """The keys a loaded group must have: those of this optimizer's defaults in its group `own` (torch

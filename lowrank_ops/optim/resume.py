@@ -76,6 +76,10 @@ def check_param_state(where: str, label: str, state: dict, p: torch.Tensor, lowr
         raise ValueError(
             f"{where}: {label}: the state lacks {e.args[0]!r}, the basis of projection {kind.name!r}"
         ) from None
+    except ValueError as e:  # e.g. DCT indices that are not an int tensor
+        raise ValueError(
+            f"{where}: {label}: the state's basis does not fit projection {kind.name!r}: {e}"
+        ) from None
 
 
 def _need(where, label, state, keys) -> None:
