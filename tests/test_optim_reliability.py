@@ -71,7 +71,7 @@ def group_settings(opt):
 
 
 # ---------------------------------------------------------------------------------------------------
-# load_state_dict: another optimizer type, other layout settings, other shapes -> a clear error, nothing loaded
+# load_state_dict: another optimizer type, other layout settings, other shapes: a clear error, nothing loaded
 
 
 def test_adamw_state_into_lowrank_adamw_is_refused():
@@ -273,6 +273,11 @@ def test_state_of_another_model_is_refused_naming_the_parameter():
     ):
         opt.load_state_dict(source.state_dict())
     assert not opt.state
+    vector = LowRankAdamW([torch.nn.Parameter(torch.randn(6)), params[1]], rank=3)
+    with pytest.raises(
+        ValueError, match=r"parameter 0 of shape \[6\]: the state dict holds a low-rank state for it"
+    ):
+        vector.load_state_dict(source.state_dict())
 
 
 @pytest.mark.parametrize(

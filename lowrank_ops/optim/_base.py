@@ -119,8 +119,8 @@ class PerParamOptimizer(torch.optim.Optimizer):
                 i = next(i for i, q in enumerate(group["params"]) if q is p)
                 raise RuntimeError(
                     f"{self._where(index)}, {param_label(group, i, p)}: sparse gradients are not supported "
-                    f"(got a {p.grad.layout} gradient; the optimizer's kernels read dense gradients); use a dense "
-                    "gradient, e.g. nn.Embedding(..., sparse=False)"
+                    f"(got a {p.grad.layout} gradient; the optimizer's kernels read dense gradients); use a "
+                    "dense gradient, e.g. nn.Embedding(..., sparse=False)"
                 )
 
     def _finite_only(self, work):
@@ -145,9 +145,9 @@ class PerParamOptimizer(torch.optim.Optimizer):
                 i = next(i for i, q in enumerate(group["params"]) if q is skipped[0])
                 self._warn(
                     "skip_nonfinite",
-                    f"{self._where(index)}, {param_label(group, i, skipped[0])}: its gradient has NaN/Inf; its "
-                    "step is skipped (skip_nonfinite: weights and state unchanged, counted in skipped_steps()); "
-                    "warned once",
+                    f"{self._where(index)}, {param_label(group, i, skipped[0])}: its gradient has NaN/Inf; "
+                    "its step is skipped (skip_nonfinite: weights and state unchanged, counted in "
+                    "skipped_steps()); warned once",
                 )
             out.append((index, [p for p in params if p not in bad]))
         return out

@@ -31,7 +31,8 @@ this and every later step. Guard with a GradScaler (its found-inf check skips th
 `skip_nonfinite=True` (constructor or param-group key): each parameter whose gradient has a NaN/Inf skips
 its step (weights and state unchanged, step count not advanced), counted in `skipped_steps()` and the
 groups' "skipped_steps" (saved in the state dict), at the cost of one max|g| reduction per parameter and
-one host sync per step and device (nonfinite.py; per parameter in the per-layer mode). Sparse gradients are refused before any work.
+one host sync per step and device (nonfinite.py; per parameter in the per-layer mode). Sparse gradients
+are refused before any work.
 """
 
 import torch

@@ -24,18 +24,20 @@ def check_group(where: str, index: int, loaded: dict, own: dict, required, own_s
         listed = ", ".join(f"{key!r} (this optimizer: {own.get(key)!r})" for key in missing)
         keys = sorted(k for k in loaded if k != "params")
         raise ValueError(
-            f"{where}: param group {index} of the state dict lacks the keys {listed}; it was saved by another "
-            f"optimizer type (its group keys: {keys})"
+            f"{where}: param group {index} of the state dict lacks the keys {listed}; it was saved by "
+            f"another optimizer type (its group keys: {keys})"
         )
     differing = [
-        f"{key!r}: expected {own_settings.get(key)!r} (this optimizer), got {settings.get(key)!r} (the state dict)"
+        f"{key!r}: expected {own_settings.get(key)!r} (this optimizer), got {settings.get(key)!r} "
+        "(the state dict)"
         for key in dict.fromkeys([*own_settings, *settings])
         if own_settings.get(key) != settings.get(key)
     ]
     if differing:
         raise ValueError(
-            f"{where}: param group {index}: {'; '.join(differing)}. These settings shape the saved low-rank "
-            "state (moment shapes, basis); build the optimizer with the state dict's settings to resume from it"
+            f"{where}: param group {index}: {'; '.join(differing)}. These settings shape the saved "
+            "low-rank state (moment shapes, basis); build the optimizer with the state dict's settings to "
+            "resume from it"
         )
 
 
@@ -46,8 +48,8 @@ def check_param_state(where: str, label: str, state: dict, p: torch.Tensor, lowr
     if lowrank is None:
         if "layer" in state:
             raise ValueError(
-                f"{where}: {label}: the state dict holds a low-rank state for it, but this optimizer steps it as "
-                "plain AdamW"
+                f"{where}: {label}: the state dict holds a low-rank state for it, but this optimizer steps "
+                "it as plain AdamW"
             )
         _need(where, label, state, ADAM_KEYS)
         _shapes(where, label, state, ("exp_avg", "exp_avg_sq"), tuple(p.shape), "the parameter's shape")
