@@ -1,6 +1,8 @@
 """What LowRankAdamW and GaLoreAdamW share: stepping parameter by parameter (so that the per-layer mode,
-lowrank_ops.optim.step_in_backward, runs exactly the code of `step()`), warnings that fire once, and a
-`load_state_dict` that keeps the dtype of low-rank state (fp32 moments of bf16 weights)."""
+lowrank_ops.optim.step_in_backward, runs exactly the code of `step()`), the checks before any work of a
+step (sparse gradients, projection settings changed mid-run, the opt-in non-finite guard), warnings that
+fire once, and a `load_state_dict` that checks the state dict against the optimizer (resume.py) and keeps
+the dtype of low-rank state (fp32 moments of bf16 weights)."""
 
 import math
 import warnings
@@ -8,19 +10,36 @@ import warnings
 import torch
 
 from .. import projections
+from .nonfinite import finite_flags
+from .resume import check_group, check_param_state, param_label
 
 SEED_LIMIT = 2**64
+# Param-group keys of the non-finite guard: `skip_nonfinite` is chosen per run (load_state_dict keeps this
+# optimizer's value), `skipped_steps` counts the skipped parameter steps (state: a state dict's value is
+# loaded). State dicts saved before the guard existed lack both.
+GUARD_KEYS = ("skip_nonfinite", "skipped_steps")
 
 
 class PerParamOptimizer(torch.optim.Optimizer):
-    """Subclasses implement `_step_group(group, params)` for the params of one group that have a grad,
-    and `_check_group(group, where)`. Low-rank state is marked by the int key "layer"."""
+    """Subclasses implement `_step_group(group, params)` for the params of one group that have a finite
+    grad (when the group guards), `_check_group(group, where)` and `_lowrank_layout(group, p, state)`, and
+    name their settings in LAYOUT_KEYS, KEPT_KEYS and REFRESH_KEYS. Low-rank state is marked by the int key
+    "layer"."""
+
+    # Param-group keys that shape the state of a group's low-rank parameters (moment shapes, basis entries,
+    # the adapter delta): compared by load_state_dict; changed mid-run, they restart that state.
+    LAYOUT_KEYS: tuple[str, ...] = ("rank",)
+    # Of LAYOUT_KEYS, those whose mid-run change `_keep_state` applies to the state instead of a restart.
+    KEPT_KEYS: tuple[str, ...] = ()
+    # Keys read only at a refresh: changed mid-run, they take effect at the next refresh (warned once).
+    REFRESH_KEYS: tuple[str, ...] = ()
 
     def __init__(self, params, defaults):
         self._layer_index: dict[torch.Tensor, int] = {}  # param -> its index in the flattened param list
         self._group_index: dict[
             torch.Tensor, int
         ] = {}  # param -> index of its group (groups are replaced on load)
+        self._applied: list[dict] = []  # per group: the settings its state was built with (_settings)
         self._warned: set[str] = set()
         super().__init__(params, defaults)
 
@@ -28,10 +47,15 @@ class PerParamOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         index = len(self.param_groups) - 1
         group = self.param_groups[index]
-        self._check_group(group, f"lowrank_ops.optim.{type(self).__name__}: param group {index}")
+        group.setdefault("skipped_steps", 0)
+        self._check_group(group, self._where(index))
+        self._applied.append(self._settings(group))
         for p in group["params"]:
             self._layer_index[p] = len(self._layer_index)
             self._group_index[p] = index
+
+    def _where(self, index: int) -> str:
+        return f"lowrank_ops.optim.{type(self).__name__}: param group {index}"
 
     def _check_group(self, group, where):
         raise NotImplementedError
@@ -39,24 +63,154 @@ class PerParamOptimizer(torch.optim.Optimizer):
     def _step_group(self, group, params):
         raise NotImplementedError
 
+    def _lowrank_layout(self, group, p, state):
+        """(kind, the Layout in use, whether the state has the adapter `delta`) of a low-rank parameter of
+        `group` with `state`; None for a parameter the group steps as plain AdamW."""
+        raise NotImplementedError
+
+    def _keep_state(self, key, old, new, states) -> None:
+        """Applies the mid-run change of KEPT_KEYS' `key` from `old` to `new` to the low-rank `states`."""
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+        work = [
+            (i, [p for p in group["params"] if p.grad is not None])
+            for i, group in enumerate(self.param_groups)
+        ]
+        for index, params in work:
+            self._check_dense(index, params)
+        for index, _ in work:
+            self._sync_settings(index)
+        for index, params in self._finite_only(work):
             if params:
-                self._step_group(group, params)
+                self._step_group(self.param_groups[index], params)
         return loss
 
     @torch.no_grad()
     def step_param(self, param: torch.Tensor) -> None:
         """One optimizer step of `param` alone (no-op without a grad): the per-layer mode's entry point."""
-        group = self.param_groups[self._managed(param, "step_param")]
-        if param.grad is not None:
-            self._step_group(group, [param])
+        index = self._managed(param, "step_param")
+        if param.grad is None:
+            return
+        self._check_dense(index, [param])
+        self._sync_settings(index)
+        for _, params in self._finite_only([(index, [param])]):
+            if params:
+                self._step_group(self.param_groups[index], params)
+
+    def skipped_steps(self) -> int:
+        """Parameter steps skipped so far by the guard `skip_nonfinite` for a NaN/Inf gradient (summed over
+        the param groups; per group in group["skipped_steps"]; saved in the state dict)."""
+        return sum(group["skipped_steps"] for group in self.param_groups)
+
+    def state_dict(self):
+        for index in range(len(self.param_groups)):
+            self._sync_settings(index)  # the saved state matches the saved settings
+        return super().state_dict()
+
+    def _check_dense(self, index: int, params) -> None:
+        group = self.param_groups[index]
+        for p in params:
+            if p.grad.layout != torch.strided:
+                i = next(i for i, q in enumerate(group["params"]) if q is p)
+                raise RuntimeError(
+                    f"{self._where(index)}, {param_label(group, i, p)}: sparse gradients are not supported "
+                    f"(got a {p.grad.layout} gradient; the optimizer's kernels read dense gradients); use a "
+                    "dense gradient, e.g. nn.Embedding(..., sparse=False)"
+                )
+
+    def _finite_only(self, work):
+        """`work` ([(group index, params)]) without the params whose gradient holds a NaN/Inf in groups with
+        skip_nonfinite (counted in group["skipped_steps"], warned once): one max|g| per gradient, one host
+        sync per device and dtype for all groups (nonfinite.py)."""
+        guarded = [
+            (index, p) for index, params in work if self.param_groups[index]["skip_nonfinite"] for p in params
+        ]
+        if not guarded:
+            return work
+        flags = finite_flags([p.grad for _, p in guarded])
+        bad = {p for (_, p), ok in zip(guarded, flags) if not ok}
+        if not bad:
+            return work
+        out = []
+        for index, params in work:
+            group = self.param_groups[index]
+            skipped = [p for p in params if p in bad]
+            if skipped:
+                group["skipped_steps"] += len(skipped)
+                i = next(i for i, q in enumerate(group["params"]) if q is skipped[0])
+                self._warn(
+                    "skip_nonfinite",
+                    f"{self._where(index)}, {param_label(group, i, skipped[0])}: its gradient has NaN/Inf; "
+                    "its step is skipped (skip_nonfinite: weights and state unchanged, counted in "
+                    "skipped_steps()); warned once",
+                )
+            out.append((index, [p for p in params if p not in bad]))
+        return out
+
+    def _layout(self, group) -> dict:
+        """The group's LAYOUT_KEYS, {key: value}; only "rank" when it is None (a plain group)."""
+        keys = self.LAYOUT_KEYS if group.get("rank") is not None else ("rank",)
+        return {key: _frozen(group.get(key)) for key in keys}
+
+    def _settings(self, group) -> dict:
+        """What a mid-run change is tracked on: the group's _layout and REFRESH_KEYS."""
+        return {**self._layout(group), **{key: group.get(key) for key in self.REFRESH_KEYS}}
+
+    def _sync_settings(self, index: int) -> None:
+        """Applies a change of group `index`'s settings since its state was built (one dict comparison per
+        group and step): the new settings are checked (a bad value raises here, before any work); a change
+        of LAYOUT_KEYS (other than KEPT_KEYS) restarts the state of every parameter that is low-rank under
+        the old or the new settings (deleted: the next step starts it as for a new parameter: zero moments,
+        step count 0, a basis drawn at once); KEPT_KEYS go to `_keep_state`; REFRESH_KEYS take effect at the
+        next refresh. Each change is warned once per group and key, only when some state exists."""
+        group = self.param_groups[index]
+        old = self._applied[index]
+        if self._settings(group) == old:
+            return
+        self._check_group(group, self._where(index))
+        new = self._settings(group)
+        self._applied[index] = new
+        params = [p for p in group["params"] if self.state.get(p)]
+        was = {p for p in params if old["rank"] is not None and is_matrix(p)}
+        now = {p for p in params if new["rank"] is not None and is_matrix(p)}
+        changed = [key for key in dict.fromkeys([*old, *new]) if old.get(key) != new.get(key)]
+        restart = [  # the keys named: those set before and after (rank None -> 4 names only the rank)
+            key
+            for key in changed
+            if key in self.LAYOUT_KEYS and key not in self.KEPT_KEYS and key in old and key in new
+        ]
+        if restart and was | now:
+            for p in was | now:
+                del self.state[p]
+            self._warn_change(
+                index,
+                restart,
+                old,
+                new,
+                f"the state of its {len(was | now)} low-rank parameter(s) restarts: "
+                "moments zeroed, step count and bias correction from 0, a new basis at their next step",
+            )
+            was = now = set()
+        for key in changed:
+            if key in self.KEPT_KEYS and was & now:
+                self._keep_state(key, old.get(key), new.get(key), [self.state[p] for p in was & now])
+                self._warn_change(index, [key], old, new, "it takes effect at the next step, moments kept")
+            elif key in self.REFRESH_KEYS and now:
+                self._warn_change(
+                    index, [key], old, new, "the current bases are kept; it takes effect at the next refresh"
+                )
+
+    def _warn_change(self, index, keys, old, new, what: str) -> None:
+        changes = ", ".join(f"{key!r} from {old.get(key)!r} to {new.get(key)!r}" for key in keys)
+        self._warn(
+            f"setting:{index}:{','.join(keys)}",
+            f"{self._where(index)}: {changes} after its state was built; {what} (warned once)",
+        )
 
     def layer_index(self, param: torch.Tensor) -> int:
         """The index of `param` in the flattened param list (groups in order, params in group order): the
@@ -79,9 +233,17 @@ class PerParamOptimizer(torch.optim.Optimizer):
             warnings.warn(message, RuntimeWarning, stacklevel=4)
 
     def load_state_dict(self, state_dict):
-        """torch.optim.Optimizer.load_state_dict, except that low-rank state keeps the dtype it was saved
-        with (torch casts every floating state tensor to its parameter's dtype, which would round the
-        fp32 moments of a bf16 weight)."""
+        """torch.optim.Optimizer.load_state_dict, checked against this optimizer, nothing loaded when a check
+        fails (ValueError naming the group, parameter, key, this optimizer's value and the state dict's):
+        every key of this optimizer's defaults must be present (else: another optimizer type), the
+        LAYOUT_KEYS must be equal (they shape the low-rank state), the other keys' values must pass the
+        group checks, and each parameter's state must be what the step reads (keys, shapes). As in
+        torch.optim, the state dict's hyperparameters (lr, betas, eps, weight_decay, ...) replace this
+        optimizer's and may be changed afterwards; `skip_nonfinite` stays this optimizer's (a guard chosen
+        for this run). Low-rank state keeps the dtype it was saved with (torch casts every floating state
+        tensor to its parameter's dtype, which would round the fp32 moments of a bf16 weight)."""
+        where = f"lowrank_ops.optim.{type(self).__name__}.load_state_dict"
+        own_groups, own_state = self.param_groups, self.state
         super().load_state_dict(state_dict)
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
         params = [p for group in self.param_groups for p in group["params"]]
@@ -91,6 +253,48 @@ class PerParamOptimizer(torch.optim.Optimizer):
                 for key, value in saved.items():
                     if isinstance(value, torch.Tensor):
                         self.state[p][key] = value.to(device=p.device, copy=True)
+        try:
+            for index, (group, own) in enumerate(zip(self.param_groups, own_groups)):
+                self._check_loaded_group(where, index, group, own)
+        except Exception:
+            self.__dict__.update(state=own_state, param_groups=own_groups)  # nothing loaded
+            raise
+        self._applied = [self._settings(group) for group in self.param_groups]
+
+    def _required_keys(self, own: dict) -> list[str]:
+        """The keys a loaded group must have: those of this optimizer's defaults in its group `own` (torch
+        adds defaults of its own on load), the guard's excepted."""
+        return [key for key in self.defaults if key in own and key not in GUARD_KEYS]
+
+    def _check_loaded_group(self, where, index, group, own) -> None:
+        check_group(
+            where, index, group, own, self._required_keys(own), self._layout(own), self._layout(group)
+        )
+        group["skip_nonfinite"] = own["skip_nonfinite"]
+        group.setdefault("skipped_steps", 0)
+        self._check_group(group, f"{where}: param group {index} of the state dict")
+        for i, p in enumerate(group["params"]):
+            state = self.state.get(p)
+            if state:
+                check_param_state(
+                    where,
+                    f"param group {index}, {param_label(group, i, p)}",
+                    state,
+                    p,
+                    self._lowrank_layout(group, p, state),
+                )
+
+
+def _frozen(value):
+    """A setting as compared: a list as the tuple of its items (rank pairs, blocks)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def check_guard(group, where: str) -> None:
+    """The guard's keys: `skip_nonfinite` a bool, `skipped_steps` an int >= 0."""
+    if not isinstance(group["skip_nonfinite"], bool):
+        raise TypeError(f"{where}: 'skip_nonfinite' must be a bool, got {group['skip_nonfinite']!r}")
+    check_int(group["skipped_steps"], where, "skipped_steps", 0)
 
 
 def check_hyper(group, where: str) -> None:

@@ -32,7 +32,15 @@ import torch
 from .. import projections
 from ..ops.lowrank_adam import lowrank_adamw_step_
 from ..projections import Layout
-from ._base import PerParamOptimizer, check_hyper, check_int, is_matrix, lowrank_state, refresh_if_due
+from ._base import (
+    PerParamOptimizer,
+    check_guard,
+    check_hyper,
+    check_int,
+    is_matrix,
+    lowrank_state,
+    refresh_if_due,
+)
 
 PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
 GROUP_DEFAULTS = dict(
@@ -58,7 +66,18 @@ def galore_layout(shape, rank: int, proj_type: str) -> Layout:
 class GaLoreAdamW(PerParamOptimizer):
     """galore-torch's GaLoreAdamW (HF-style AdamW: eps=1e-6, weight_decay=0.0, correct_bias) on the fused
     low-rank step. A param group is low-rank when it has a "rank" key. `no_deprecation_warning` is
-    accepted for signature compatibility and has no effect (there is no deprecation to warn about)."""
+    accepted for signature compatibility and has no effect (there is no deprecation to warn about).
+
+    Guards, as LowRankAdamW's (lowrank_ops.optim.lowrank_adamw): sparse gradients are refused before any
+    work; `skip_nonfinite=True` (constructor or param-group key) skips the step of each parameter whose
+    gradient has a NaN/Inf, counted in `skipped_steps()`; `load_state_dict` refuses a state dict of another
+    optimizer type or another layout (the presence and value of "rank", "proj_type") and keeps the state
+    dict's hyperparameters (lr, betas, eps, weight_decay, correct_bias, update_proj_gap, scale). Changed
+    mid-run: rank (added, removed or changed) and proj_type restart the state of the group's low-rank
+    parameters at their next step (moments zeroed, step count from 0, a new SVD basis), warned once; the
+    other keys take effect at once."""
+
+    LAYOUT_KEYS = ("rank", "proj_type")
 
     def __init__(
         self,
@@ -70,16 +89,18 @@ class GaLoreAdamW(PerParamOptimizer):
         correct_bias=True,
         no_deprecation_warning=False,
         *,
+        skip_nonfinite=False,
         backend=None,
     ):
         self._backend = backend
-        super().__init__(
-            params,
-            dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, correct_bias=correct_bias),
+        defaults = dict(
+            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, correct_bias=correct_bias
         )
+        super().__init__(params, {**defaults, "skip_nonfinite": skip_nonfinite})
 
     def _check_group(self, group, where):
         check_hyper(group, where)
+        check_guard(group, where)
         if "rank" not in group:
             return
         for key, value in GROUP_DEFAULTS.items():
@@ -88,6 +109,12 @@ class GaLoreAdamW(PerParamOptimizer):
         check_int(group["update_proj_gap"], where, "update_proj_gap", 1)
         if group["proj_type"] not in PROJ_TYPES:
             raise ValueError(f"{where}: 'proj_type' must be one of {PROJ_TYPES}, got {group['proj_type']!r}")
+
+    def _lowrank_layout(self, group, p, state):
+        if "rank" not in group or not is_matrix(p):
+            return None
+        kind = projections.get("two_sided_svd" if group["proj_type"] == "full" else "svd")
+        return kind, galore_layout(p.shape, group["rank"], group["proj_type"]), False
 
     def _step_group(self, group, params):
         for p in params:

@@ -18,11 +18,21 @@ layout, so they follow torch.optim.AdamW bit for bit.
 State per low-rank param: ints step, layer, refresh, proj_seed; fp32 tensors exp_avg, exp_avg_sq
 (projected shape), delta ("adapter" mode), and the basis matrices of matrix kinds (proj_left/proj_right).
 Seeded kinds persist ints only. `state_dict()` loads with torch.load(weights_only=True), and save ->
-load -> continue is bit-identical to not stopping.
+load -> continue is bit-identical to not stopping. `load_state_dict` refuses a state dict of another
+optimizer type, of other layout settings (rank, projection, side, block, wd_mode) or of other parameter
+shapes, naming the group, the key and both values (nothing is loaded then); the hyperparameters come from
+the state dict, as in torch.optim, and may be changed afterwards.
 
-A gradient with NaN/Inf is checked only at refresh steps (one reduction every update_gap steps): there the
-param's step is skipped and the basis kept (warned once). Between refreshes a non-finite gradient is
-the caller's business, as with torch.optim.AdamW: a GradScaler's found_inf check skips the whole step.
+Non-finite gradients. Without the guard, a gradient with NaN/Inf is checked only at refresh steps (one
+reduction every update_gap steps): there the param's step is skipped and the basis kept (warned once).
+Between refreshes it goes into the step, as with torch.optim.AdamW: the NaN reaches the projected moments,
+which keep it, and through the unprojection whole rows or columns of W (all of W for two-sided kinds), at
+this and every later step. Guard with a GradScaler (its found-inf check skips the whole step) or with
+`skip_nonfinite=True` (constructor or param-group key): each parameter whose gradient has a NaN/Inf skips
+its step (weights and state unchanged, step count not advanced), counted in `skipped_steps()` and the
+groups' "skipped_steps" (saved in the state dict), at the cost of one max|g| reduction per parameter and
+one host sync per step and device (nonfinite.py; per parameter in the per-layer mode). Sparse gradients
+are refused before any work.
 """
 
 import torch
@@ -30,7 +40,7 @@ from torch.optim.adamw import adamw as torch_adamw
 
 from .. import projections
 from ..ops.lowrank_adam import WD_MODES
-from ._base import SEED_LIMIT, PerParamOptimizer, check_block, check_hyper, check_int, is_matrix
+from ._base import SEED_LIMIT, PerParamOptimizer, check_block, check_guard, check_hyper, check_int, is_matrix
 from .param_step import LowRankParamStep, registered_param_step
 
 
@@ -55,7 +65,21 @@ class LowRankAdamW(PerParamOptimizer):
     sharded, one r x n all-reduce where it is). Keywords beyond these are
     param-group keys that projection kinds declare (ProjectionKind.options, e.g. "adaptive"'s `energy`,
     `max_rank`, `min_rank`, `converge_tol`, `min_gap`, `max_gap`); `ranks()` reports the rank in use per
-    low-rank parameter.
+    low-rank parameter. `skip_nonfinite` (bool, default False): a parameter whose gradient has a NaN/Inf
+    skips its step, counted in `skipped_steps()` (module docstring, "Non-finite gradients").
+
+    Settings changed mid-run (param_groups[i][key] = value once the group's parameters have state) are
+    checked at the next step, before any work (a bad value raises there), and:
+      lr, betas, eps, weight_decay, scale, update_gap, foreach, the kinds' options: take effect at once
+          (the refresh clock step % update_gap reads the new gap);
+      seed: takes effect at the next refresh (the current bases are kept), warned once;
+      wd_mode: takes effect at the next step, moments kept: to "adapter", the adapter delta starts at
+          zero (decay of the updates since the change); to "full", it is dropped; warned once;
+      rank, projection, side, block: the state of the group's low-rank parameters restarts at their next
+          step (moments zeroed, step count and bias correction from 0, a new basis drawn at once), warned
+          once. These fix the moments' shape and what the basis is: old moments have no sound carry-over
+          to another shape or kind of basis, and waiting for the next scheduled refresh would mean stepping
+          (and saving) with settings the param group no longer states.
 
     The default projection is "rademacher": it persists one int per layer, never stalls on an SVD, and
     trains on par with GaLore's SVD in the duality paper's Table 2.
@@ -78,6 +102,7 @@ class LowRankAdamW(PerParamOptimizer):
         wd_mode="full",
         block=None,
         foreach=None,
+        skip_nonfinite=False,
         backend=None,
         **options,
     ):
@@ -102,12 +127,18 @@ class LowRankAdamW(PerParamOptimizer):
             wd_mode=wd_mode,
             block=block,
             foreach=foreach,
+            skip_nonfinite=skip_nonfinite,
             **options,
         )
         super().__init__(params, defaults)
 
+    LAYOUT_KEYS = ("rank", "projection", "side", "block", "wd_mode")
+    KEPT_KEYS = ("wd_mode",)
+    REFRESH_KEYS = ("seed",)
+
     def _check_group(self, group, where):
         check_hyper(group, where)
+        check_guard(group, where)
         check_int(group["seed"], where, "seed", 0, SEED_LIMIT)
         if group["rank"] is None:
             return
@@ -117,6 +148,25 @@ class LowRankAdamW(PerParamOptimizer):
             raise ValueError(f"{where}: 'wd_mode' must be one of {WD_MODES}, got {group['wd_mode']!r}")
         check_block(group["block"], projections.get(group["projection"]), where)
         projections.get(group["projection"]).check_options(group, where)
+
+    def _required_keys(self, own):
+        # a kind's options may be absent (the kind's default applies)
+        return [key for key in super()._required_keys(own) if key not in projections.option_names()]
+
+    def _lowrank_layout(self, group, p, state):
+        if group["rank"] is None or not is_matrix(p):
+            return None
+        kind = projections.get(group["projection"])
+        layout = kind.layout(p.shape, group["rank"], group["side"], group.get("block"))
+        return kind, kind.current_layout(state, layout, group), group["wd_mode"] == "adapter"
+
+    def _keep_state(self, key, old, new, states):
+        # wd_mode: the adapter delta (updates since the last refresh) starts at zero, or is dropped
+        for state in states:
+            if new == "adapter" and "delta" not in state:
+                state["delta"] = torch.zeros_like(state["exp_avg"])
+            elif new != "adapter":
+                state.pop("delta", None)
 
     def _step_group(self, group, params):
         lowrank = group["rank"] is not None
@@ -160,8 +210,6 @@ class LowRankAdamW(PerParamOptimizer):
         """torch.optim.AdamW's step for `params`: its state layout and its functional implementation."""
         grads, exp_avgs, exp_avg_sqs, steps = [], [], [], []
         for p in params:
-            if p.grad.is_sparse:
-                raise RuntimeError("lowrank_ops.optim.LowRankAdamW does not support sparse gradients")
             state = self.state[p]
             if not state:
                 state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())

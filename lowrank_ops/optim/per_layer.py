@@ -10,7 +10,8 @@ gradients actually stepped is available (`grad_norm()`), not 0.
 Contract: every parameter receives a gradient in every micro-batch (a parameter unused in some micro-batch
 would be stepped after its own accumulation_steps-th gradient; `flush()` steps leftovers at the end);
 do not call optimizer.step() or zero_grad() in between (the hooks step and free); gradient clipping by
-the global norm and GradScaler need the whole gradient before any step and are not available here.
+the global norm and GradScaler need the whole gradient before any step and are not available here; the
+optimizer's skip_nonfinite guard works per parameter (one host sync per parameter step).
 """
 
 import operator
