@@ -1,8 +1,8 @@
-"""The optimizer layer (lowrank_ops.optim): torch.optim.AdamW identity, LowRankAdamW and GaLoreAdamW
-against independent transcriptions of their formulas (tolerance rule of DESIGN.md §5), bit-identical
-resume, per-layer stepping under gradient accumulation, the tiny-model training run of every kind, and
-the training-loop features (refresh robustness, params without grads, tied params, GradScaler,
-torch.compile)."""
+"""The optimizer layer (lowrank_ops.optim): LowRankAdamW and GaLoreAdamW against independent
+transcriptions of their formulas (tolerance rule of DESIGN.md §5), bit-identical resume, per-layer stepping
+under gradient accumulation, the tiny-model training run of every kind, and the training-loop features
+(refresh robustness, params without grads, tied params, GradScaler, torch.compile). Their plain AdamW
+(torch.optim.AdamW identity, fused and foreach) is in test_optim_plain.py."""
 
 import ast
 import io
@@ -39,51 +39,6 @@ from lowrank_ops.optim import GaLoreAdamW, LowRankAdamW, step_in_backward
 
 ALL_KINDS = ("gaussian", "rademacher", "orthogonal", "svd", "two_sided_gaussian", "two_sided_svd")
 ONE_SIDED = ("gaussian", "rademacher", "orthogonal", "svd")
-
-
-# ---------------------------------------------------------------------------------------------------
-# torch.optim.AdamW identity
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_without_rank_matches_torch_adamw_bitwise(dtype):
-    ours_model, ref_model = make_model(dtype), make_model(dtype)
-    hyper = dict(lr=3e-3, betas=(0.8, 0.95), eps=1e-7)
-    ours = LowRankAdamW(
-        [
-            dict(params=list(ours_model.fc1.parameters()), weight_decay=0.3),
-            dict(params=[p for n, p in ours_model.named_parameters() if not n.startswith("fc1")]),
-        ],
-        **hyper,
-    )
-    ref = torch.optim.AdamW(
-        [
-            dict(params=list(ref_model.fc1.parameters()), weight_decay=0.3),
-            dict(params=[p for n, p in ref_model.named_parameters() if not n.startswith("fc1")]),
-        ],
-        **hyper,
-    )
-    train(ours_model, ours, 20)
-    train(ref_model, ref, 20)
-    for p, q in zip(ours_model.parameters(), ref_model.parameters()):
-        assert torch.equal(p, q)
-        assert (p in ours.state) == (q in ref.state)
-        if p in ours.state:
-            state_equal(ours.state[p], ref.state[q])
-
-
-def test_non_matrix_params_of_a_rank_group_are_plain_adamw_never_svd(monkeypatch):
-    def no_svd(*args, **kwargs):
-        raise AssertionError("SVD called on a non-matrix parameter")
-
-    monkeypatch.setattr(torch.linalg, "svd", no_svd)
-    ours_model, ref_model = make_model(), make_model()
-    vectors = lambda m: [p for p in m.parameters() if p.dim() != 2]
-    ours = LowRankAdamW([dict(params=vectors(ours_model), rank=2, projection="svd", update_gap=1)], lr=1e-2)
-    ref = torch.optim.AdamW(vectors(ref_model), lr=1e-2)
-    train(ours_model, ours, 20)
-    train(ref_model, ref, 20)
-    assert all(torch.equal(p, q) for p, q in zip(vectors(ours_model), vectors(ref_model)))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import torch
 
 from .. import projections
 from .nonfinite import finite_flags
+from .plain_adamw import IMPLEMENTATION_KEYS
 from .resume import check_group, check_param_state, param_label
 
 SEED_LIMIT = 2**64
@@ -238,10 +239,12 @@ class PerParamOptimizer(torch.optim.Optimizer):
         every key of this optimizer's defaults must be present (else: another optimizer type), the
         LAYOUT_KEYS must be equal (they shape the low-rank state), the other keys' values must pass the
         group checks, and each parameter's state must be what the step reads (keys, shapes). As in
-        torch.optim, the state dict's hyperparameters (lr, betas, eps, weight_decay, ...) replace this
-        optimizer's and may be changed afterwards; `skip_nonfinite` stays this optimizer's (a guard chosen
-        for this run). Low-rank state keeps the dtype it was saved with (torch casts every floating state
-        tensor to its parameter's dtype, which would round the fp32 moments of a bf16 weight)."""
+        torch.optim, the state dict's hyperparameters (lr, betas, eps, weight_decay, foreach, fused, ...)
+        replace this optimizer's and may be changed afterwards (a state dict saved before `foreach` or
+        `fused` existed loads them as None, as torch.optim.AdamW does); `skip_nonfinite` stays this
+        optimizer's (a guard chosen for this run). Low-rank state keeps the dtype it was saved with (torch
+        casts every floating state tensor to its parameter's dtype, which would round the fp32 moments of a
+        bf16 weight)."""
         where = f"lowrank_ops.optim.{type(self).__name__}.load_state_dict"
         own_groups, own_state = self.param_groups, self.state
         super().load_state_dict(state_dict)
@@ -263,8 +266,9 @@ class PerParamOptimizer(torch.optim.Optimizer):
 
     def _required_keys(self, own: dict) -> list[str]:
         """The keys a loaded group must have: those of this optimizer's defaults in its group `own` (torch
-        adds defaults of its own on load), the guard's excepted."""
-        return [key for key in self.defaults if key in own and key not in GUARD_KEYS]
+        adds defaults of its own on load), the guard's and the plain AdamW implementation's excepted."""
+        optional = GUARD_KEYS + IMPLEMENTATION_KEYS
+        return [key for key in self.defaults if key in own and key not in optional]
 
     def _check_loaded_group(self, where, index, group, own) -> None:
         check_group(
@@ -272,6 +276,10 @@ class PerParamOptimizer(torch.optim.Optimizer):
         )
         group["skip_nonfinite"] = own["skip_nonfinite"]
         group.setdefault("skipped_steps", 0)
+        for (
+            key
+        ) in IMPLEMENTATION_KEYS:  # absent from state dicts saved before the key existed: None, as torch
+            group.setdefault(key, None)
         self._check_group(group, f"{where}: param group {index} of the state dict")
         for i, p in enumerate(group["params"]):
             state = self.state.get(p)

@@ -13,7 +13,10 @@ Per low-rank parameter W (m x n) with projection R = L G R^T, every step:
       W <- W - lr wd W - lr scale L^T N R (wd_mode "full"), or decay of the adapter only ("adapter").
 Params of groups without a rank (rank None), and non-matrix params of any group (biases, norms: never
 an SVD), are plain AdamW through torch's own functional `torch.optim.adamw.adamw` with torch's state
-layout, so they follow torch.optim.AdamW bit for bit.
+layout (plain_adamw.py): the param-group keys `foreach` and `fused` choose torch's implementation as in
+torch.optim.AdamW, except that with both None (the default) the fused kernel runs wherever torch has one
+for the group's plain params (CPU and CUDA floating tensors). They follow torch.optim.AdamW with the same
+implementation bit for bit.
 
 State per low-rank param: ints step, layer, refresh, proj_seed; fp32 tensors exp_avg, exp_avg_sq
 (projected shape), delta ("adapter" mode), and the basis matrices of matrix kinds (proj_left/proj_right).
@@ -36,17 +39,12 @@ are refused before any work.
 """
 
 import torch
-from torch.optim.adamw import adamw as torch_adamw
 
 from .. import projections
 from ..ops.lowrank_adam import WD_MODES
+from . import plain_adamw
 from ._base import SEED_LIMIT, PerParamOptimizer, check_block, check_guard, check_hyper, check_int, is_matrix
 from .param_step import LowRankParamStep, registered_param_step
-
-
-def _scalar_dtype():
-    """dtype of torch.optim.AdamW's `step` tensor."""
-    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
 class LowRankAdamW(PerParamOptimizer):
@@ -58,20 +56,22 @@ class LowRankAdamW(PerParamOptimizer):
     `wd_mode` ("full": decay W; "adapter": decay only the low-rank delta since the last refresh, App. B),
     `seed` (the base seed of the per-layer, per-refresh sketch seeds), `block` (None, or (k, K): use rows
     [k r, (k+1) r) of the K r x d basis of the same seed, "orthogonal" only: the distributed-orthogonal
-    worker blocks that lowrank_ops.distributed.DiLoCo sets). `backend` picks the fused op's backend (None:
-    the default for the device). A low-rank parameter of a tensor subclass whose owner registered a step
-    for it (lowrank_ops.optim.register_param_step) is stepped by that: importing lowrank_ops.distributed
+    worker blocks that lowrank_ops.distributed.DiLoCo sets). `foreach`, `fused`: torch.optim.AdamW's
+    arguments, for the plain params (module docstring; both None: torch's fused kernel where it has one;
+    both True: RuntimeError, as torch's). `backend` picks the fused op's backend (None: the default for
+    the device). A low-rank parameter of a tensor subclass whose owner registered a step for it
+    (lowrank_ops.optim.register_param_step) is stepped by that: importing lowrank_ops.distributed
     registers the step of FSDP2's DTensor parameters (shard-local where the projected dimension is not
-    sharded, one r x n all-reduce where it is). Keywords beyond these are
-    param-group keys that projection kinds declare (ProjectionKind.options, e.g. "adaptive"'s `energy`,
-    `max_rank`, `min_rank`, `converge_tol`, `min_gap`, `max_gap`); `ranks()` reports the rank in use per
-    low-rank parameter. `skip_nonfinite` (bool, default False): a parameter whose gradient has a NaN/Inf
-    skips its step, counted in `skipped_steps()` (module docstring, "Non-finite gradients").
+    sharded, one r x n all-reduce where it is). Keywords beyond these are param-group keys that
+    projection kinds declare (ProjectionKind.options, e.g. "adaptive"'s `energy`, `max_rank`, `min_rank`,
+    `converge_tol`, `min_gap`, `max_gap`); `ranks()` reports the rank in use per low-rank parameter.
+    `skip_nonfinite` (bool, default False): a parameter whose gradient has a NaN/Inf skips its step,
+    counted in `skipped_steps()` (module docstring, "Non-finite gradients").
 
     Settings changed mid-run (param_groups[i][key] = value once the group's parameters have state) are
     checked at the next step, before any work (a bad value raises there), and:
-      lr, betas, eps, weight_decay, scale, update_gap, foreach, the kinds' options: take effect at once
-          (the refresh clock step % update_gap reads the new gap);
+      lr, betas, eps, weight_decay, scale, update_gap, foreach, fused, the kinds' options: take effect at
+          once (the refresh clock step % update_gap reads the new gap);
       seed: takes effect at the next refresh (the current bases are kept), warned once;
       wd_mode: takes effect at the next step, moments kept: to "adapter", the adapter delta starts at
           zero (decay of the updates since the change); to "full", it is dropped; warned once;
@@ -102,6 +102,7 @@ class LowRankAdamW(PerParamOptimizer):
         wd_mode="full",
         block=None,
         foreach=None,
+        fused=None,
         skip_nonfinite=False,
         backend=None,
         **options,
@@ -127,10 +128,12 @@ class LowRankAdamW(PerParamOptimizer):
             wd_mode=wd_mode,
             block=block,
             foreach=foreach,
+            fused=fused,
             skip_nonfinite=skip_nonfinite,
             **options,
         )
         super().__init__(params, defaults)
+        plain_adamw.check_not_both(foreach, fused, "lowrank_ops.optim.LowRankAdamW")
 
     LAYOUT_KEYS = ("rank", "projection", "side", "block", "wd_mode")
     KEPT_KEYS = ("wd_mode",)
@@ -207,36 +210,10 @@ class LowRankAdamW(PerParamOptimizer):
         return out
 
     def _adamw(self, group, params):
-        """torch.optim.AdamW's step for `params`: its state layout and its functional implementation."""
-        grads, exp_avgs, exp_avg_sqs, steps = [], [], [], []
-        for p in params:
-            state = self.state[p]
-            if not state:
-                state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            steps.append(state["step"])
-        beta1, beta2 = group["betas"]
-        torch_adamw(
-            params,
-            grads,
-            exp_avgs,
-            exp_avg_sqs,
-            [],
-            steps,
-            foreach=group["foreach"],
-            has_complex=any(torch.is_complex(p) for p in params),
-            amsgrad=False,
-            beta1=beta1,
-            beta2=beta2,
-            lr=group["lr"],
-            weight_decay=group["weight_decay"],
-            eps=group["eps"],
-            maximize=False,
-        )
+        """torch.optim.AdamW's step for `params`, fused where torch has the kernel (plain_adamw)."""
+        where = self._where(self._group_index[params[0]])
+        chosen, states = plain_adamw.adam_states(self.state, group, params, where)
+        plain_adamw.adamw_step(group, params, states, chosen)
 
     def _step_lowrank(self, p, group, kind):
         step = LowRankParamStep(p, group, kind, self.state[p], self.layer_index(p), self._warn, self._backend)
