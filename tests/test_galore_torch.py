@@ -61,3 +61,38 @@ def test_matches_galore_torch(proj_type):
     ours32 = trajectory(copy.deepcopy(base), GaLoreAdamW, proj_type, data)
     for name, ours, ref, theirs in zip(("up.weight", "up.bias", "down.weight"), ours32, ref64, theirs32):
         assert_within_torch_error(ours, ref, theirs, f"{proj_type} {name}")
+
+
+@pytest.mark.parametrize("correct_bias", [True, False])
+@pytest.mark.parametrize(
+    "foreach,dtype",
+    [(False, torch.float32), (False, torch.bfloat16), (True, torch.float32)],
+    ids=["single-fp32", "single-bf16", "foreach-fp32"],
+)
+def test_plain_params_are_galore_torch_bit_for_bit(foreach, dtype, correct_bias):
+    """Without a rank, the single-tensor implementation runs galore-torch's AdamW ops in its order
+    (lowrank_ops/optim/hf_adamw.py): the same weights and state, bit for bit; foreach too in float32 (in
+    bf16 torch's foreach ops round the scalar factors to bf16: test_optim_plain.py bounds it). The
+    default, torch's fused kernel, rounds differently: test_matches_galore_torch's bias and
+    test_optim_plain.py cover it within the tolerance."""
+    torch.manual_seed(0)
+    base = TwoLayer().to(dtype)
+    data = [(torch.randn(32, 12, dtype=dtype), torch.randn(32, 7, dtype=dtype)) for _ in range(STEPS)]
+    runs = []
+    for make in (
+        lambda params: galore_torch.GaLoreAdamW(params, **HYPER, correct_bias=correct_bias),
+        lambda params: GaLoreAdamW(params, **HYPER, correct_bias=correct_bias, foreach=foreach),
+    ):
+        model = copy.deepcopy(base)
+        opt = make(model.parameters())
+        for x, y in data:
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.mse_loss(model(x).float(), y.float()).backward()
+            opt.step()
+        runs.append((model, opt))
+    (theirs, their_opt), (ours, our_opt) = runs
+    for p, q in zip(theirs.parameters(), ours.parameters()):
+        assert torch.equal(p, q)
+        assert their_opt.state[p]["step"] == our_opt.state[q]["step"] == STEPS
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(their_opt.state[p][key], our_opt.state[q][key])

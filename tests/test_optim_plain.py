@@ -1,18 +1,24 @@
-"""The non-projected parameters of LowRankAdamW (lowrank_ops/optim/plain_adamw.py): without projection
-it is torch.optim.AdamW with the same `fused` / `foreach` setting bit for bit (weights and state, the
-`step` tensor's dtype and device included), its default is torch's fused kernel on the CPU, the arguments
-are checked as torch checks them, state dicts saved before the fused default (single-tensor layout, no
-`fused` key) load and continue as torch's fused AdamW would, the per-layer mode steps the same."""
+"""The non-projected parameters of LowRankAdamW and GaLoreAdamW (lowrank_ops/optim/plain_adamw.py,
+hf_adamw.py): LowRankAdamW without projection is torch.optim.AdamW with the same `fused` / `foreach`
+setting bit for bit (weights and state, the `step` tensor's dtype and device included), its default is
+torch's fused kernel on the CPU, the arguments are checked as torch checks them, state dicts saved before
+the fused default (single-tensor layout, no `fused` key) load and continue as torch's fused AdamW would,
+the per-layer mode steps the same; GaLoreAdamW's plain params are galore-torch's AdamW in every
+implementation (bit for bit against galore-torch itself: test_galore_torch.py)."""
 
 import copy
 import io
+import math
 
 import pytest
 import torch
-from helpers import one_thread  # noqa: F401 (an autouse fixture: one intra-op thread per test)
+from helpers import (
+    assert_within_torch_error,
+    one_thread,  # noqa: F401 (an autouse fixture: one intra-op thread per test)
+)
 from tiny_models import batch, lm_loss, make_model, split_groups, state_equal, train
 
-from lowrank_ops.optim import LowRankAdamW, step_in_backward
+from lowrank_ops.optim import GaLoreAdamW, LowRankAdamW, step_in_backward
 
 HYPER = dict(lr=3e-3, betas=(0.8, 0.95), eps=1e-7)
 # (our keywords, torch.optim.AdamW's keywords that must give the same run): our default is torch's fused
@@ -120,7 +126,7 @@ def test_complex_params_follow_torch():
         ref.step()
     assert torch.equal(ours_p, ref_p)
     state_equal(ours.state[ours_p], ref.state[ref_p])
-    for optimizer in (LowRankAdamW, torch.optim.AdamW):
+    for optimizer in (LowRankAdamW, GaLoreAdamW, torch.optim.AdamW):
         p = torch.nn.Parameter(z0.clone())
         p.grad = torch.ones_like(p)
         with pytest.raises(RuntimeError, match=r"`fused=True` requires all the params to be floating point"):
@@ -130,7 +136,7 @@ def test_complex_params_follow_torch():
         LowRankAdamW([p], fused=True).step()
 
 
-@pytest.mark.parametrize("optimizer", [LowRankAdamW, torch.optim.AdamW])
+@pytest.mark.parametrize("optimizer", [LowRankAdamW, GaLoreAdamW, torch.optim.AdamW])
 def test_fused_and_foreach_together_are_refused_as_by_torch(optimizer):
     with pytest.raises(RuntimeError, match=r"`fused` and `foreach` cannot be `True` together"):
         optimizer([torch.nn.Parameter(torch.zeros(3))], fused=True, foreach=True)
@@ -220,6 +226,26 @@ def test_state_dict_saved_before_the_fused_default_continues_as_torch_fused():
     assert_same_run(new_model, new, ref_model, ref)
 
 
+def test_galore_state_dict_saved_before_the_keys_resumes_bit_identically():
+    """A GaLoreAdamW state dict without `foreach` and `fused` (saved before they existed; the plain state is
+    the same: an int step and two moments) loads and continues exactly as the run that never stopped."""
+    straight_model, resumed_model = make_model(), make_model(seed=4)
+
+    def groups(model):
+        return split_groups(model, rank=3, update_proj_gap=2, proj_type="std")
+
+    straight = GaLoreAdamW(groups(straight_model), lr=1e-2, weight_decay=0.01)
+    train(straight_model, straight, 3)
+    saved = roundtrip(as_saved_before_fused(straight.state_dict(), ("foreach", "fused")))
+    resumed_model.load_state_dict(straight_model.state_dict())
+    resumed = GaLoreAdamW(groups(resumed_model), lr=1e-2, weight_decay=0.01)
+    resumed.load_state_dict(saved)
+    assert isinstance(resumed.state[resumed_model.norm.weight]["step"], int)
+    train(straight_model, straight, 4, start=3)
+    train(resumed_model, resumed, 4, start=3)
+    assert all(torch.equal(p, q) for p, q in zip(straight_model.parameters(), resumed_model.parameters()))
+
+
 # ---------------------------------------------------------------------------------------------------
 # The per-layer mode steps one parameter at a time: the same kernels, the same run
 
@@ -238,3 +264,46 @@ def test_per_layer_matches_torch_adamw(name):
         ref.step()
     stepper.remove()
     assert_same_run(ours_model, ours, ref_model, ref)
+
+
+# ---------------------------------------------------------------------------------------------------
+# GaLoreAdamW: galore-torch's AdamW (hf_adamw.py) in every implementation
+
+
+def transcribed_hf_adamw(b0, grads, lr, wd, correct_bias):
+    """galore-torch's AdamW (HF transformers') in float64, from its formulas."""
+    b = b0.double()
+    mom = vel = torch.zeros_like(b)
+    for t, g in enumerate(grads, start=1):
+        mom, vel = 0.9 * mom + 0.1 * g.double(), 0.999 * vel + 0.001 * g.double() ** 2
+        size = lr * math.sqrt(1 - 0.999**t) / (1 - 0.9**t) if correct_bias else lr
+        b = b - size * mom / (vel.sqrt() + 1e-6)
+        b = b - lr * wd * b
+    return b
+
+
+def galore_plain_run(b0, grads, dtype, lr, wd, correct_bias, **keys):
+    b = torch.nn.Parameter(b0.to(dtype))
+    opt = GaLoreAdamW([b], lr=lr, weight_decay=wd, correct_bias=correct_bias, **keys)
+    for g in grads:
+        b.grad = g.to(dtype)
+        opt.step()
+    return b.detach(), opt
+
+
+@pytest.mark.parametrize("correct_bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", ["default", "fused", "foreach", "single"])
+def test_galore_adamw_plain_groups_are_hf_adamw(name, dtype, correct_bias, rng):
+    """Against the float64 transcription, within the tolerance rule (DESIGN.md §5), the single-tensor loop
+    (galore-torch's ops: test_galore_torch.py) as plain torch's error; foreach is that loop bit for bit in
+    float32."""
+    b0 = torch.randn(37, generator=rng).to(dtype)
+    grads = [torch.randn(37, generator=rng).to(dtype) for _ in range(10)]
+    hyper = dict(lr=1e-2, wd=0.1, correct_bias=correct_bias)
+    ours, opt = galore_plain_run(b0, grads, dtype, **hyper, **SETTINGS[name][0])
+    single, _ = galore_plain_run(b0, grads, dtype, **hyper, foreach=False)
+    assert isinstance(opt.state[opt.param_groups[0]["params"][0]]["step"], int)
+    if name == "foreach" and dtype == torch.float32:  # bf16: foreach rounds the scalar factors to bf16
+        assert torch.equal(ours, single)
+    assert_within_torch_error(ours, transcribed_hf_adamw(b0, grads, **hyper), single, f"{name} {dtype}")

@@ -12,8 +12,10 @@ increment):
 The fused op computes W <- W - lr wd W - lr scale' unproject((m / bc1) / (sqrt(v) / sqrt(bc2) + eps')),
 bc_i = 1 - b_i^t. Both are equal for eps' = eps / sqrt(bc2) and scale' = scale (1 - lr wd)
 (times bc1 / sqrt(bc2) without correct_bias), so results agree to fp32 rounding.
-Params without a rank (and non-matrix params of rank groups) get galore-torch's HF-style AdamW, written out
-below in the same op order.
+Params without a rank (and non-matrix params of rank groups) get galore-torch's HF-style AdamW
+(hf_adamw.py): by default through torch's fused AdamW kernel with eps and lr rescaled per step (equal to
+galore-torch's to float rounding), with foreach or single-tensor chosen (keys `foreach`, `fused`, as in
+torch.optim.AdamW) in galore-torch's op order, bit for bit on the CPU.
 
 Differences, each deliberate: moments of low-rank params are fp32 for bf16 weights (galore-torch keeps
 them in the gradient's dtype); the side is fixed from the weight's shape, so square and rank >= dim
@@ -27,8 +29,6 @@ that collapses after them).
 
 import math
 
-import torch
-
 from .. import projections
 from ..ops.lowrank_adam import lowrank_adamw_step_
 from ..projections import Layout
@@ -41,6 +41,8 @@ from ._base import (
     lowrank_state,
     refresh_if_due,
 )
+from .hf_adamw import hf_adamw_step
+from .plain_adamw import check_not_both
 
 PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
 GROUP_DEFAULTS = dict(
@@ -67,15 +69,18 @@ class GaLoreAdamW(PerParamOptimizer):
     """galore-torch's GaLoreAdamW (HF-style AdamW: eps=1e-6, weight_decay=0.0, correct_bias) on the fused
     low-rank step. A param group is low-rank when it has a "rank" key. `no_deprecation_warning` is
     accepted for signature compatibility and has no effect (there is no deprecation to warn about).
+    `foreach`, `fused` (keyword-only; galore-torch has neither): torch.optim.AdamW's arguments, choosing
+    the implementation of the plain params' AdamW (hf_adamw.py; both None: torch's fused kernel where it
+    has one; both True: RuntimeError, as torch's).
 
     Guards, as LowRankAdamW's (lowrank_ops.optim.lowrank_adamw): sparse gradients are refused before any
     work; `skip_nonfinite=True` (constructor or param-group key) skips the step of each parameter whose
     gradient has a NaN/Inf, counted in `skipped_steps()`; `load_state_dict` refuses a state dict of another
     optimizer type or another layout (the presence and value of "rank", "proj_type") and keeps the state
-    dict's hyperparameters (lr, betas, eps, weight_decay, correct_bias, update_proj_gap, scale). Changed
-    mid-run: rank (added, removed or changed) and proj_type restart the state of the group's low-rank
-    parameters at their next step (moments zeroed, step count from 0, a new SVD basis), warned once; the
-    other keys take effect at once."""
+    dict's hyperparameters (lr, betas, eps, weight_decay, correct_bias, update_proj_gap, scale, foreach,
+    fused). Changed mid-run: rank (added, removed or changed) and proj_type restart the state of the
+    group's low-rank parameters at their next step (moments zeroed, step count from 0, a new SVD basis),
+    warned once; the other keys take effect at once."""
 
     LAYOUT_KEYS = ("rank", "proj_type")
 
@@ -89,6 +94,8 @@ class GaLoreAdamW(PerParamOptimizer):
         correct_bias=True,
         no_deprecation_warning=False,
         *,
+        foreach=None,
+        fused=None,
         skip_nonfinite=False,
         backend=None,
     ):
@@ -96,7 +103,10 @@ class GaLoreAdamW(PerParamOptimizer):
         defaults = dict(
             lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, correct_bias=correct_bias
         )
-        super().__init__(params, {**defaults, "skip_nonfinite": skip_nonfinite})
+        super().__init__(
+            params, {**defaults, "foreach": foreach, "fused": fused, "skip_nonfinite": skip_nonfinite}
+        )
+        check_not_both(foreach, fused, "lowrank_ops.optim.GaLoreAdamW")
 
     def _check_group(self, group, where):
         check_hyper(group, where)
@@ -117,28 +127,14 @@ class GaLoreAdamW(PerParamOptimizer):
         return kind, galore_layout(p.shape, group["rank"], group["proj_type"]), False
 
     def _step_group(self, group, params):
-        for p in params:
-            if "rank" in group and is_matrix(p):
-                self._step_lowrank(p, group)
-            else:
-                self._hf_adamw(p, group)
-
-    def _hf_adamw(self, p, group):
-        state = self.state[p]
-        if not state:
-            state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-        beta1, beta2 = group["betas"]
-        state["step"] += 1
-        grad, exp_avg, exp_avg_sq = p.grad, state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        denom = exp_avg_sq.sqrt().add_(group["eps"])
-        step_size = group["lr"]
-        if group["correct_bias"]:
-            step_size = step_size * math.sqrt(1.0 - beta2 ** state["step"]) / (1.0 - beta1 ** state["step"])
-        p.add_(exp_avg / denom, alpha=-step_size)
-        if group["weight_decay"] > 0.0:
-            p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+        lowrank = "rank" in group
+        plain = [p for p in params if not (lowrank and is_matrix(p))]
+        if plain:
+            hf_adamw_step(self.state, group, plain, self._where(self._group_index[plain[0]]))
+        if lowrank:
+            for p in params:
+                if is_matrix(p):
+                    self._step_lowrank(p, group)
 
     def _step_lowrank(self, p, group):
         layout = galore_layout(p.shape, group["rank"], group["proj_type"])
