@@ -1,8 +1,9 @@
 """lowrank_ops.distributed on K local gloo ranks (127.0.0.1, hard timeouts: lowrank_ops.distributed.run_local):
 distributed-orthogonal worker bases, DiLoCo against a single-process simulation of the same algorithm and
 its exact resume, LowRankAdamW on FSDP2-sharded parameters against single-process LowRankAdamW (the
-tolerance rule of DESIGN.md §5), DCP save/restore on the same and a different number of ranks, and the
-low-rank DDP comm hook against uncompressed DDP. Single-process: the FSDP2 step of a shard given the
+tolerance rule of DESIGN.md §5) and its plain (DTensor) params against torch.optim.AdamW (bit for bit),
+DCP save/restore on the same and a different number of ranks, and the low-rank DDP comm hook against
+uncompressed DDP. Single-process: the FSDP2 step of a shard given the
 all-reduced projected gradient against the fused op on the whole parameter, projections.side_matrix
 against the oracle, and the layering rules (distributed reaches no private optimizer member and imports
 no oracle).
@@ -351,6 +352,44 @@ def test_fsdp2_matches_single_process(world):
             assert_within_torch_error(out, r64, r32, what=name, entry_tol=entry_tol)
         for other in results[1:]:
             assert all(torch.equal(a, b) for a, b in zip(other[name]["params"], ours32))
+
+
+# The plain params of FSDP2 (DTensors): LowRankAdamW's default takes torch's fused kernel, which steps CPU
+# DTensors (torch.optim.AdamW(fused=True) runs there too), and each setting is torch.optim.AdamW's run.
+
+PLAIN_SETTINGS = {"default": ({}, {"fused": True}), "single": ({"foreach": False}, {"foreach": False})}
+
+
+def _fsdp_plain_rank(rank, world):
+    out = {}
+    for name, (ours_keys, ref_keys) in PLAIN_SETTINGS.items():
+        runs = []
+        for make in (
+            lambda params: LowRankAdamW(params, lr=2e-2, weight_decay=0.1, **ours_keys),
+            lambda params: torch.optim.AdamW(params, lr=2e-2, weight_decay=0.1, **ref_keys),
+        ):
+            model = fsdp_model(world, False)
+            opt = make(model.parameters())
+            for t in range(3):
+                fsdp_step(model, opt, t, rank, world)
+            step = opt.state[model.fc1.bias]["step"]
+            runs.append(
+                {
+                    "params": [full(p).detach().clone() for p in model.parameters()],
+                    "moments": [full(opt.state[p]["exp_avg_sq"]).clone() for p in model.parameters()],
+                    "step": (type(step).__name__, step.dtype, str(step.device), float(step)),
+                }
+            )
+        out[name] = runs
+    return out
+
+
+def test_fsdp2_plain_params_match_torch_adamw():
+    for result in run_local(_fsdp_plain_rank, 2, timeout=TIMEOUT):
+        for name, (ours, ref) in result.items():
+            assert all(torch.equal(a, b) for a, b in zip(ours["params"], ref["params"])), name
+            assert all(torch.equal(a, b) for a, b in zip(ours["moments"], ref["moments"])), name
+            assert ours["step"] == ref["step"], name
 
 
 def test_fsdp2_svd_kind_is_refused():
