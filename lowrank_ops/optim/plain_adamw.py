@@ -15,9 +15,10 @@ State, as torch.optim.AdamW creates it for the implementation chosen at the para
 a float32 tensor on the parameter's device for fused, else a CPU tensor of torch's scalar dtype (float64
 under a float64 default dtype, else float32); `exp_avg`, `exp_avg_sq` zeros like the parameter. The layout
 is the same in all three implementations apart from where `step` lives, so a state dict saved under one
-loads into another (also one saved before the fused default: the single-tensor layout); a `step` that the
-fused kernel cannot read (another device or dtype, e.g. after a switch of implementation) is moved to its
-layout before the step (an exact conversion: step counts are integers below 2^24).
+loads into another (also one saved before the fused default: the single-tensor layout); a `step` not in
+the fused layout when the fused kernel runs (a host step of such a state dict, which the CUDA kernel cannot
+read, or one after a switch of implementation) is moved to it first (exact: step counts are integers below
+2^24).
 
 torch.optim.AdamW(fused=True) also takes a GradScaler's scale into its kernel (_step_supports_amp_scaling);
 these optimizers do not (their low-rank step reads unscaled gradients): GradScaler unscales the gradients
