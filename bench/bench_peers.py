@@ -601,9 +601,10 @@ def _target(text: str, value, limit: float, higher_is_better=False) -> dict:
 
 def off_setting(args, device) -> str | None:
     """How this run differs from the setting issue 15's targets are stated for (the config's full model
-    and paper rank, 2 threads on CPU, no --quick), or None."""
+    and paper rank, 2 threads on CPU, the median of 10 steps, no --quick), or None."""
     off = [name for name, differs in (
         ("--quick", args.quick),
+        (f"median of {args.steps} steps", args.steps != 10),
         (f"rank {args.rank}", args.rank != RANKS[args.config]),
         (f"{args.threads} threads", device.type == "cpu" and args.threads != 2),
         (f"{args.layers} layers", args.layers not in (None, CONFIGS[args.config]["num_hidden_layers"])),
@@ -751,7 +752,8 @@ def render_markdown(doc: dict) -> str:
                  f"{_f(floor.get('roofline_ms'), '.2f')} ms" if floor.get("bfloat16_ms") else "")
     quick = ", --quick" if s["quick"] else ""
     lines = [f"**bench_peers {s['config']}** ({s['matrices']} projected matrices, rank {s['rank']}, "
-             f"update gap {s['gap']}, {s['dtype']}, {s['threads']} threads{quick}) on "
+             f"update gap {s['gap']}, {s['dtype']}, {s['threads']} threads, median of {s['steps']} steps"
+             f"{quick}) on "
              f"{common.machine_label(info)}; torch {info['torch']}, commit {info['commit'][:12]}, "
              f"load average {info['load_average_1_5_15']}. GEMM floor "
              f"{_f(floor.get('float32_ms'), '.1f')} ms fp32{gpu_floor}.", "",
