@@ -18,5 +18,10 @@ fi
 "$PY" -m pip install -q "transformers==5.23.0" "accelerate==1.15.0" "pytorch-lightning==2.6.6" matplotlib nvidia-cuda-nvrtc
 # galore-torch 1.0: the reference GaLoreAdamW is tested against; --no-deps keeps its pins from touching torch
 "$PY" -m pip install -q --no-deps "galore-torch==1.0"
+# The peers of bench/bench_peers.py (bench extras, never runtime dependencies), --no-deps like galore-torch:
+# apollo-torch 1.0.3 (APOLLO, APOLLO-Mini; needs transformers and bitsandbytes, installed above) and
+# torchao 0.18.0 (AdamW8bit; a py3 abi3 wheel with no torch pin, it runs on the torch above on CPU through
+# torch.compile; its two bundled CUDA libraries fail to load on a CPU-only torch, which it reports and skips)
+"$PY" -m pip install -q --no-deps "apollo-torch==1.0.3" "torchao==0.18.0"
 MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q --no-build-isolation --no-deps -e .
 "$PY" -c "import lowrank_ops, json; print('lowrank_ops build:', json.dumps(lowrank_ops.build_info()))"
