@@ -3,6 +3,7 @@ compiled extension is missing, the build's toolchain logic (build_tools/toolchai
 the CUDA toolkit behind a wrapper nvcc, CUDA_HOME, one-line errors) and the wheel check of CI's wheel
 stage (scripts/check_wheel.py) against the in-place build. None of these needs a CUDA build of torch."""
 
+import importlib.util
 import os
 import re
 import shutil
@@ -226,3 +227,34 @@ def test_setup_py_fails_in_one_line_when_cuda_is_forced_on_a_cpu_torch():
     lines = [line for line in result.stderr.splitlines() if line.startswith("lowrank_ops build:")]
     assert len(lines) == 1 and "CPU-only build" in lines[0], result.stderr[-2000:]
 
+
+# ---------------------------------------------------------------------------------------------------------
+# scripts/check_wheel.py against the in-place build
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def check_wheel():
+    if not lowrank_ops.build_info()["extension"]:
+        pytest.skip("the compiled extension is not built")
+    spec = importlib.util.spec_from_file_location("check_wheel", ROOT / "scripts" / "check_wheel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_check_wheel_has_a_passing_smoke_case_for_every_op(check_wheel):
+    """Every public op has a smoke case, its CPU identity holds and its fake kernel traces on meta: an op
+    added to the package without a case here fails."""
+    names = check_wheel.public_ops()
+    assert "sketch_project" in names and not any("triton" in n for n in names), names
+    check_wheel.check_ops(names)
+
+
+def test_check_wheel_rejects_a_build_without_cuda_kernels(check_wheel):
+    if lowrank_ops.build_info()["cuda"]:
+        pytest.skip("this build has CUDA kernels")
+    with pytest.raises(check_wheel.CheckFailed, match="CUDA kernel: False"):
+        check_wheel.check_dispatcher(check_wheel.public_ops())
+    with pytest.raises(check_wheel.CheckFailed, match="no CUDA sources"):
+        check_wheel.check_build_info(lowrank_ops, "8.0;9.0a", "cu130torch2.14")
