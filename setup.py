@@ -7,8 +7,8 @@ with; the CUDA toolkit is found as build_tools/toolchain.py says (CUDA_HOME firs
 behind the nvcc on PATH, wrapper scripts resolved).
 
 Environment:
-  FORCE_CUDA=1            build the CUDA sources even when torch reports no GPU (a GPU-less build box with a
-                          CUDA build of torch and nvcc). A CUDA build of torch builds them anyway.
+  FORCE_CUDA=1            require the CUDA sources: a CPU-only torch is then an error, not a CPU-only build.
+                          (A CUDA build of torch builds them anyway, with or without a GPU.)
   LOWRANK_OPS_CPU_ONLY=1  leave the CUDA sources out even with a CUDA build of torch.
   CUDA_HOME               the CUDA toolkit folder (holding bin/nvcc and include/).
   TORCH_CUDA_ARCH_LIST    GPU architectures (default "8.0;9.0a").

@@ -47,9 +47,9 @@ def cxx_standard(torch_build_config: str) -> int:
 
 
 def cuda_requested(environ, torch_version: str, torch_cuda: str | None) -> bool:
-    """Whether the CUDA sources are built: FORCE_CUDA=1 asks for them, LOWRANK_OPS_CPU_ONLY=1 leaves them
-    out, and otherwise a CUDA build of torch asks for them (then a missing toolkit is an error, not a
-    silent CPU-only build). CUDA sources against a CPU-only torch cannot link (no c10_cuda)."""
+    """Whether the CUDA sources are built: a CUDA build of torch asks for them (then a missing toolkit is
+    an error, not a silent CPU-only build), LOWRANK_OPS_CPU_ONLY=1 leaves them out, and FORCE_CUDA=1
+    requires them: with a CPU-only torch, whose missing c10_cuda they cannot link against, an error."""
     force = environ.get("FORCE_CUDA", "0") == "1"
     cpu_only = environ.get("LOWRANK_OPS_CPU_ONLY", "0") == "1"
     if force and cpu_only:
