@@ -1,4 +1,4 @@
-"""Checks an installed lowrank_ops wheel on a machine without a GPU (CI's wheel stage; see .ci/run).
+"""Checks an installed lowrank_ops wheel on a machine without a GPU (CI's wheel stage, .ci/wheel_stage.sh).
 
     python scripts/check_wheel.py --cuda-arch-list "8.0;9.0a" --version-tag cu130torch2.14
 
@@ -8,9 +8,9 @@ lowrank_ops imported from anywhere but that venv's site-packages. It checks, in 
   2. build_info(): CUDA sources compiled, for exactly the given arch list, and the version's local tag; and
      the extension's embedded GPU code (cuobjdump, e.g. the one in triton's package) holds a cubin for each
      architecture of every kernels/*.cu the wheel ships;
-  3. dispatcher: every public op of torch.ops.lowrank_ops (names ending in `_triton` left out) has a C++
+  3. dispatcher: every public op of torch.ops.lowrank_ops (names ending in `_triton` left out) has a
      kernel for both CPU and CUDA, or is device-independent (only a composite kernel, no per-device one);
-  4. CPU smoke: every op with a CPU kernel runs on small CPU inputs and satisfies an identity that holds for
+  4. CPU smoke: every public op runs on small CPU inputs and satisfies an identity that holds for
      any correct implementation (Random123's Philox known answers, P G against the materialized P, the DCT
      basis orthonormal, quantization round trips, the first Adam moment, an orthonormal range basis);
   5. fake kernels: the same calls on meta tensors trace, giving the shapes and dtypes of the CPU results.
