@@ -7,11 +7,11 @@
 # Stages, each time-boxed with `timeout` so that the whole run stays under 8 minutes on an H100 (a 15-minute
 # loan then covers the machine's start and one rerun of a stage):
 #   1. build      lowrank_ops._C in place against the machine's torch, CUDA sources for the GPU's own
-#                 architecture (TORCH_CUDA_ARCH_LIST overrides), MAX_JOBS = the machine's cores   (160 s)
+#                 architecture (TORCH_CUDA_ARCH_LIST overrides), MAX_JOBS = the machine's cores   (150 s)
 #   2. gpu        which GPU, and that the build registered CUDA kernels; without a GPU the script
-#                 stops here with one line saying so, exit 1                                    (20 s)
+#                 stops here with one line saying so, exit 1 (a cold first import of torch)     (40 s)
 #   3. pytest     python -m pytest -m gpu (CUDA and Triton parity with the CPU op)               (120 s)
-#   4. bench      python -m bench --quick --device cuda, each benchmark at most 21 s             (150 s)
+#   4. bench      python -m bench --quick --device cuda, each benchmark at most 20 s             (140 s)
 #   5. summary    bench/results/gpu_check_<GPU>.md: the GPU, versions, commit, each stage's status and
 #                 time, pytest's closing line, the benchmark table. Stage logs go to $GPU_CHECK_LOGS
 #                 (default: a temporary folder, printed).
@@ -50,11 +50,11 @@ if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
   arch=$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability() if torch.cuda.is_available() else "")' 2>/dev/null)
   [ -n "$arch" ] && export TORCH_CUDA_ARCH_LIST=$arch
 fi
-run_stage build 160 env MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" setup.py build_ext --inplace
+run_stage build 150 env MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" setup.py build_ext --inplace
 
 # 2. the GPU, and a build that can use it
 GPU=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
-run_stage gpu 20 "$PY" - <<'EOF'
+run_stage gpu 40 "$PY" - <<'EOF'
 import sys, torch
 import lowrank_ops
 info = lowrank_ops.build_info()
@@ -74,16 +74,27 @@ fi
 
 # 3. the GPU tests, and 4. the GPU benchmarks
 run_stage pytest 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors
-run_stage bench 150 "$PY" -m bench --quick --device cuda --timeout 21
+run_stage bench 140 "$PY" -m bench --quick --device cuda --timeout 20
 
 # 5. the summary
 slug=$("$PY" -c 'import sys, re, torch; print(re.sub(r"[^A-Za-z0-9]+", "_", torch.cuda.get_device_name()).strip("_"))')
 summary=bench/results/gpu_check_${slug}.md
+if head=$(git rev-parse --short HEAD 2>/dev/null); then
+  commit="commit $head$(git diff --quiet HEAD || echo ' plus uncommitted changes')"
+else
+  commit="no git checkout (commit unknown)"
+fi
+versions=$("$PY" - 2>&1 <<'EOF'
+import torch, lowrank_ops
+info = lowrank_ops.build_info()
+print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), lowrank_ops {info['version']} built for "
+      f"{info['cuda_arch_list']!r}, triton {info['triton']}")
+EOF
+)
 {
   echo "# gpu_check on ${GPU:-$slug}"
   echo
-  echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-       "$(git diff --quiet HEAD 2>/dev/null || echo '(with uncommitted changes)'), $("$PY" -c 'import torch, lowrank_ops; print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), lowrank_ops {lowrank_ops.__version__}, TORCH_CUDA_ARCH_LIST {lowrank_ops.build_info()[\"cuda_arch_list\"]}")' 2>/dev/null)"
+  echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $commit; $versions"
   echo
   echo "| stage | status | seconds |"
   echo "| --- | --- | --- |"
