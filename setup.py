@@ -27,8 +27,13 @@ from setuptools.command.build_py import build_py
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))  # build_tools/ (not shipped); setuptools' build backend does not add it
 
-from build_tools.toolchain import (ToolchainError, cuda_requested, cxx_standard,  # noqa: E402
-                                   find_cuda_toolkit, local_version_tag)
+from build_tools.toolchain import (
+    ToolchainError,
+    cuda_requested,
+    cxx_standard,
+    find_cuda_toolkit,
+    local_version_tag,
+)
 
 BASE_VERSION = "0.1.0"
 DEFAULT_ARCH_LIST = "8.0;9.0a"
@@ -115,7 +120,7 @@ try:
 except ToolchainError as error:
     sys.exit(f"lowrank_ops build: {error}")
 write_build_config(version, standard, toolkit, arch_list)
-from torch.utils import cpp_extension  # noqa: E402  (after CUDA_HOME is set)
+from torch.utils import cpp_extension  # after CUDA_HOME is set: it reads CUDA_HOME once, at import
 
 setup(
     name="lowrank_ops",

@@ -232,7 +232,8 @@ def case_dct_topk(device):
 def quantized(fmt: str, device, rows: int = 6, cols: int = 10, group: int = 4):
     W = randn(rows, cols, device=device)
     codes, scales = call("quantize_weight", W=W, format=fmt, group_size=group)
-    return W, codes, scales, dict(codes=codes, scales=scales, format=fmt, group_size=group, rows=rows, cols=cols)
+    return W, codes, scales, {"codes": codes, "scales": scales, "format": fmt, "group_size": group,
+                              "rows": rows, "cols": cols}
 
 
 def dequantized(q: dict) -> torch.Tensor:
@@ -323,7 +324,7 @@ def check_ops(names: list[str]) -> None:
             expect(signature(meta) == signature(outs),
                    f"{name}: meta (fake kernel) gives {signature(meta)}, CPU gives {signature(outs)}")
             expect(all(t.device.type == "meta" for t in meta), f"{name}: meta call returned non-meta tensors")
-        except Exception as error:  # every op is tried; the report lists all that failed
+        except Exception as error:  # noqa: BLE001  (every op is tried; the report lists all that failed)
             failures.append(f"{name}: {type(error).__name__}: {error}")
     expect(not failures, "\n  ".join(["smoke/meta failures:"] + failures))
 

@@ -213,7 +213,8 @@ def test_this_machines_nvcc_resolves_to_a_toolkit():
     environ = {k: v for k, v in os.environ.items() if k not in ("CUDA_HOME", "CUDA_PATH")}
     kit = toolchain.find_cuda_toolkit(environ, default_root=Path("/nonexistent"))
     assert (kit.root / "include" / "cuda_runtime.h").is_file()
-    release = subprocess.run([shutil.which("nvcc"), "--version"], capture_output=True, text=True).stdout
+    release = subprocess.run([shutil.which("nvcc"), "--version"], capture_output=True, text=True,
+                             check=True).stdout
     assert f"release {kit.version}," in release
 
 
@@ -222,7 +223,7 @@ def test_setup_py_fails_in_one_line_when_cuda_is_forced_on_a_cpu_torch():
         pytest.skip("needs a CPU-only torch")
     env = dict(os.environ, FORCE_CUDA="1")
     result = subprocess.run([sys.executable, "setup.py", "--version"], cwd=ROOT, capture_output=True, text=True,
-                            env=env, timeout=300)
+                            env=env, timeout=300, check=False)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.startswith("lowrank_ops build:")]
     assert len(lines) == 1 and "CPU-only build" in lines[0], result.stderr[-2000:]

@@ -118,7 +118,9 @@ def test_cuda_binding_compiles(path, tmp_path):
     goes to a temporary include directory."""
     cpp_extension = pytest.importorskip("torch.utils.cpp_extension", reason="the bindings need torch headers")
     import torch
+
     from build_tools import toolchain
+
     cxx = shutil.which("c++") or shutil.which("g++")
     if cxx is None:
         pytest.skip("no host C++ compiler (c++ or g++) on PATH")
