@@ -32,9 +32,11 @@ def build_info() -> dict:
     """What was built and what is usable now.
 
     Keys: version; extension (lowrank_ops._C loaded); extension_error; cpu / cuda (C++ kernels
-    built for that device); cuda_arch_list (the architectures the CUDA sources were compiled for);
-    triton (installed version or None); torch; torch_cuda (CUDA version of the running torch);
-    built_with_torch / built_with_cuda (what the extension was compiled against)."""
+    built for that device); cuda_sources (the CUDA sources were compiled into the extension);
+    cuda_arch_list (the architectures they were compiled for); triton (installed version or None); torch;
+    torch_cuda (CUDA version of the running torch); built_with_torch / built_with_cuda (what the extension
+    was compiled against); cuda_toolkit (the nvcc release that compiled it); cxx_standard (the C++
+    standard it was compiled with: torch's)."""
     config = _build_config()
     return {
         "version": version(),
@@ -42,10 +44,13 @@ def build_info() -> dict:
         "extension_error": None if _extension.LOADED else str(_extension.LOAD_ERROR),
         "cpu": _extension.compiled("cpu") is not None,
         "cuda": _extension.compiled("cuda") is not None,
+        "cuda_sources": config.get("cuda_sources", False),
         "cuda_arch_list": config.get("cuda_arch_list", ""),
         "triton": triton_version(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "built_with_torch": config.get("built_with_torch"),
         "built_with_cuda": config.get("built_with_cuda"),
+        "cuda_toolkit": config.get("cuda_toolkit"),
+        "cxx_standard": config.get("cxx_standard"),
     }

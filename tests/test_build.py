@@ -1,9 +1,15 @@
-"""Packaging and build: build_info, the version's local tag, the wheel, the import fallback when the compiled
-extension is missing, and every op through torch.ops.lowrank_ops without the extension (LOWRANK_OPS_NO_EXT=1)
-against the same op with it."""
+"""Packaging and build: build_info, the version's local tag, the wheel, the import fallback when the
+compiled extension is missing, every op through torch.ops.lowrank_ops without the extension
+(LOWRANK_OPS_NO_EXT=1) against the same op with it, the build's toolchain logic (build_tools/toolchain.py:
+torch's C++ standard, the CUDA toolkit behind a wrapper nvcc, CUDA_HOME, one-line errors) and the wheel
+check of CI's wheel stage (scripts/check_wheel.py) against the in-place build. None of these needs a CUDA
+build of torch."""
 
+import importlib.util
 import os
 import re
+import shutil
+import stat
 import subprocess
 import sys
 import zipfile
@@ -18,6 +24,7 @@ from lowrank_ops import _extension, _ops
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSION_RE = r"^\d+\.\d+\.\d+\+(cu\d+|cpu)torch\d+\.\d+$"
+from build_tools import toolchain  # setup.py's helpers (not installed; pyproject's pytest pythonpath)
 
 
 def test_build_info_reports_what_is_built():
@@ -161,3 +168,170 @@ def test_wheel_carries_the_build_tag(tmp_path):
     assert "lowrank_ops/_build_config.py" in names
     shipped = {Path(n).name for n in names if n.startswith("lowrank_ops/_kernels/")}  # for lowrank_ops.cupy
     assert {p.name for p in (ROOT / "kernels").glob("*.cu")} <= shipped and "common.h" in shipped, shipped
+
+
+# ---------------------------------------------------------------------------------------------------------
+# build_tools/toolchain.py
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_cxx_standard_is_read_from_torchs_build_config():
+    assert toolchain.cxx_standard("  - GCC 13.3\n  - C++ Version: 202002\n") == 20
+    assert toolchain.cxx_standard("  - C++ Version: 201703\n  - OpenMP 201511") == 17
+    with pytest.raises(toolchain.ToolchainError, match="C\\+\\+ Version"):
+        toolchain.cxx_standard("  - GCC 13.3\n")
+
+
+def test_cxx_standard_agrees_with_torchs_cmake_package():
+    """The standard setup.py reads (torch.__config__) is the one CMakeLists.txt reads (the CXX_STANDARD
+    that torch's CMake package sets on its torch target): two sources in the installed torch agree."""
+    config = Path(torch.utils.cmake_prefix_path) / "Torch" / "TorchConfig.cmake"
+    found = re.search(r"CXX_STANDARD (\d+)", config.read_text())
+    assert found, f"no CXX_STANDARD in {config}"
+    assert toolchain.cxx_standard(torch.__config__.show()) == int(found.group(1))
+
+
+def test_in_place_build_used_torchs_standard():
+    config = lowrank_ops.build_info()
+    if config["cxx_standard"] is None:
+        pytest.skip("no build config (source tree where setup.py never ran, or built before it was recorded)")
+    assert config["cxx_standard"] == toolchain.cxx_standard(torch.__config__.show())
+
+
+def test_local_version_tag_names_cuda_and_torch():
+    assert toolchain.local_version_tag("2.14.1+cu130", "13.0", True) == "cu130torch2.14"
+    assert toolchain.local_version_tag("2.11.0", "12.8", True) == "cu128torch2.11"
+    assert toolchain.local_version_tag("2.13.0+cpu", None, False) == "cputorch2.13"
+    assert toolchain.local_version_tag("2.14.1+cu130", "13.0", False) == "cputorch2.14"
+
+
+def test_cuda_requested_follows_torch_and_the_environment():
+    assert toolchain.cuda_requested({}, "2.14.1+cu130", "13.0") is True
+    assert toolchain.cuda_requested({}, "2.13.0+cpu", None) is False
+    assert toolchain.cuda_requested({"LOWRANK_OPS_CPU_ONLY": "1"}, "2.14.1+cu130", "13.0") is False
+    assert toolchain.cuda_requested({"FORCE_CUDA": "1"}, "2.14.1+cu130", "13.0") is True
+    with pytest.raises(toolchain.ToolchainError, match="CPU-only build"):
+        toolchain.cuda_requested({"FORCE_CUDA": "1"}, "2.13.0+cpu", None)
+    with pytest.raises(toolchain.ToolchainError, match="contradict"):
+        toolchain.cuda_requested({"FORCE_CUDA": "1", "LOWRANK_OPS_CPU_ONLY": "1"}, "2.14.1+cu130", "13.0")
+
+
+def _executable(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+def fake_toolkit(root: Path, release: str = "13.0") -> Path:
+    """A folder shaped like a CUDA toolkit whose bin/nvcc answers --version and --dryrun as nvcc does
+    (the dry run's '#$ TOP=' line goes to stderr)."""
+    _executable(root / "bin" / "nvcc", f"""#!/bin/sh
+case "$1" in
+  --version) echo "Cuda compilation tools, release {release}, V{release}.1";;
+  --dryrun) echo "#$ _HERE_={root}/bin" >&2; echo "#$ TOP={root}/bin/.." >&2;;
+  *) exit 2;;
+esac
+""")
+    (root / "include").mkdir()
+    (root / "include" / "cuda_runtime.h").write_text("")
+    return root
+
+
+def wrapper_dir(tmp_path: Path, toolkit: Path) -> Path:
+    """A bin folder outside the toolkit whose nvcc is a wrapper script (as /usr/local/bin/nvcc here)."""
+    _executable(tmp_path / "wrapper" / "bin" / "nvcc", f'#!/bin/sh\nexec {toolkit}/bin/nvcc "$@"\n')
+    return tmp_path / "wrapper" / "bin"
+
+
+def test_toolkit_is_found_behind_a_wrapper_nvcc(tmp_path):
+    kit_root = fake_toolkit(tmp_path / "cuda-13.0")
+    bin_dir = wrapper_dir(tmp_path, kit_root)
+    # torch's own guess, the folder above the nvcc on PATH, has no toolkit in it
+    assert not (bin_dir.parent / "include" / "cuda_runtime.h").exists()
+    kit = toolchain.find_cuda_toolkit({"PATH": str(bin_dir)}, "13.0", default_root=tmp_path / "none")
+    assert kit.root == kit_root.resolve() and kit.version == "13.0"
+    assert str(bin_dir / "nvcc") in kit.found_by
+
+
+def test_cuda_home_wins_over_path(tmp_path):
+    on_path = fake_toolkit(tmp_path / "cuda-a", "12.8")
+    chosen = fake_toolkit(tmp_path / "cuda-b", "13.0")
+    kit = toolchain.find_cuda_toolkit({"PATH": str(wrapper_dir(tmp_path, on_path)), "CUDA_HOME": str(chosen)},
+                                      "13.0", default_root=tmp_path / "none")
+    assert kit.root == chosen and kit.version == "13.0" and kit.found_by == "$CUDA_HOME"
+
+
+@pytest.mark.parametrize("case", ["nothing", "cuda_home_without_nvcc", "cuda_home_without_headers",
+                                  "major_version_mismatch"])
+def test_missing_or_wrong_toolkit_is_one_line_error(tmp_path, case):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    environ = {"PATH": str(empty)}
+    if case == "cuda_home_without_nvcc":
+        environ["CUDA_HOME"] = str(empty)
+    elif case == "cuda_home_without_headers":
+        kit_root = fake_toolkit(tmp_path / "cuda")
+        (kit_root / "include" / "cuda_runtime.h").unlink()
+        environ["CUDA_HOME"] = str(kit_root)
+    elif case == "major_version_mismatch":
+        environ["CUDA_HOME"] = str(fake_toolkit(tmp_path / "cuda", "12.4"))
+    with pytest.raises(toolchain.ToolchainError) as caught:
+        toolchain.find_cuda_toolkit(environ, "13.0", default_root=tmp_path / "none")
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 300, message
+    expected = {"nothing": "no nvcc on PATH", "cuda_home_without_nvcc": "has no bin/nvcc",
+                "cuda_home_without_headers": "include/cuda_runtime.h", "major_version_mismatch": "CUDA 12.4"}
+    assert expected[case] in message, message
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on PATH")
+def test_this_machines_nvcc_resolves_to_a_toolkit():
+    environ = {k: v for k, v in os.environ.items() if k not in ("CUDA_HOME", "CUDA_PATH")}
+    kit = toolchain.find_cuda_toolkit(environ, default_root=Path("/nonexistent"))
+    assert (kit.root / "include" / "cuda_runtime.h").is_file()
+    release = subprocess.run([shutil.which("nvcc"), "--version"], capture_output=True, text=True,
+                             check=True).stdout
+    assert f"release {kit.version}," in release
+
+
+def test_setup_py_fails_in_one_line_when_cuda_is_forced_on_a_cpu_torch():
+    if torch.version.cuda is not None:
+        pytest.skip("needs a CPU-only torch")
+    env = dict(os.environ, FORCE_CUDA="1")
+    result = subprocess.run([sys.executable, "setup.py", "--version"], cwd=ROOT, capture_output=True, text=True,
+                            env=env, timeout=300, check=False)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("lowrank_ops build:")]
+    assert len(lines) == 1 and "CPU-only build" in lines[0], result.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# scripts/check_wheel.py against the in-place build
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def check_wheel():
+    if not lowrank_ops.build_info()["extension"]:
+        pytest.skip("the compiled extension is not built")
+    spec = importlib.util.spec_from_file_location("check_wheel", ROOT / "scripts" / "check_wheel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_check_wheel_has_a_passing_smoke_case_for_every_op(check_wheel):
+    """Every public op has a smoke case, its CPU identity holds and its fake kernel traces on meta: an op
+    added to the package without a case here fails."""
+    names = check_wheel.public_ops()
+    assert "sketch_project" in names and not any("triton" in n for n in names), names
+    check_wheel.check_ops(names)
+
+
+def test_check_wheel_rejects_a_build_without_cuda_kernels(check_wheel):
+    if lowrank_ops.build_info()["cuda"]:
+        pytest.skip("this build has CUDA kernels")
+    with pytest.raises(check_wheel.CheckFailed, match="CUDA kernel: False"):
+        check_wheel.check_dispatcher(check_wheel.public_ops())
+    with pytest.raises(check_wheel.CheckFailed, match="no CUDA sources"):
+        check_wheel.check_build_info(lowrank_ops, "8.0;9.0a", "cu130torch2.14")

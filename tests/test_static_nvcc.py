@@ -117,6 +117,10 @@ def test_cuda_binding_compiles(path, tmp_path):
     c10/cuda/impl/cuda_cmake_macros.h; then a stand-in defining what torch's shared-library build defines
     goes to a temporary include directory."""
     cpp_extension = pytest.importorskip("torch.utils.cpp_extension", reason="the bindings need torch headers")
+    import torch
+
+    from build_tools import toolchain
+
     cxx = shutil.which("c++") or shutil.which("g++")
     if cxx is None:
         pytest.skip("no host C++ compiler (c++ or g++) on PATH")
@@ -129,7 +133,8 @@ def test_cuda_binding_compiles(path, tmp_path):
         (tmp_path / macros).parent.mkdir(parents=True)
         (tmp_path / macros).write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
         torch_includes.append(tmp_path)
-    cmd = [cxx, "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", "-DLOWRANK_OPS_CUDA",
+    standard = toolchain.cxx_standard(torch.__config__.show())  # torch's headers need torch's standard
+    cmd = [cxx, f"-std=c++{standard}", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", "-DLOWRANK_OPS_CUDA",
            *(f"-isystem{p}" for p in [*torch_includes, cuda_include]), str(path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, f"{path.name} does not compile:\n{' '.join(cmd)}\n{proc.stderr}"
