@@ -160,7 +160,7 @@ def test_other_settings_in_out_dir_are_refused(capsys, tmp_path, corpus):
 
 
 def test_sigint_is_deferred_to_the_step_boundary():
-    interrupt = train._DeferredInterrupt()
+    interrupt = train.DeferredInterrupt()
     with interrupt.installed():
         os.kill(os.getpid(), signal.SIGINT)
         assert interrupt.requested  # recorded, not raised: the loop saves a checkpoint between steps
