@@ -76,8 +76,8 @@ def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (default: the preset's; tiny uses 1)")
     p.add_argument("--fresh", action="store_true", help="discard earlier results and checkpoints in --out")
     p.add_argument("--fresh-method", action="append", default=[], metavar="NAME[,NAME]",
-                   help="discard the checkpoint and result of these methods in --out (they start over), keeping "
-                        "the other methods'; repeatable")
+                   help="discard the checkpoint and result of these methods in --out (they start over), "
+                        "keeping the other methods'; repeatable")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -135,7 +135,7 @@ class _Saved:
 
     def __init__(self, out: Path):
         self.results = out / report.RESULTS
-        self.finished = None  # methods with a finished result in results.json; None: nothing read or written yet
+        self.finished = None  # finished methods in results.json; None: nothing read or written yet
         self.stage = "before training started"
         self.method = None  # while a method trains: its name, checkpoint path, the step saved there (None: no
         self.checkpoint = None  # checkpoint) and its number of steps
@@ -146,20 +146,23 @@ class _Saved:
         self.finished = sum(1 for row in doc["methods"].values() if row.get("status") == "finished")
 
     def training(self, method: methods.Method, checkpoint: Path, step: int | None, steps: int) -> None:
-        self.stage, self.method, self.checkpoint, self.step, self.steps = "during", method.name, checkpoint, step, steps
+        self.stage, self.method, self.checkpoint = "during", method.name, checkpoint
+        self.step, self.steps = step, steps
 
     def message(self) -> str:
         if self.finished is None:
-            return "interrupted before training started; nothing was written; run the same command again to start"
+            return ("interrupted before training started; nothing was written; run the same command again "
+                    "to start")
         results = (f"{self.finished} finished method(s) saved in {self.results}" if self.finished
                    else "no finished method saved yet")
         if self.stage == "after the last method":
-            return (f"interrupted after the last method: {results}; the plot was not drawn; run the same command "
-                    "again to draw it")
+            return (f"interrupted after the last method: {results}; the plot was not drawn; run the same "
+                    "command again to draw it")
         where = self.stage
         if self.stage == "during":
-            where = (f"during {self.method}: " + ("no checkpoint of it saved yet" if self.step is None else
-                                                   f"checkpoint of step {self.step}/{self.steps} saved in {self.checkpoint}"))
+            saved = ("no checkpoint of it saved yet" if self.step is None
+                     else f"checkpoint of step {self.step}/{self.steps} saved in {self.checkpoint}")
+            where = f"during {self.method}: {saved}"
         return f"\ninterrupted {where}; {results}; run the same command again to continue"
 
 
@@ -196,7 +199,8 @@ def _check_out(out: Path, pending: list[methods.Method], fingerprint: str, prese
     files.file_slot(out / report.PLOT)
     steps = {}
     for method in pending:
-        ckpt = train.read_checkpoint(train.checkpoint_path(out, method), method, fingerprint, preset, mmap=True)
+        path = train.checkpoint_path(out, method)
+        ckpt = train.read_checkpoint(path, method, fingerprint, preset, mmap=True)
         if ckpt is not None:
             steps[method.name] = ckpt["step"]
     return steps
@@ -243,12 +247,13 @@ def _run(args, selected, fresh_methods, device, preset, on_step, interrupt, save
         pending = [m for m in selected if m.unavailable() is None
                    and done.get(m.name, {}).get("status") != "finished"]
         checkpoint_steps = _check_out(out, pending, fingerprint, preset)
-        doc = {"config": config, "fingerprint": fingerprint, "machine": _machine(device), "methods": dict(done)}
+        doc = {"config": config, "fingerprint": fingerprint, "machine": _machine(device),
+               "methods": dict(done)}
         report.write(out, doc)  # claims the folder for these settings; proves results.json can be written
         saved.record(doc)
         interrupt.check()
-        return _train_all(args, selected, device, preset, corpus, out, doc, checkpoint_steps, on_step, interrupt,
-                          saved)
+        return _train_all(args, selected, device, preset, corpus, out, doc, checkpoint_steps, on_step,
+                          interrupt, saved)
 
 
 def _train_all(args, selected, device, preset, corpus, out, doc, checkpoint_steps, on_step, interrupt,

@@ -132,9 +132,9 @@ class FolderLock:
         except BlockingIOError:
             holder = _read_pid(fd)
             os.close(fd)
-            raise OutputError(f"error: --out {self.out} is in use by another run of lowrank_ops.compare"
-                              f"{f' (pid {holder})' if holder else ''}; wait until it ends or pass another --out"
-                              ) from None
+            by = f" (pid {holder})" if holder else ""
+            raise OutputError(f"error: --out {self.out} is in use by another run of lowrank_ops.compare{by}; "
+                              "wait until it ends or pass another --out") from None
         except OSError as exc:
             os.close(fd)
             raise OutputError(f"error: cannot lock {self.path}: {_reason(exc)}") from None

@@ -52,9 +52,10 @@ def load(out: Path, discard=()) -> dict | None:
     files.file_slot(path)
     try:
         doc = json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:  # ValueError: not UTF-8 or not JSON
-        why = exc.strerror if isinstance(exc, OSError) else f"not JSON: {exc}" if path.stat().st_size else "empty"
-        raise _foreign(path, why) from None
+    except OSError as exc:
+        raise _foreign(path, exc.strerror or str(exc)) from None
+    except ValueError as exc:  # not UTF-8 or not JSON
+        raise _foreign(path, f"not JSON: {exc}" if path.stat().st_size else "empty") from None
     if not isinstance(doc, dict):
         raise _foreign(path, f"a JSON {type(doc).__name__}, not an object")
     if not isinstance(doc.get("fingerprint"), str) or not isinstance(doc.get("methods"), dict):
@@ -64,14 +65,15 @@ def load(out: Path, discard=()) -> dict | None:
     for name, row in doc["methods"].items():
         why = _row_problem(name, row)
         if why is not None:
-            raise files.OutputError(f"error: {path}: the entry of method {name!r} is malformed ({why}); add "
-                                    f"--fresh-method {name} to run it again (the other methods' results are kept)")
+            raise files.OutputError(f"error: {path}: the entry of method {name!r} is malformed ({why}); "
+                                    f"add --fresh-method {name} to run it again (the other methods' results "
+                                    "are kept)")
     return doc
 
 
 def _foreign(path: Path, why: str) -> files.OutputError:
-    return files.OutputError(f"error: {path} is not a results file of lowrank_ops.compare ({why}); move it aside "
-                             "(its finished methods then run again) or pass another --out")
+    return files.OutputError(f"error: {path} is not a results file of lowrank_ops.compare ({why}); move it "
+                             "aside (its finished methods then run again) or pass another --out")
 
 
 def _number(x) -> bool:
@@ -97,7 +99,8 @@ def _row_problem(name: str, row) -> str | None:
         if row.get(key) is not None and not _number(row.get(key)):
             return f"{key!r} is not a number"
     memory = row.get("memory_bytes")
-    if not isinstance(memory, dict) or not all(_number(memory.get(k)) for k in ("weights", "optimizer_state", "total")):
+    if not isinstance(memory, dict) or not all(_number(memory.get(k))
+                                               for k in ("weights", "optimizer_state", "total")):
         return "'memory_bytes' is not an object of weights, optimizer_state and total"
     curve = row.get("curve")
     if (not isinstance(curve, dict) or not isinstance(curve.get("step"), list)

@@ -107,7 +107,8 @@ def checkpoint_path(out: Path, method: Method) -> Path:
     return out / "checkpoints" / f"{method.name.replace('+', '_')}.pt"
 
 
-def _save(path: Path, method: Method, runner: Runner, sampler, step: int, history: dict, fingerprint: str) -> None:
+def _save(path: Path, method: Method, runner: Runner, sampler, step: int, history: dict,
+          fingerprint: str) -> None:
     state = {"version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "method": method.name, "step": step,
              "model": runner.model.state_dict(), "optimizer": runner.optimizer.state_dict(),
              "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(), "history": history}
@@ -137,8 +138,8 @@ def _checkpoint_problem(ckpt, method: Method, fingerprint: str, preset) -> str |
     if missing:
         return f"is not a checkpoint of lowrank_ops.compare (no {', '.join(map(repr, missing))})"
     if ckpt["version"] != CHECKPOINT_VERSION:
-        return (f"was written by another version of lowrank_ops.compare (format {ckpt['version']!r}; this one "
-                f"reads {CHECKPOINT_VERSION})")
+        return (f"was written by another version of lowrank_ops.compare (format {ckpt['version']!r}; this "
+                f"one reads {CHECKPOINT_VERSION})")
     if ckpt["fingerprint"] != fingerprint:
         return "was written by a run of other settings (preset, steps, seed, data or device)"
     if ckpt["method"] != method.name:
@@ -156,7 +157,7 @@ def _checkpoint_problem(ckpt, method: Method, fingerprint: str, preset) -> str |
     expected = {"steps": evaluations, "val_loss": evaluations, "step_times": step, "train_loss": step}
     if lengths != expected:
         return f"has a history of lengths {lengths}, expected {expected} at step {step}"
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for k in _HISTORY_KEYS for x in history[k]):
+    if not all(type(x) in (int, float) for k in _HISTORY_KEYS for x in history[k]):
         return "has a history with entries that are not numbers"
     return None
 
@@ -178,7 +179,7 @@ def read_checkpoint(path: Path, method: Method, fingerprint: str, preset, *, map
     if path.stat().st_size == 0:
         raise _checkpoint_error(path, method, "is empty")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
-        raise _checkpoint_error(path, method, "is not a torch.save archive (damaged, truncated or another file)")
+        raise _checkpoint_error(path, method, "is not a torch.save archive (damaged, truncated or other)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # any failure to parse the file means it is damaged or not a checkpoint
