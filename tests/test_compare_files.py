@@ -3,6 +3,7 @@ reported by name with the one-line fix and cost no other method's result; unusab
 before training; Ctrl-C says what is actually saved; one run per --out folder (an OS lock that dies with
 its process); writes are atomic. Ends with two concurrent real runs on one folder, Ctrl-C'ed at random."""
 
+import collections
 import json
 import os
 import random
@@ -241,6 +242,16 @@ def test_ctrl_c_before_training_writes_nothing_and_says_so(tmp_path, corpus, cap
     assert not out.exists()
 
 
+def test_ctrl_c_while_the_arguments_are_read_is_one_line(tmp_path, capsys, monkeypatch):
+    """Before run_compare handles SIGINT (in-process callers; the programs ignore it there)."""
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_device", interrupted)
+    code, io = run(["--out", str(tmp_path / "out")], capsys)
+    assert code == 130 and "before the run started" in one_line(io) and not (tmp_path / "out").exists()
+
+
 def test_ctrl_c_before_the_first_step_does_not_claim_a_checkpoint(tmp_path, corpus, capsys, monkeypatch):
     """The reported bug: a Ctrl-C before the first step said "checkpoint saved" when none existed."""
     runner = train.Runner
@@ -349,36 +360,40 @@ def test_concurrent_atomic_writes_to_one_path_never_mix(tmp_path):
 
 # --- two real concurrent runs on one --out, Ctrl-C'ed at random times -----------------------------------
 
-STRESS_STEPS = 16  # a run from scratch takes longer than most Ctrl-C delays; a resumed one may finish
+STRESS_STEPS = 8  # short enough that resumed runs finish (the end of a run gets Ctrl-C too)
 STRESS_TRIALS = 20
 
 
 class _Child:
-    """One `python -m lowrank_ops.compare` process: its output is collected by threads; it receives one
-    SIGINT (sometimes two, a double Ctrl-C) at a random time after it printed its first line. That line is
-    the earliest point of the run's own code that a test can see: a Ctrl-C during `import torch`, before any
-    lowrank_ops.compare code runs, gives Python's own KeyboardInterrupt traceback (see the report)."""
+    """One `python -m lowrank_ops.compare` process (progress bars on, as by default): its output is
+    collected by threads; it receives one SIGINT (sometimes two, a double Ctrl-C) at a random time after a
+    marker: its first line on stdout (the header: the Ctrl-C then often falls into the set-up) or its first
+    output on stderr (the progress bar, shown once training starts: the Ctrl-C falls into steps,
+    evaluations, checkpoint writes or the end). The header is the earliest point of the run's own code that
+    a test can see: a Ctrl-C during `import torch`, before any lowrank_ops.compare code runs, gives
+    Python's own KeyboardInterrupt traceback."""
 
     def __init__(self, argv, rng):
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
-        self.out, self.err, self.started = [], [], threading.Event()
+                                     text=True)  # text: universal newlines, so a bar's \r ends a line
+        self.out, self.err = [], []
+        self.header, self.training = threading.Event(), threading.Event()
+        self.marker = rng.choice([self.header, self.training])
         self.delays = [rng.uniform(0, 1.0)] + ([rng.uniform(0, 0.3)] if rng.random() < 0.3 else [])
-        self.threads = [threading.Thread(target=self._read, args=(self.proc.stdout, self.out, True)),
-                        threading.Thread(target=self._read, args=(self.proc.stderr, self.err, False)),
+        self.threads = [threading.Thread(target=self._read, args=(self.proc.stdout, self.out, self.header)),
+                        threading.Thread(target=self._read, args=(self.proc.stderr, self.err, self.training)),
                         threading.Thread(target=self._interrupt)]
         for t in self.threads:
             t.start()
 
-    def _read(self, stream, lines, signals_start):
+    def _read(self, stream, lines, marker):
         for line in stream:
             lines.append(line)
-            if signals_start:
-                self.started.set()
-        self.started.set()  # ended without output (refused): nothing to interrupt
+            marker.set()
+        marker.set()  # the stream ended (the run was refused or is over): nothing more to wait for
 
     def _interrupt(self):
-        self.started.wait()
+        self.marker.wait()
         for delay in self.delays:
             time.sleep(delay)
             if self.proc.poll() is None:
@@ -389,6 +404,9 @@ class _Child:
         for t in self.threads:
             t.join()
         return self.proc.returncode, "".join(self.out), "".join(self.err)
+
+
+_BAR = re.compile(r"^\s*[\w+]+: +\d+%\|")  # a tqdm progress bar: "  galore:  25%|██▌ | 4/16 [...]"
 
 
 def _check_files(out, fingerprint_preset):
@@ -410,7 +428,7 @@ def _outcome(trial, code, stdout, stderr):
     one of these ways, with no traceback."""
     context = f"trial {trial}: exit {code}\n{stdout}\n{stderr}"
     assert "Traceback" not in stdout + stderr, context
-    lines = stderr.strip().splitlines()
+    lines = [line for line in stderr.splitlines() if line.strip() and not _BAR.match(line)]
     if code == 0:
         assert lines == [] and "results:" in stdout, context
         return "finished", ""
@@ -435,33 +453,42 @@ def _check_the_report(line, out):
 @pytest.mark.slow
 def test_concurrent_runs_on_one_folder_survive_random_ctrl_c(tmp_path, corpus):
     """20 trials of two `python -m lowrank_ops.compare --out SAME` started together, each Ctrl-C'ed at a
-    random time; the folder carries over from trial to trial (every run resumes what the last left; every
-    5th trial starts over with --fresh). Each process must end in one of: finished (0), refused because the
-    folder is in use (1, one line), interrupted (130, one line saying what is saved); never a traceback.
-    After each trial every file loads; a final uninterrupted rerun completes."""
+    random time; the folder carries over from trial to trial (every run resumes what the last left; once
+    every method is finished, a trial either reruns the finished folder or starts over with --fresh, at
+    random, so that every phase of a run gets Ctrl-C'ed however fast or loaded the machine is). Each process
+    must end in one of: finished (0), refused because the folder is in use (1, one line), interrupted (130,
+    one line saying what is saved, checked against the disk); never a traceback. After each trial every
+    file loads and passes its checks; a final uninterrupted rerun completes."""
     rng = random.Random(16)
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "lowrank_ops.compare", "--steps", str(STRESS_STEPS), "--methods",
-            "full,galore", "--data", corpus, "--out", str(out), "--no-progress"]
+            "full,galore", "--data", corpus, "--out", str(out)]
     preset = PRESETS["tiny"].with_steps(STRESS_STEPS)
     outcomes = {"finished": 0, "refused": 0, "interrupted": 0}
+    phases = collections.Counter()
     started = time.perf_counter()
     for trial in range(STRESS_TRIALS):
-        extra = ["--fresh"] if trial % 5 == 4 else []
+        doc = report.load(out)
+        complete = doc is not None and all(doc["methods"].get(m, {}).get("status") == "finished"
+                                           for m in ("full", "galore"))
+        extra = ["--fresh"] if complete and rng.random() < 0.5 else []
         children = [_Child(argv + extra, rng) for _ in range(2)]
         ended = [_outcome(trial, *child.finish()) for child in children]
-        for kind, _ in ended:
+        for kind, line in ended:
             outcomes[kind] += 1
+            if kind == "interrupted":  # where the Ctrl-C fell, for the printed summary
+                phases[re.match(r"interrupted (during \S+ \w+ \w+|[^;:]+)", line)[1]] += 1
         if sorted(kind for kind, _ in ended) == ["interrupted", "refused"]:  # one run touched the folder
             _check_the_report(next(line for kind, line in ended if kind == "interrupted"), out)
         _check_files(out, preset)
     final = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert final.returncode == 0 and final.stderr == "", final.stderr
+    assert _outcome("final", final.returncode, final.stdout, final.stderr)[0] == "finished"
     doc = report.load(out)
     assert {doc["methods"][m]["status"] for m in ("full", "galore")} == {"finished"}
     _check_files(out, preset)
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(f"\n{STRESS_TRIALS} trials in {time.perf_counter() - started:.0f} s (children's CPU "
-          f"{cpu.ru_utime + cpu.ru_stime:.0f} s, load average {os.getloadavg()[0]:.1f}): {outcomes}")
+          f"{cpu.ru_utime + cpu.ru_stime:.0f} s, load average {os.getloadavg()[0]:.1f}): {outcomes}; "
+          f"interrupted {dict(phases)}")
     # the refusal and the interruption each happened often, so their assertions above were exercised
     assert min(outcomes["refused"], outcomes["interrupted"]) >= STRESS_TRIALS // 4, outcomes

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -208,7 +209,8 @@ def _check_out(out: Path, pending: list[methods.Method], fingerprint: str, prese
 
 def run_compare(args, *, on_step=None) -> int:
     """Runs the comparison for parsed `args`; returns the exit status. `on_step(method, step)` is a test hook.
-    Ctrl-C is deferred to safe points (DeferredInterrupt) for the whole run; what is saved is then printed."""
+    Ctrl-C stops at once where nothing is being written, else at the next safe point (DeferredInterrupt);
+    what is saved is then printed."""
     selected = _select(args.methods)
     fresh_methods = [m for text in args.fresh_method for m in _select(text, "--fresh-method")]
     device = _device(args.device)
@@ -234,14 +236,14 @@ def run_compare(args, *, on_step=None) -> int:
 
 def _run(args, selected, fresh_methods, device, preset, on_step, interrupt, saved) -> int:
     try:
-        corpus = data.load(args.data, preset.model.seq_len)
+        with interrupt.immediate():  # reading the data writes nothing: Ctrl-C need not wait for it
+            corpus = data.load(args.data, preset.model.seq_len)
     except data.DataError as exc:
         raise UsageError(f"error: {exc}") from None
     config = {"preset": args.preset, "hyper": preset.describe(), "seed": args.seed, "data": corpus.source,
               "data_fingerprint": corpus.fingerprint, "device": device.type}
     fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
     out = Path(args.out)
-    interrupt.check()
     with files.FolderLock(out):
         done = _prepare_out(out, fingerprint, args.fresh, fresh_methods)
         pending = [m for m in selected if m.unavailable() is None
@@ -320,8 +322,19 @@ def compare_main(argv=None, prog: str = "python -m lowrank_ops.compare", on_step
         return 130
 
 
+def ignore_sigint_outside_the_run() -> None:
+    """For the program entry points, not for callers in a process that goes on: SIGINT is ignored except
+    where run_compare handles it, i.e. while the arguments are parsed (milliseconds) and while Python exits
+    after the run, so that a Ctrl-C there cannot print a traceback. run_compare installs its own handler
+    for the run and puts this one back when it returns."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def main(argv=None) -> int:
-    """The `lowrank-ops` console script: `lowrank-ops compare [options]`."""
+    """The `lowrank-ops` console script: `lowrank-ops compare [options]` (argv None: the program's own
+    arguments, and SIGINT handled as in `python -m lowrank_ops.compare`)."""
+    if argv is None:
+        ignore_sigint_outside_the_run()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: lowrank-ops compare [options]   (lowrank-ops compare --help for the options)")

@@ -70,12 +70,14 @@ def measured_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> 
 
 class DeferredInterrupt:
     """Turns SIGINT into a flag that the run checks at safe points (between steps, between methods), main
-    thread only. A second SIGINT raises KeyboardInterrupt at once; once a KeyboardInterrupt has been
-    raised, further SIGINTs are ignored, so that saving and reporting what is saved are not cut short."""
+    thread only. Inside `immediate()` (stretches that write nothing: loading data, building a model) and
+    at a second SIGINT, KeyboardInterrupt is raised at once. Once it has been raised, further SIGINTs are
+    ignored, so that saving and reporting what is saved are not cut short."""
 
     def __init__(self):
         self.requested = False
         self._raised = False
+        self._immediate = False
 
     def check(self) -> None:
         """A safe point: raises KeyboardInterrupt if a SIGINT has been recorded."""
@@ -83,10 +85,20 @@ class DeferredInterrupt:
             self._raised = True
             raise KeyboardInterrupt
 
+    @contextlib.contextmanager
+    def immediate(self):
+        """Within: a SIGINT raises KeyboardInterrupt at once (for code that writes no file)."""
+        self.check()
+        self._immediate = True
+        try:
+            yield
+        finally:
+            self._immediate = False
+
     def _handler(self, signum, frame):
         if self._raised:
             return
-        if self.requested:
+        if self.requested or self._immediate:
             self._raised = True
             raise KeyboardInterrupt
         self.requested = True
@@ -195,34 +207,33 @@ def train(method: Method, preset, corpus: data.Corpus, out: Path, device: torch.
           on_step=None) -> dict:
     """Trains `method` for preset.steps steps (resuming from its checkpoint when there is one) and returns
     its result: final validation loss and perplexity, the validation curve, median step time and the
-    measured memory. A SIGINT recorded by `interrupt` stops it at the next step boundary with a checkpoint
-    of the steps done (KeyboardInterrupt). `on_saved(step)` is told the step of the checkpoint on disk
-    whenever it changes (resumed or written); `on_step(step)` is called after each completed step (tests
-    use it to interrupt)."""
+    measured memory. A SIGINT during the set-up stops it at once; during training, `interrupt` records it
+    and training stops at the next step boundary with a checkpoint of the steps done (KeyboardInterrupt
+    either way). `on_saved(step)` is told the step of each checkpoint written; `on_step(step)` is called
+    after each completed step (tests use it to interrupt)."""
     autocast = device.type == "cuda"
     cfg = preset.model
-    torch.manual_seed(seed)  # the same initial weights for every method
-    model = Decoder(cfg).to(device)
-    sampler = data.Sampler(corpus.train, preset.batch, cfg.seq_len, seed)
-    init_batch = data.Sampler(corpus.train, preset.batch, cfg.seq_len, seed).next().to(device)
-    runner = Runner(method, model, preset, seed, init_batch, lambda m, b: loss_fn(m, b, autocast))
-    val = data.validation_batches(corpus.val, preset.batch, cfg.seq_len, preset.eval_tokens)
-    history = {"steps": [], "val_loss": [], "step_times": [], "train_loss": []}
-    start, saved = 0, None  # saved: the step of the checkpoint on disk
     path = checkpoint_path(out, method)
-    ckpt = read_checkpoint(path, method, fingerprint, preset, map_location=device)
-    if ckpt is not None:
-        try:
-            runner.model.load_state_dict(ckpt["model"])
-            runner.optimizer.load_state_dict(ckpt["optimizer"])
-            sampler.load_state_dict(ckpt["sampler"])
-            torch.set_rng_state(ckpt["torch_rng"])
-        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
-            raise _checkpoint_error(path, method, f"does not fit this method ({_first_line(exc)})") from None
-        history, start = ckpt["history"], ckpt["step"]
-        saved = start
-        if on_saved is not None:
-            on_saved(saved)
+    with interrupt.immediate():  # the set-up writes nothing: Ctrl-C need not wait for it
+        torch.manual_seed(seed)  # the same initial weights for every method
+        model = Decoder(cfg).to(device)
+        sampler = data.Sampler(corpus.train, preset.batch, cfg.seq_len, seed)
+        init_batch = data.Sampler(corpus.train, preset.batch, cfg.seq_len, seed).next().to(device)
+        runner = Runner(method, model, preset, seed, init_batch, lambda m, b: loss_fn(m, b, autocast))
+        val = data.validation_batches(corpus.val, preset.batch, cfg.seq_len, preset.eval_tokens)
+        history = {"steps": [], "val_loss": [], "step_times": [], "train_loss": []}
+        start, saved = 0, None  # saved: the step of the checkpoint on disk
+        ckpt = read_checkpoint(path, method, fingerprint, preset, map_location=device)
+        if ckpt is not None:
+            try:
+                runner.model.load_state_dict(ckpt["model"])
+                runner.optimizer.load_state_dict(ckpt["optimizer"])
+                sampler.load_state_dict(ckpt["sampler"])
+                torch.set_rng_state(ckpt["torch_rng"])
+            except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+                raise _checkpoint_error(path, method, f"does not fit this method ({_first_line(exc)})") from None
+            history, start = ckpt["history"], ckpt["step"]
+            saved = start
     started = time.perf_counter()
     bar = None
     if progress:
