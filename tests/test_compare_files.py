@@ -193,7 +193,7 @@ UNUSABLE = {  # how --out is arranged -> (the --out to pass, what the message na
     "the lock is a folder": (_in_place(".lock", lambda p: p.mkdir()), ".lock"),
     "--out is a file": (_out_is_a_file, "is not a folder"),
     "--out under a file": (_under_a_file, "Not a directory"),
-    "--out not writable": (lambda out: "/proc/self", "/proc/self is not writable"),  # even for root
+    "--out not writable": (lambda out: "/proc/self", "lock file /proc/self/.lock"),  # even for root
 }
 
 
@@ -206,6 +206,22 @@ def test_unusable_destinations_are_found_before_training(case, tmp_path, corpus,
     line = one_line(io)
     assert code == 1 and needle in line and line.startswith("error:"), line
     assert steps == [] and "lowrank_ops.compare: preset" not in io.out  # nothing trained
+
+
+def test_a_folder_that_refuses_new_files_is_found_before_training(tmp_path, corpus, capsys, monkeypatch):
+    """What a read-only mount or a folder without write permission does (chmod cannot show it to root)."""
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def refused(*args, **kw):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", refused)
+    code, io = run(common(corpus, out), capsys)
+    assert code == 1 and f"--out {out} is not writable: Permission denied" in one_line(io)
+    monkeypatch.undo()
+    with files.FolderLock(out):  # the failed run released the lock on its way out
+        pass
 
 
 def test_a_failing_write_mid_run_is_one_line_and_keeps_finished_results(tmp_path, corpus, capsys):

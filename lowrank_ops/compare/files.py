@@ -91,19 +91,29 @@ def remove_stale_temps(folder: Path) -> None:
 def writable_folder(folder: Path, what: str, fix: str) -> Path:
     """Creates `folder` if needed and checks that files can be created in it (what: how to name it; fix:
     what to do when it is not a folder)."""
+    _make_folder(folder, what, fix)
+    _probe(folder, what)
+    return folder
+
+
+def _make_folder(folder: Path, what: str, fix: str) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise OutputError(f"error: {what} {folder} is not a folder; {fix}") from None
     except OSError as exc:
         raise OutputError(f"error: {what} {folder}: {_reason(exc)}") from None
+
+
+def _probe(folder: Path, what: str) -> None:
+    """Creates and removes a file in `folder`: the only sure test of writability (root, ACLs, read-only
+    mounts)."""
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe.", suffix=_TEMP_SUFFIX)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         raise OutputError(f"error: {what} {folder} is not writable: {_reason(exc)}") from None
-    return folder
 
 
 def file_slot(path: Path) -> None:
@@ -122,7 +132,7 @@ class FolderLock:
         self._fd = None
 
     def __enter__(self) -> "FolderLock":
-        writable_folder(self.out, "--out", "pass another --out")
+        _make_folder(self.out, "--out", "pass another --out")
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -138,9 +148,14 @@ class FolderLock:
         except OSError as exc:
             os.close(fd)
             raise OutputError(f"error: cannot lock {self.path}: {_reason(exc)}") from None
-        os.ftruncate(fd, 0)  # who holds it, for the message of a run that is refused
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        try:  # only now, so that a run that is refused writes nothing in the folder
+            _probe(self.out, "--out")
+            os.ftruncate(fd, 0)  # who holds it, for the message of a run that is refused
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -6,7 +6,8 @@ and the step times, with the run's fingerprint and the method's name. It is writ
 (files.atomic_write) every `ckpt_every` steps and when the run is interrupted: Ctrl-C (SIGINT) is
 deferred to the end of the current step, so a checkpoint is always taken between two steps, and a resumed
 run continues exactly where the interrupted one stopped (same batches, same state). A second Ctrl-C
-interrupts at once (no checkpoint of that step; the previous one stays). A checkpoint that cannot be read
+interrupts at once (no checkpoint of that step; the previous one stays); so does a Ctrl-C during a
+method's set-up, which writes nothing. A checkpoint that cannot be read
 or belongs to another run or method is reported by name with the fix (--fresh-method NAME), never
 silently replaced.
 """
