@@ -144,7 +144,8 @@ class _Saved:
         self.steps = None
 
     def record(self, doc: dict) -> None:
-        self.finished = sum(1 for row in doc["methods"].values() if row.get("status") == "finished")
+        self.finished = sum(1 for row in doc["methods"].values()
+                            if isinstance(row, dict) and row.get("status") == "finished")
 
     def training(self, method: methods.Method, checkpoint: Path, step: int | None, steps: int) -> None:
         self.stage, self.method, self.checkpoint = "during", method.name, checkpoint
@@ -175,16 +176,16 @@ def _prepare_out(out: Path, fingerprint: str, fresh: bool, fresh_methods: list[m
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
         if results.is_file():
             results.unlink()
+    previous = report.load(out, discard=[m.name for m in fresh_methods])
+    if previous is not None and previous["fingerprint"] != fingerprint:
+        raise UsageError(f"--out {out} holds results of other settings (preset, steps, seed, data or device); "
+                         "use another --out, or --fresh to discard them")
     for method in fresh_methods:
         checkpoint = train.checkpoint_path(out, method)
         files.file_slot(checkpoint)
         checkpoint.unlink(missing_ok=True)
-    previous = report.load(out, discard=[m.name for m in fresh_methods])
     if previous is None:
         return {}
-    if previous["fingerprint"] != fingerprint:
-        raise UsageError(f"--out {out} holds results of other settings (preset, steps, seed, data or device); "
-                         "use another --out, or --fresh to discard them")
     if fresh_methods:  # the discarded entries leave results.json now, not at the next write
         report.write(out, previous)
     return previous["methods"]
@@ -209,8 +210,7 @@ def _check_out(out: Path, pending: list[methods.Method], fingerprint: str, prese
 
 def run_compare(args, *, on_step=None) -> int:
     """Runs the comparison for parsed `args`; returns the exit status. `on_step(method, step)` is a test hook.
-    Ctrl-C stops at once where nothing is being written, else at the next safe point (DeferredInterrupt);
-    what is saved is then printed."""
+    Ctrl-C stops the run at the next safe point (DeferredInterrupt); what is saved is then printed."""
     selected = _select(args.methods)
     fresh_methods = [m for text in args.fresh_method for m in _select(text, "--fresh-method")]
     device = _device(args.device)
@@ -236,10 +236,10 @@ def run_compare(args, *, on_step=None) -> int:
 
 def _run(args, selected, fresh_methods, device, preset, on_step, interrupt, saved) -> int:
     try:
-        with interrupt.immediate():  # reading the data writes nothing: Ctrl-C need not wait for it
-            corpus = data.load(args.data, preset.model.seq_len)
+        corpus = data.load(args.data, preset.model.seq_len)
     except data.DataError as exc:
         raise UsageError(f"error: {exc}") from None
+    interrupt.check()
     config = {"preset": args.preset, "hyper": preset.describe(), "seed": args.seed, "data": corpus.source,
               "data_fingerprint": corpus.fingerprint, "device": device.type}
     fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from . import files
+from .methods import BY_NAME
 
 RESULTS = "results.json"
 PLOT = "val_loss.png"
@@ -44,8 +45,8 @@ def table(rows: list[dict]) -> str:
 
 def load(out: Path, discard=()) -> dict | None:
     """The results.json of an earlier run in `out` (None if there is none), without the entries of the
-    methods named in `discard`; raises files.OutputError naming the file, or the method whose entry is
-    malformed, and the one-line fix."""
+    methods named in `discard`; raises files.OutputError naming the file, or the known method whose entry
+    is malformed, and the one-line fix."""
     path = out / RESULTS
     if not (path.exists() or path.is_symlink()):
         return None
@@ -63,6 +64,8 @@ def load(out: Path, discard=()) -> dict | None:
     for name in discard:
         doc["methods"].pop(name, None)
     for name, row in doc["methods"].items():
+        if name not in BY_NAME:
+            continue  # a method this version does not know: never read, kept as it is
         why = _row_problem(name, row)
         if why is not None:
             raise files.OutputError(f"error: {path}: the entry of method {name!r} is malformed ({why}); "

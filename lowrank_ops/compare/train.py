@@ -6,8 +6,7 @@ and the step times, with the run's fingerprint and the method's name. It is writ
 (files.atomic_write) every `ckpt_every` steps and when the run is interrupted: Ctrl-C (SIGINT) is
 deferred to the end of the current step, so a checkpoint is always taken between two steps, and a resumed
 run continues exactly where the interrupted one stopped (same batches, same state). A second Ctrl-C
-interrupts at once (no checkpoint of that step; the previous one stays); so does a Ctrl-C during a
-method's set-up, which writes nothing. A checkpoint that cannot be read
+interrupts at once (no checkpoint of that step; the previous one stays). A checkpoint that cannot be read
 or belongs to another run or method is reported by name with the fix (--fresh-method NAME), never
 silently replaced.
 """
@@ -70,15 +69,20 @@ def measured_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> 
 
 
 class DeferredInterrupt:
-    """Turns SIGINT into a flag that the run checks at safe points (between steps, between methods), main
-    thread only. Inside `immediate()` (stretches that write nothing: loading data, building a model) and
-    at a second SIGINT, KeyboardInterrupt is raised at once. Once it has been raised, further SIGINTs are
-    ignored, so that saving and reporting what is saved are not cut short."""
+    """Turns SIGINT into a flag that the run checks at safe points (between steps, between the stages of a
+    method's set-up, between methods), main thread only. A second SIGINT raises KeyboardInterrupt at once;
+    once it has been raised, further SIGINTs are ignored, so that saving and reporting what is saved are
+    not cut short.
+
+    Why not raise at the first SIGINT where nothing is being written (loading data, building a model): a
+    KeyboardInterrupt inside a module's first import (torch imports torch._dynamo lazily when the first
+    optimizer is built) leaves that module half-imported for the rest of the process, and one raised
+    inside code run by exec/eval (dataclasses, sympy) makes CPython end the process by SIGINT even after
+    the run caught it."""
 
     def __init__(self):
         self.requested = False
         self._raised = False
-        self._immediate = False
 
     def check(self) -> None:
         """A safe point: raises KeyboardInterrupt if a SIGINT has been recorded."""
@@ -86,20 +90,10 @@ class DeferredInterrupt:
             self._raised = True
             raise KeyboardInterrupt
 
-    @contextlib.contextmanager
-    def immediate(self):
-        """Within: a SIGINT raises KeyboardInterrupt at once (for code that writes no file)."""
-        self.check()
-        self._immediate = True
-        try:
-            yield
-        finally:
-            self._immediate = False
-
     def _handler(self, signum, frame):
         if self._raised:
             return
-        if self.requested or self._immediate:
+        if self.requested:
             self._raised = True
             raise KeyboardInterrupt
         self.requested = True
@@ -208,33 +202,36 @@ def train(method: Method, preset, corpus: data.Corpus, out: Path, device: torch.
           on_step=None) -> dict:
     """Trains `method` for preset.steps steps (resuming from its checkpoint when there is one) and returns
     its result: final validation loss and perplexity, the validation curve, median step time and the
-    measured memory. A SIGINT during the set-up stops it at once; during training, `interrupt` records it
-    and training stops at the next step boundary with a checkpoint of the steps done (KeyboardInterrupt
-    either way). `on_saved(step)` is told the step of each checkpoint written; `on_step(step)` is called
+    measured memory. A SIGINT recorded by `interrupt` stops the set-up at its next stage (nothing to save)
+    and training at the next step boundary, with a checkpoint of the steps done (KeyboardInterrupt either
+    way). `on_saved(step)` is told the step of each checkpoint written; `on_step(step)` is called
     after each completed step (tests use it to interrupt)."""
     autocast = device.type == "cuda"
     cfg = preset.model
     path = checkpoint_path(out, method)
-    with interrupt.immediate():  # the set-up writes nothing: Ctrl-C need not wait for it
-        torch.manual_seed(seed)  # the same initial weights for every method
-        model = Decoder(cfg).to(device)
-        sampler = data.Sampler(corpus.train, preset.batch, cfg.seq_len, seed)
-        init_batch = data.Sampler(corpus.train, preset.batch, cfg.seq_len, seed).next().to(device)
-        runner = Runner(method, model, preset, seed, init_batch, lambda m, b: loss_fn(m, b, autocast))
-        val = data.validation_batches(corpus.val, preset.batch, cfg.seq_len, preset.eval_tokens)
-        history = {"steps": [], "val_loss": [], "step_times": [], "train_loss": []}
-        start, saved = 0, None  # saved: the step of the checkpoint on disk
-        ckpt = read_checkpoint(path, method, fingerprint, preset, map_location=device)
-        if ckpt is not None:
-            try:
-                runner.model.load_state_dict(ckpt["model"])
-                runner.optimizer.load_state_dict(ckpt["optimizer"])
-                sampler.load_state_dict(ckpt["sampler"])
-                torch.set_rng_state(ckpt["torch_rng"])
-            except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
-                raise _checkpoint_error(path, method, f"does not fit this method ({_first_line(exc)})") from None
-            history, start = ckpt["history"], ckpt["step"]
-            saved = start
+    # the set-up writes nothing: a Ctrl-C stops it at the next of these checks, with nothing to save
+    torch.manual_seed(seed)  # the same initial weights for every method
+    model = Decoder(cfg).to(device)
+    interrupt.check()
+    sampler = data.Sampler(corpus.train, preset.batch, cfg.seq_len, seed)
+    init_batch = data.Sampler(corpus.train, preset.batch, cfg.seq_len, seed).next().to(device)
+    runner = Runner(method, model, preset, seed, init_batch, lambda m, b: loss_fn(m, b, autocast))
+    interrupt.check()
+    val = data.validation_batches(corpus.val, preset.batch, cfg.seq_len, preset.eval_tokens)
+    history = {"steps": [], "val_loss": [], "step_times": [], "train_loss": []}
+    start, saved = 0, None  # saved: the step of the checkpoint on disk
+    ckpt = read_checkpoint(path, method, fingerprint, preset, map_location=device)
+    interrupt.check()
+    if ckpt is not None:
+        try:
+            runner.model.load_state_dict(ckpt["model"])
+            runner.optimizer.load_state_dict(ckpt["optimizer"])
+            sampler.load_state_dict(ckpt["sampler"])
+            torch.set_rng_state(ckpt["torch_rng"])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+            raise _checkpoint_error(path, method, f"does not fit this method ({_first_line(exc)})") from None
+        history, start = ckpt["history"], ckpt["step"]
+        saved = start
     started = time.perf_counter()
     bar = None
     if progress:
