@@ -72,7 +72,8 @@ def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto: cuda when a GPU is visible (bf16 autocast), else cpu")
     p.add_argument("--seed", type=_seed, default=0, help="model initialization, batches and projections")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"results, plot and checkpoints (default ./{DEFAULT_OUT})")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"results, plot and checkpoints (default ./{DEFAULT_OUT}); "
+                   "one run at a time: a second run on the same folder refuses")
     p.add_argument("--threads", type=_positive, default=None,
                    help="torch CPU threads (default: the preset's; tiny uses 1)")
     p.add_argument("--fresh", action="store_true", help="discard earlier results and checkpoints in --out")
