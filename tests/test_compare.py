@@ -160,12 +160,13 @@ def test_other_settings_in_out_dir_are_refused(capsys, tmp_path, corpus):
 
 
 def test_sigint_is_deferred_to_the_step_boundary():
-    interrupt = train._DeferredInterrupt()
+    interrupt = train.DeferredInterrupt()
     with interrupt.installed():
         os.kill(os.getpid(), signal.SIGINT)
         assert interrupt.requested  # recorded, not raised: the loop saves a checkpoint between steps
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C interrupts at once
+        os.kill(os.getpid(), signal.SIGINT)  # a third is ignored: saving and reporting are not cut short
 
 
 def test_schedule_follows_the_paper_ratios():

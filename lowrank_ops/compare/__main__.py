@@ -2,6 +2,7 @@
 
 import sys
 
-from .cli import compare_main
+from .cli import compare_main, ignore_sigint_outside_the_run
 
+ignore_sigint_outside_the_run()
 sys.exit(compare_main())

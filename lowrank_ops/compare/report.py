@@ -6,6 +6,9 @@ import json
 import math
 from pathlib import Path
 
+from . import files
+from .methods import BY_NAME
+
 RESULTS = "results.json"
 PLOT = "val_loss.png"
 
@@ -40,23 +43,80 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def load(out: Path) -> dict | None:
+def load(out: Path, discard=()) -> dict | None:
+    """The results.json of an earlier run in `out` (None if there is none), without the entries of the
+    methods named in `discard`; raises files.OutputError naming the file, or the known method whose entry
+    is malformed, and the one-line fix."""
     path = out / RESULTS
-    if not path.exists():
+    if not (path.exists() or path.is_symlink()):
         return None
+    files.file_slot(path)
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+        doc = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise _foreign(path, exc.strerror or str(exc)) from None
+    except ValueError as exc:  # not UTF-8 or not JSON
+        raise _foreign(path, f"not JSON: {exc}" if path.stat().st_size else "empty") from None
+    if not isinstance(doc, dict):
+        raise _foreign(path, f"a JSON {type(doc).__name__}, not an object")
+    if not isinstance(doc.get("fingerprint"), str) or not isinstance(doc.get("methods"), dict):
+        raise _foreign(path, "no 'fingerprint' string or no 'methods' object")
+    for name in discard:
+        doc["methods"].pop(name, None)
+    for name, row in doc["methods"].items():
+        if name not in BY_NAME:
+            continue  # a method this version does not know: never read, kept as it is
+        why = _row_problem(name, row)
+        if why is not None:
+            raise files.OutputError(f"error: {path}: the entry of method {name!r} is malformed ({why}); "
+                                    f"add --fresh-method {name} to run it again (the other methods' results "
+                                    "are kept)")
+    return doc
+
+
+def _foreign(path: Path, why: str) -> files.OutputError:
+    return files.OutputError(f"error: {path} is not a results file of lowrank_ops.compare ({why}); move it "
+                             "aside (its finished methods then run again) or pass another --out")
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _row_problem(name: str, row) -> str | None:
+    """What is wrong with one method's entry (None: nothing), checked on the fields the table, the plot and
+    a resumed run read."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object"
+    status = row.get("status")
+    if status == "unavailable":
+        return None  # never reused: a later run asks the method again
+    if status != "finished":
+        return f"status {status!r}, expected 'finished' or 'unavailable'"
+    if row.get("method") != name:
+        return f"'method' is {row.get('method')!r}"
+    for key in ("val_loss", "val_ppl", "step_time_ms"):
+        if not _number(row.get(key)):
+            return f"{key!r} is not a number"
+    for key in ("est_gb_200M", "est_gb_1.3B"):
+        if row.get(key) is not None and not _number(row.get(key)):
+            return f"{key!r} is not a number"
+    memory = row.get("memory_bytes")
+    if not isinstance(memory, dict) or not all(_number(memory.get(k))
+                                               for k in ("weights", "optimizer_state", "total")):
+        return "'memory_bytes' is not an object of weights, optimizer_state and total"
+    curve = row.get("curve")
+    if (not isinstance(curve, dict) or not isinstance(curve.get("step"), list)
+            or not isinstance(curve.get("val_loss"), list) or len(curve["step"]) != len(curve["val_loss"])
+            or not all(_number(x) for x in curve["step"] + curve["val_loss"])):
+        return "'curve' is not an object of two number lists of one length, step and val_loss"
+    return None
 
 
 def write(out: Path, doc: dict) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / RESULTS
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=lambda x: None if isinstance(x, float) else str(x)) + "\n")
-    tmp.replace(path)
-    return path
+    """Writes results.json atomically (files.atomic_write)."""
+    text = json.dumps(doc, indent=2, default=lambda x: None if isinstance(x, float) else str(x)) + "\n"
+    return files.atomic_write(out / RESULTS, lambda f: f.write(text.encode()))
 
 
 def plot(out: Path, rows: list[dict], title: str) -> Path | None:
@@ -88,7 +148,7 @@ def plot(out: Path, rows: list[dict], title: str) -> Path | None:
         low, end = min(losses), max(r["curve"]["val_loss"][-1] for r in finished)
         ax.set_ylim(low - 0.05, max(end, low) + 0.6 * (max(end, low) - low + 0.2))
     fig.tight_layout()
-    path = out / PLOT
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    try:
+        return files.atomic_write(out / PLOT, lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        plt.close(fig)
