@@ -1,0 +1,126 @@
+"""The rules every op of torch.ops.lowrank_ops enforces in the op layer, read from its schema
+(lowrank_ops/_ops.py) and applied before any kernel runs, on every backend and whoever calls the op (a public
+function of lowrank_ops.ops, torch.ops.lowrank_ops.<op> directly, a compiled graph). A new op gets them by
+being defined (docs/DESIGN.md §4).
+
+Devices: every tensor argument (also inside a Tensor[] list) is on one device. The dispatcher picks one
+kernel for all arguments (a meta G beside a CPU W would run the fake kernel and silently do nothing).
+
+Mutated arguments, the ones the schema marks as written (`Tensor(a!) W`, `Tensor(a!)? delta`,
+`Tensor(a!)[] params`), follow torch's rules for in-place ops:
+- not under autograd: an op that writes a tensor records no gradient for it, so a tensor that requires grad
+  is refused while grad mode is on (torch raises for a leaf too; a non-leaf's history would silently stop
+  describing its values). Optimizers call the ops under torch.no_grad(), where this holds.
+- an inference tensor is written only inside torch.inference_mode(), as torch's in-place ops require;
+- no internal overlap: two elements of a written tensor may not share memory (an expanded, stride-0 W
+  would keep one row's update and drop the others): torch's own check, and for layouts it cannot decide a
+  sufficient stride test (strides sorted ascending, each larger than the span of the smaller ones);
+- no overlap with any other tensor argument, written or read (`exp_avg is exp_avg_sq`, G a view of W):
+  the kernels read and write their arguments in any order, so an alias gives garbage. Two tensors overlap
+  when their byte ranges [first element, last element] intersect, a conservative test: interleaved views
+  of one buffer (W[:, ::2] beside W[:, 1::2]) are refused as well; clone one of them.
+- the version counter of every written tensor is bumped (torch.autograd.graph.increment_version, what torch
+  does for the in-place ops of torch.library.custom_op), so autograd detects a saved tensor that the op
+  changed ("one of the variables needed for gradient computation has been modified by an inplace
+  operation") instead of computing a wrong gradient.
+
+Meta tensors have no memory: their overlap checks are skipped (their ops run the fake kernel anyway)."""
+
+import torch
+
+INTERNAL_OVERLAP_YES, INTERNAL_OVERLAP_TOO_HARD = 1, 2  # at::MemOverlap
+
+
+class Rules:
+    """What the schema of one op says: its argument names, which may hold tensors and which it writes."""
+
+    def __init__(self, op: str, schema: torch._C.FunctionSchema):
+        self.op = op
+        self.names = tuple(a.name for a in schema.arguments)
+        self.tensors = tuple(i for i, a in enumerate(schema.arguments) if "Tensor" in str(a.type))
+        self.mutated = tuple(i for i, a in enumerate(schema.arguments)
+                             if a.alias_info is not None and a.alias_info.is_write)
+
+    def _tensors(self, args, positions):
+        """(name, tensor) of the tensors at `positions` of args (list elements named name[i])."""
+        for i in positions:
+            value = args[i] if i < len(args) else None
+            if isinstance(value, torch.Tensor):
+                yield self.names[i], value
+            elif isinstance(value, (list, tuple)):
+                yield from ((f"{self.names[i]}[{j}]", t) for j, t in enumerate(value) if isinstance(t, torch.Tensor))
+
+    def check_devices(self, args) -> None:
+        """Every tensor argument on the device of the first one."""
+        first = None
+        for name, t in self._tensors(args, self.tensors):
+            if first is None:
+                first = (name, t.device)
+            elif t.device != first[1]:
+                raise ValueError(f"lowrank_ops.{self.op}: argument '{name}' must be on the device of "
+                                 f"'{first[0]}' ({first[1]}), got {t.device}")
+
+    def check_and_bump(self, args) -> None:
+        """The device rule, then the rules of the mutated arguments, then their version bumps."""
+        self.check_devices(args)
+        if not self.mutated:
+            return
+        written = list(self._tensors(args, self.mutated))
+        for name, t in written:
+            self._check_writable(name, t)
+        written_ids = {id(t) for _, t in written}
+        others = [(n, t) for n, t in self._tensors(args, self.tensors) if id(t) not in written_ids]
+        for k, (name, t) in enumerate(written):
+            for other_name, other in written[k + 1:] + others:
+                if _overlap(t, other):
+                    raise ValueError(f"lowrank_ops.{self.op}: argument '{name}' is written in place and shares "
+                                     f"memory with argument '{other_name}'; pass tensors that do not overlap "
+                                     "(clone one of them)")
+        torch.autograd.graph.increment_version([t for _, t in written])
+
+    def _check_writable(self, name: str, t: torch.Tensor) -> None:
+        where = f"lowrank_ops.{self.op}: argument '{name}'"
+        if t.is_inference() and not torch.is_inference_mode_enabled():
+            raise RuntimeError(f"{where} is an inference tensor, which the op would write in place outside "
+                               "torch.inference_mode() (torch refuses that for its in-place ops too); pass a "
+                               "clone, or call the op inside torch.inference_mode()")
+        if t.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(f"{where} requires grad, and the op writes it in place without recording a "
+                               "gradient (it is not differentiable); call it under torch.no_grad(), as "
+                               "optimizers do, or pass a tensor that does not require grad")
+        if _self_overlaps(t):
+            raise ValueError(f"{where} is written in place, but some of its elements share memory (an "
+                             f"expanded or overlapping view: shape {list(t.shape)}, strides {list(t.stride())}); "
+                             "pass a tensor whose elements do not overlap, e.g. its .clone()")
+
+
+def _self_overlaps(t: torch.Tensor) -> bool:
+    """Whether two elements of t may share memory."""
+    if t.device.type == "meta" or t.numel() <= 1:
+        return False
+    status = torch._debug_has_internal_overlap(t)
+    if status != INTERNAL_OVERLAP_TOO_HARD:
+        return status == INTERNAL_OVERLAP_YES
+    # Sufficient for no overlap: with the dims of size > 1 sorted by stride, each stride exceeds the largest
+    # offset the smaller-stride dims reach.
+    span = 0
+    for size, stride in sorted(((s, st) for s, st in zip(t.shape, t.stride()) if s > 1), key=lambda p: p[1]):
+        if stride <= span:
+            return True
+        span += (size - 1) * stride
+    return False
+
+
+def _byte_range(t: torch.Tensor) -> tuple[int, int]:
+    """[first, last] byte address t's elements occupy (non-empty t, non-negative strides)."""
+    first = t.data_ptr()
+    last = first + (sum((s - 1) * st for s, st in zip(t.shape, t.stride())) + 1) * t.element_size() - 1
+    return first, last
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a and b may share memory (same device; their byte ranges intersect)."""
+    if a.device != b.device or a.device.type == "meta" or not a.numel() or not b.numel():
+        return False
+    (a0, a1), (b0, b1) = _byte_range(a), _byte_range(b)
+    return a0 <= b1 and b0 <= a1
