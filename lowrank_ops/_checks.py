@@ -122,6 +122,18 @@ def on_device(op: str, arg: str, t: torch.Tensor, device: torch.device, whose: s
         raise error(op, arg, f"on {whose}'s device {device}", t.device)
 
 
+def device(op: str, arg: str, value):
+    """None (torch's default device) or a torch.device (a string like "cpu" or "cuda:0", or an index)."""
+    if value is None or isinstance(value, torch.device):
+        return value
+    if _is_bool(value) or not isinstance(value, (str, int)):
+        raise type_error(op, arg, "a torch.device, a device string or None", value)
+    try:
+        return torch.device(value)
+    except (RuntimeError, ValueError) as exc:
+        raise error(op, arg, "a torch.device, a device string or None", f"{value!r} ({exc})") from None
+
+
 def has_values(t: torch.Tensor) -> bool:
     """Whether a check may read t's values: not for meta tensors and not while torch.compile traces (both
     have shapes only; the op's fake kernel gives the result)."""

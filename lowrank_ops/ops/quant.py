@@ -26,12 +26,13 @@ rounded to X's dtype first, so the result is that of X @ dequantize(qw, X.dtype)
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, fields
 
 import torch
 
 from .. import _checks, backends
+
+FLOAT32_MAX = torch.finfo(torch.float32).max
 from ..spec import DEFAULT_GROUP_SIZE, DOUBLE_QUANT_GROUP
 from ..spec import QUANT_FORMATS as FORMATS
 
@@ -113,18 +114,12 @@ class QuantizedWeight:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _group_size(op: str, fmt: str, group_size) -> int:
+def _group_size(op: str, fmt: str, group_size, arg: str = "group_size") -> int:
     if group_size is None:
         return DEFAULT_GROUP_SIZE[fmt]
-    try:
-        group_size = operator.index(group_size)
-    except TypeError:
-        raise TypeError(f"lowrank_ops.{op}: argument 'group_size' must be an int or None, got "
-                        f"{type(group_size).__name__}") from None
-    if group_size < 1:
-        raise _checks.error(op, "group_size", ">= 1", group_size)
+    group_size = _checks.int_at_least(op, arg, group_size, 1)
     if fmt == "nf4" and group_size % 2:
-        raise _checks.error(op, "group_size", "even for format 'nf4' (two codes per byte never straddle blocks)",
+        raise _checks.error(op, arg, "even for format 'nf4' (two codes per byte never straddle blocks)",
                             group_size)
     return group_size
 
@@ -141,9 +136,13 @@ def _check_quantized(qw, op: str) -> QuantizedWeight:
         raise TypeError(f"lowrank_ops.{op}: argument 'qw' must be a QuantizedWeight (from lowrank_ops.ops.quantize), "
                         f"got {type(qw).__name__}")
     _checks.choice(op, "qw.format", qw.format, FORMATS)
-    if len(qw.shape) != 2 or min(qw.shape) < 1:
-        raise _checks.error(op, "qw.shape", "two positive ints [out, in]", list(qw.shape))
-    _group_size(op, qw.format, qw.group_size)
+    ok = isinstance(qw.shape, (tuple, list)) and len(qw.shape) == 2 and all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in qw.shape)
+    if not ok:
+        raise _checks.error(op, "qw.shape", "two positive ints [out, in]", repr(qw.shape))
+    if qw.group_size is None:
+        raise _checks.error(op, "qw.group_size", "an int", None)
+    _group_size(op, qw.format, qw.group_size, "qw.group_size")
     rows, cols = qw.shape
     numel = rows * cols
     if qw.format == "int8":
@@ -165,6 +164,18 @@ def _check_quantized(qw, op: str) -> QuantizedWeight:
     if len(devices) != 1:
         raise _checks.error(op, "qw", "tensors on one device", sorted(str(d) for d in devices))
     return qw
+
+
+def _check_encodable(op: str, W: torch.Tensor) -> None:
+    """W is encoded from its float32 values with float32 scales: every |w| must be a finite float32 (a float64
+    w beyond float32's range would give an infinite scale, and deq(W) NaN = 0 x inf). One reduction."""
+    if not _checks.has_values(W):
+        return
+    absmax = W.abs().amax()
+    if not bool(absmax <= FLOAT32_MAX):  # NaN compares False
+        bad = int((~(W.abs() <= FLOAT32_MAX)).sum())
+        raise _checks.error(op, "W", f"finite in float32, the dtype of the scales (|w| <= {FLOAT32_MAX:.7g})",
+                            f"a tensor with {bad} entries that are NaN, Inf or beyond float32's range")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -194,11 +205,12 @@ def quantize(W: torch.Tensor, format: str = "int8", group_size: int | None = Non
     op = "quantize"
     _checks.choice(op, "format", format, FORMATS)
     group_size = _group_size(op, format, group_size)
+    if not isinstance(double_quant, bool):
+        raise _checks.type_error(op, "double_quant", "a bool", double_quant)
     _checks.float_matrix(op, "W", W)
     if W.numel() == 0:
         raise _checks.error(op, "W", "a non-empty matrix", list(W.shape))
-    if not bool(torch.isfinite(W).all()):
-        raise _checks.error(op, "W", "finite (no inf or nan)", "a tensor with non-finite entries")
+    _check_encodable(op, W)
     codes, scales = _quantize_raw(W, format, group_size, backend)
     qw = QuantizedWeight(format=format, shape=tuple(W.shape), group_size=group_size, codes=codes, scales=scales)
     if not double_quant:
@@ -213,7 +225,7 @@ def dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float32, *, backe
     """deq(W) [out, in] in `dtype`: code value x scale in float32 (float64 for float64), rounded once."""
     op = "dequantize"
     _check_quantized(qw, op)
-    if dtype not in _checks.FLOAT_DTYPES:
+    if not isinstance(dtype, torch.dtype) or dtype not in _checks.FLOAT_DTYPES:
         raise _checks.error(op, "dtype", "float32, float64, float16 or bfloat16", dtype)
     return _dequantize_raw(qw.codes, qw.block_scales(backend), qw.format, qw.group_size, qw.shape, dtype, backend)
 
