@@ -68,8 +68,7 @@ class Rules:
         written = list(self._tensors(args, self.mutated))
         for name, t in written:
             self._check_writable(name, t)
-        written_ids = {id(t) for _, t in written}
-        others = [(n, t) for n, t in self._tensors(args, self.tensors) if id(t) not in written_ids]
+        others = list(self._tensors(args, [i for i in self.tensors if i not in self.mutated]))
         for k, (name, t) in enumerate(written):
             for other_name, other in written[k + 1:] + others:
                 if _overlap(t, other):
