@@ -43,7 +43,8 @@ def _kernel(op: str, default):
         *inputs, backend = _full_args(op, args)
         RULES[op].check_and_bump(inputs)
         chosen = default(op) if backend is None else backends.check(op, backend, inputs[0].device)
-        return table[chosen](*inputs)
+        with torch.no_grad():  # a kernel records no autograd history: an op's gradient is its registered formula
+            return table[chosen](*inputs)
 
     kernel.__name__ = f"{op}_kernel"
     return kernel
@@ -56,7 +57,8 @@ def _composite_kernel(op: str):
     def kernel(*args):
         *inputs, backend = _full_args(op, args)
         RULES[op].check_and_bump(inputs)
-        return implementation(*inputs, backends.check(op, backend, inputs[0].device))
+        with torch.no_grad():
+            return implementation(*inputs, backends.check(op, backend, inputs[0].device))
 
     kernel.__name__ = f"{op}_kernel"
     return kernel
