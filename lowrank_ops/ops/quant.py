@@ -72,13 +72,14 @@ class QuantizedWeight:
         """Bytes of every stored tensor."""
         return sum(t.numel() * t.element_size() for t in self._tensors().values())
 
-    def block_scales(self, backend=None) -> torch.Tensor:
-        """The float32 scales (absmax for nf4) the codes decode with; decoded first when double-quantized."""
+    def block_scales(self, backend=None, op: str = "dequantize") -> torch.Tensor:
+        """The float32 scales (absmax for nf4) the codes decode with, contiguous; decoded first when
+        double-quantized (`op`: the public function that asks, named in errors)."""
         if not self.double_quant:
-            return self.scales
+            return self.scales.contiguous()
         n = self.scales.shape[1]
-        decoded = _dequantize_raw(self.scales, self.scales_scale, "int8", DOUBLE_QUANT_GROUP, (1, n), torch.float32,
-                                  backend)
+        decoded = _dequantize_raw(op, self.scales, self.scales_scale, "int8", DOUBLE_QUANT_GROUP, (1, n),
+                                  torch.float32, backend)
         shape = (self.shape[0], -(-self.shape[1] // self.group_size)) if self.format == "int8" else (n, )
         return (decoded.view(-1) + self.scales_offset).view(shape)
 
@@ -102,6 +103,9 @@ class QuantizedWeight:
                  group_size=int(state["group_size"]), codes=state["codes"], scales=state["scales"],
                  scales_scale=state.get("scales_scale"), scales_offset=state.get("scales_offset"))
         _check_quantized(qw, "QuantizedWeight.from_state_dict")
+        for name, t in qw._tensors().items():
+            if t.is_floating_point():  # a corrupted file: deq(W) would be NaN/Inf
+                _checks.finite("QuantizedWeight.from_state_dict", f"state['{name}']", t)
         return qw
 
     def to(self, device) -> QuantizedWeight:
@@ -125,6 +129,8 @@ def _group_size(op: str, fmt: str, group_size, arg: str = "group_size") -> int:
 
 
 def _expect(op, name, t, dtype, shape):
+    if isinstance(t, torch.Tensor):
+        _checks.tensor(op, name, t)
     if not isinstance(t, torch.Tensor) or t.dtype != dtype or tuple(t.shape) != tuple(shape):
         got = f"{t.dtype} {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
         raise _checks.error(op, name, f"a {dtype} tensor of shape {list(shape)}", got)
@@ -183,14 +189,18 @@ def _check_encodable(op: str, W: torch.Tensor) -> None:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _quantize_raw(W, fmt, group_size, backend):
-    backend = backends.check("quantize_weight", backend, W.device)
+def _quantize_raw(op, W, fmt, group_size, backend):
+    """The op quantize_weight for the public function `op` (named in errors)."""
+    backend = backends.check(op, backend, W.device, "quantize_weight")
     return torch.ops.lowrank_ops.quantize_weight(W, fmt, group_size, backend)
 
 
-def _dequantize_raw(codes, scales, fmt, group_size, shape, dtype, backend):
-    backend = backends.check("dequantize_weight", backend, codes.device)
-    return torch.ops.lowrank_ops.dequantize_weight(codes, scales, fmt, group_size, *shape, dtype, backend)
+def _dequantize_raw(op, codes, scales, fmt, group_size, shape, dtype, backend):
+    """The op dequantize_weight for the public function `op` (named in errors). The kernels read codes and
+    scales as dense arrays: a non-contiguous one (a hand-made QuantizedWeight) is copied first."""
+    backend = backends.check(op, backend, codes.device, "dequantize_weight")
+    return torch.ops.lowrank_ops.dequantize_weight(codes.contiguous(), scales.contiguous(), fmt, group_size, *shape,
+                                                   dtype, backend)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -211,12 +221,12 @@ def quantize(W: torch.Tensor, format: str = "int8", group_size: int | None = Non
     if W.numel() == 0:
         raise _checks.error(op, "W", "a non-empty matrix", list(W.shape))
     _check_encodable(op, W)
-    codes, scales = _quantize_raw(W, format, group_size, backend)
+    codes, scales = _quantize_raw(op, W, format, group_size, backend)
     qw = QuantizedWeight(format=format, shape=tuple(W.shape), group_size=group_size, codes=codes, scales=scales)
     if not double_quant:
         return qw
     offset = scales.mean()
-    scale_codes, scale_scales = _quantize_raw((scales - offset).view(1, -1), "int8", DOUBLE_QUANT_GROUP, backend)
+    scale_codes, scale_scales = _quantize_raw(op, (scales - offset).view(1, -1), "int8", DOUBLE_QUANT_GROUP, backend)
     qw.scales, qw.scales_scale, qw.scales_offset = scale_codes, scale_scales, offset
     return qw
 
@@ -227,7 +237,8 @@ def dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float32, *, backe
     _check_quantized(qw, op)
     if not isinstance(dtype, torch.dtype) or dtype not in _checks.FLOAT_DTYPES:
         raise _checks.error(op, "dtype", "float32, float64, float16 or bfloat16", dtype)
-    return _dequantize_raw(qw.codes, qw.block_scales(backend), qw.format, qw.group_size, qw.shape, dtype, backend)
+    return _dequantize_raw(op, qw.codes, qw.block_scales(backend, op), qw.format, qw.group_size, qw.shape, dtype,
+                           backend)
 
 
 def dequant_matmul(X: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None = None, *,
@@ -236,22 +247,22 @@ def dequant_matmul(X: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | No
     in X and bias (dX = dY deq(W), tile-wise as well)."""
     op = "dequant_matmul"
     _check_quantized(qw, op)
-    if not isinstance(X, torch.Tensor) or X.dtype not in _checks.FLOAT_DTYPES:
-        got = X.dtype if isinstance(X, torch.Tensor) else type(X).__name__
-        raise _checks.error(op, "X", "a float32, float64, float16 or bfloat16 tensor", got)
+    _checks.tensor(op, "X", X)
+    if X.dtype not in _checks.FLOAT_DTYPES:
+        raise _checks.error(op, "X", "a float32, float64, float16 or bfloat16 tensor", X.dtype)
     rows, cols = qw.shape
     if X.dim() < 1 or X.shape[-1] != cols:
         raise _checks.error(op, "X", f"a tensor [..., {cols}] (in_features of qw)", list(X.shape))
     if X.device != qw.device:
         raise _checks.error(op, "X", f"on the device of qw ({qw.device})", X.device)
-    if bias is not None and not (isinstance(bias, torch.Tensor) and tuple(bias.shape) == (rows, )
-                                 and bias.dtype == X.dtype and bias.device == X.device):
-        got = (f"{bias.dtype} {list(bias.shape)} on {bias.device}" if isinstance(bias, torch.Tensor) else
-               type(bias).__name__)
-        raise _checks.error(op, "bias", f"a {X.dtype} tensor of shape [{rows}] on {X.device}", got)
+    if bias is not None:
+        _checks.tensor(op, "bias", bias)
+        if not (tuple(bias.shape) == (rows, ) and bias.dtype == X.dtype and bias.device == X.device):
+            raise _checks.error(op, "bias", f"a tensor of shape [{rows}] with the dtype and device of X ({X.dtype} on "
+                                f"{X.device})", f"{bias.dtype} {list(bias.shape)} on {bias.device}")
     lead = X.shape[:-1]
     X2 = X.reshape(-1, cols)
     backend = backends.check(op, backend, X.device)
-    scales = qw.block_scales(backend)
-    Y = torch.ops.lowrank_ops.dequant_matmul(X2, qw.codes, scales, qw.format, qw.group_size, rows, cols, bias, backend)
+    scales = qw.block_scales(backend, op)
+    Y = torch.ops.lowrank_ops.dequant_matmul(X2, qw.codes.contiguous(), scales, qw.format, qw.group_size, rows, cols, bias, backend)
     return Y.reshape(*lead, rows)
