@@ -40,11 +40,11 @@ def integer(op: str, arg: str, value, expected: str = "an int") -> int:
         raise type_error(op, arg, expected, value) from None
 
 
-def seed_to_int64(op: str, seed) -> int:
+def seed_to_int64(op: str, seed, arg: str = "seed") -> int:
     """A uint64 seed in [0, 2^64), returned as the int64 with the same bits (the ops' schema type)."""
-    value = integer(op, "seed", seed, "an int in [0, 2^64)")
+    value = integer(op, arg, seed, "an int in [0, 2^64)")
     if not 0 <= value < UINT64_RANGE:
-        raise error(op, "seed", "an int in [0, 2^64)", value)
+        raise error(op, arg, "an int in [0, 2^64)", value)
     return value - UINT64_RANGE if value >= 2**63 else value
 
 

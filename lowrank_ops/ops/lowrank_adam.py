@@ -9,7 +9,7 @@ GEMM's epilogue, so no m x n temporary is formed.
 import torch
 
 from .. import _checks, backends
-from ..spec import DCT_MAX_DIM, SEEDED_KINDS, WD_MODES
+from ..spec import DCT_MAX_DIM, INDEX_DTYPES, SEEDED_KINDS, WD_MODES
 from .projection import Projection, SideOperator
 
 OP = "lowrank_adamw_step_"
@@ -67,7 +67,7 @@ def _check(W, G, exp_avg, exp_avg_sq, projection, step, wd_mode, delta, **hyperp
             continue
         _checks.integer(OP, f"projection.{side}.rank", op.rank)
         if op.kind in SEEDED_KINDS:
-            _checks.seed_to_int64(OP, op.seed)
+            _checks.seed_to_int64(OP, op.seed, f"projection.{side}.seed")
         if op.kind == "matrix":
             name = f"projection.{side}.matrix"
             _checks.float_matrix(OP, name, op.matrix)
@@ -75,9 +75,14 @@ def _check(W, G, exp_avg, exp_avg_sq, projection, step, wd_mode, delta, **hyperp
                 raise _checks.error(OP, name, f"of shape [{op.rank}, {dim}]", list(op.matrix.shape))
             _checks.on_device(OP, name, op.matrix, W.device, "W")
         if op.kind == "dct":
+            name = f"projection.{side}.indices"
             if dim > DCT_MAX_DIM:
                 raise _checks.error(OP, "W", f"at most {DCT_MAX_DIM} along a 'dct' side", list(W.shape))
-            _check_dct_indices(f"projection.{side}.indices", op.indices, dim, W.device)
+            _checks.tensor(OP, name, op.indices)
+            if op.indices.dtype not in INDEX_DTYPES or tuple(op.indices.shape) != (op.rank, ):
+                raise _checks.error(OP, name, f"a 1-D int16, int32 or int64 tensor of length {op.rank} (the rank)",
+                                    f"{op.indices.dtype} of shape {list(op.indices.shape)}")
+            _check_dct_indices(name, op.indices, dim, W.device)
     if W.numel() == 0:
         raise _checks.error(OP, "W", "a non-empty matrix", list(W.shape))
     state_dtypes = (torch.float32, torch.float64) if W.dtype == torch.float64 else (torch.float32,)
@@ -88,7 +93,7 @@ def _check(W, G, exp_avg, exp_avg_sq, projection, step, wd_mode, delta, **hyperp
             raise _checks.error(OP, name, f"a float32 tensor of the projected shape {list(shape)}",
                                 (list(state.shape), state.dtype))
         _checks.on_device(OP, name, state, W.device, "W")
-    _checks.int_at_least(OP, "step", step, 1)  # the step count after increment
+    _checks.int_in_range(OP, "step", step, 1, 2**63 - 1)  # the step count after increment (an int64)
     for name, (domain, inside) in domains.items():
         _checks.real(OP, name, hyperparameters[name], domain, inside)
     _checks.choice(OP, "wd_mode", wd_mode, WD_MODES)
