@@ -12,9 +12,9 @@ best aligned with the gradient G form the projection P = D[idx, :]; only idx is 
                                 lower index; it selects on the scores dct_scores returns on that backend.
   dct_basis(dim, indices)       the rows D[indices, :] (for tests, and for users who want P itself).
 The ops are not differentiable (selection is piecewise constant; nothing downstream differentiates the
-scores). NaN/Inf in G: dct_scores returns NaN/Inf scores for the basis rows they reach (every row, for
-side "left", whose product with G's affected column is not finite); dct_topk refuses G with a NaN/Inf entry
-(ValueError), since a selection among non-finite scores means nothing.
+scores). NaN/Inf in G: dct_scores returns non-finite scores (NaN or Inf, depending on the backend's order of
+summation), every score, since each basis row meets every entry of G; dct_topk refuses G with a NaN/Inf
+entry (ValueError), since a selection among non-finite scores means nothing.
 
 Backends: "cpu" computes in float64 and rounds the scores once (so its float32 scores are the float64
 reference's, rounded), by an FFT for d > 64 and a GEMM on generated basis tiles below (csrc/cpu/dct.cpp

@@ -32,7 +32,12 @@ import torch
 
 from .. import _checks, backends
 
-FLOAT32_MAX = torch.finfo(torch.float32).max
+# The largest |w| quantize takes: half of float32's largest value. W is encoded from its float32 values with
+# float32 scales; beyond float32's range the scale is infinite and deq(W) = 0 x inf = NaN. The factor 1/2 is
+# the margin for rounding on the way back: an int8 scale s = fl(absmax / 127) may round up, so 127 s can
+# exceed absmax by a relative 2^-24, and a double-quantized scale is off by up to 1/254 of the largest
+# scale (half an int8 step of the scales' spread); either would overflow a float32 deq(W) near the top.
+ENCODABLE_MAX = torch.finfo(torch.float32).max / 2
 from ..spec import DEFAULT_GROUP_SIZE, DOUBLE_QUANT_GROUP
 from ..spec import QUANT_FORMATS as FORMATS
 
@@ -173,15 +178,15 @@ def _check_quantized(qw, op: str) -> QuantizedWeight:
 
 
 def _check_encodable(op: str, W: torch.Tensor) -> None:
-    """W is encoded from its float32 values with float32 scales: every |w| must be a finite float32 (a float64
-    w beyond float32's range would give an infinite scale, and deq(W) NaN = 0 x inf). One reduction."""
+    """Every |w| <= ENCODABLE_MAX, so that the float32 scales and deq(W) in float32 are finite (no NaN or
+    Inf in W either). One reduction."""
     if not _checks.has_values(W):
         return
-    absmax = W.abs().amax()
-    if not bool(absmax <= FLOAT32_MAX):  # NaN compares False
-        bad = int((~(W.abs() <= FLOAT32_MAX)).sum())
-        raise _checks.error(op, "W", f"finite in float32, the dtype of the scales (|w| <= {FLOAT32_MAX:.7g})",
-                            f"a tensor with {bad} entries that are NaN, Inf or beyond float32's range")
+    if not bool(W.abs().amax() <= ENCODABLE_MAX):  # NaN compares False
+        bad = int((~(W.abs() <= ENCODABLE_MAX)).sum())
+        raise _checks.error(op, "W", f"finite in float32, the dtype of the scales, with |w| <= {ENCODABLE_MAX:.7g} "
+                            "(half of float32's largest value, so that decoded values cannot overflow)",
+                            f"a tensor with {bad} entries that are NaN, Inf or larger")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -225,7 +230,7 @@ def quantize(W: torch.Tensor, format: str = "int8", group_size: int | None = Non
     qw = QuantizedWeight(format=format, shape=tuple(W.shape), group_size=group_size, codes=codes, scales=scales)
     if not double_quant:
         return qw
-    offset = scales.mean()
+    offset = scales.double().mean().float()  # a float32 sum of large scales would overflow (offset inf, deq NaN)
     scale_codes, scale_scales = _quantize_raw(op, (scales - offset).view(1, -1), "int8", DOUBLE_QUANT_GROUP, backend)
     qw.scales, qw.scales_scale, qw.scales_offset = scale_codes, scale_scales, offset
     return qw
