@@ -216,7 +216,8 @@ def _dequantize_raw(op, codes, scales, fmt, group_size, shape, dtype, backend):
 def quantize(W: torch.Tensor, format: str = "int8", group_size: int | None = None, double_quant: bool = False, *,
              backend=None) -> QuantizedWeight:
     """W [out, in] (float32, float64, float16 or bfloat16; encoded from its float32 values) -> QuantizedWeight.
-    group_size defaults to 256 for "int8" and 64 for "nf4" (even for nf4)."""
+    group_size defaults to 256 for "int8" and 64 for "nf4" (even for nf4). Every |w| must be finite and at most
+    half of float32's largest value (ENCODABLE_MAX): the result then always decodes to finite values."""
     op = "quantize"
     _checks.choice(op, "format", format, FORMATS)
     group_size = _group_size(op, format, group_size)
@@ -249,7 +250,7 @@ def dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float32, *, backe
 def dequant_matmul(X: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None = None, *,
                    backend=None) -> torch.Tensor:
     """X [..., in] deq(W)^T (+ bias) -> [..., out] in X's dtype, without materializing deq(W). Differentiable
-    in X and bias (dX = dY deq(W), tile-wise as well)."""
+    in X and bias (dX = dY deq(W), tile-wise as well). NaN/Inf in X propagate to their rows of the result."""
     op = "dequant_matmul"
     _check_quantized(qw, op)
     _checks.tensor(op, "X", X)

@@ -72,7 +72,8 @@ def sketch_project(G: torch.Tensor, seed: int, rank: int, kind: str = "rademache
                    out_dtype: torch.dtype | None = None, backend=None) -> torch.Tensor:
     """P G (side "left", d = G.shape[0], result r x n) or G P^T (side "right", d = G.shape[1], result
     m x r) for the seeded sketch P (r x d), without materializing P. Accumulates in float32 (float64 for
-    float64 G); the result has `out_dtype` (default G's dtype). Differentiable in G."""
+    float64 G); the result has `out_dtype` (default G's dtype). Differentiable in G. NaN/Inf in G propagate to
+    the result entries that sum over them (docs/DESIGN.md §4)."""
     return _sketch_product("sketch_project", "G", G, seed, "rank", rank, kind, side, out_dtype, backend,
                            "non-empty along the projected dimension")
 
@@ -80,6 +81,7 @@ def sketch_project(G: torch.Tensor, seed: int, rank: int, kind: str = "rademache
 def sketch_unproject(R: torch.Tensor, seed: int, dim: int, kind: str = "rademacher", side: str = "left", *,
                      out_dtype: torch.dtype | None = None, backend=None) -> torch.Tensor:
     """P^T R (side "left", R r x n, result dim x n) or R P (side "right", R m x r, result m x dim) for the
-    seeded sketch P (r x dim), without materializing P. Differentiable in R."""
+    seeded sketch P (r x dim), without materializing P. Differentiable in R. NaN/Inf in R propagate like
+    sketch_project's."""
     return _sketch_product("sketch_unproject", "R", R, seed, "dim", dim, kind, side, out_dtype, backend,
                            "at least one row of the rank dimension")
