@@ -38,43 +38,47 @@ class Rules:
         self.op = op
         self.names = tuple(a.name for a in schema.arguments)
         self.tensors = tuple(i for i, a in enumerate(schema.arguments) if "Tensor" in str(a.type))
-        self.mutated = tuple(i for i, a in enumerate(schema.arguments)
-                             if a.alias_info is not None and a.alias_info.is_write)
+        self.mutated = frozenset(i for i, a in enumerate(schema.arguments)
+                                 if a.alias_info is not None and a.alias_info.is_write)
 
-    def _tensors(self, args, positions):
-        """(name, tensor) of the tensors at `positions` of args (list elements named name[i])."""
-        for i in positions:
+    def _tensors(self, args):
+        """(name, tensor, written) of every tensor argument (list elements named name[i])."""
+        for i in self.tensors:
             value = args[i] if i < len(args) else None
             if isinstance(value, torch.Tensor):
-                yield self.names[i], value
+                yield self.names[i], value, i in self.mutated
             elif isinstance(value, (list, tuple)):
-                yield from ((f"{self.names[i]}[{j}]", t) for j, t in enumerate(value) if isinstance(t, torch.Tensor))
+                yield from ((f"{self.names[i]}[{j}]", t, i in self.mutated)
+                            for j, t in enumerate(value) if isinstance(t, torch.Tensor))
 
-    def check_devices(self, args) -> None:
-        """Every tensor argument on the device of the first one."""
-        first = None
-        for name, t in self._tensors(args, self.tensors):
-            if first is None:
-                first = (name, t.device)
-            elif t.device != first[1]:
-                raise ValueError(f"lowrank_ops.{self.op}: argument '{name}' must be on the device of "
-                                 f"'{first[0]}' ({first[1]}), got {t.device}")
+    def check_devices(self, args) -> list:
+        """Every tensor argument on the device of the first one; returns _tensors(args) as a list."""
+        found = list(self._tensors(args))
+        if found:
+            first, device = found[0][0], found[0][1].device
+            for name, t, _ in found[1:]:
+                if t.device != device:
+                    raise ValueError(f"lowrank_ops.{self.op}: argument '{name}' must be on the device of "
+                                     f"'{first}' ({device}), got {t.device}")
+        return found
 
     def check_and_bump(self, args) -> None:
-        """The device rule, then the rules of the mutated arguments, then their version bumps."""
-        self.check_devices(args)
+        """The device rule, then the rules of the written arguments, then their version bumps."""
+        found = self.check_devices(args)
         if not self.mutated:
             return
-        written = list(self._tensors(args, self.mutated))
+        written = [(name, t) for name, t, w in found if w]
         for name, t in written:
             self._check_writable(name, t)
-        others = list(self._tensors(args, [i for i in self.tensors if i not in self.mutated]))
-        for k, (name, t) in enumerate(written):
-            for other_name, other in written[k + 1:] + others:
-                if _overlap(t, other):
-                    raise ValueError(f"lowrank_ops.{self.op}: argument '{name}' is written in place and shares "
-                                     f"memory with argument '{other_name}'; pass tensors that do not overlap "
-                                     "(clone one of them)")
+        if written and written[0][1].device.type != "meta":  # meta tensors have no memory
+            ranges = [(name, _byte_range(t), w) for name, t, w in found if t.numel()]
+            for k, (name, (a0, a1), w) in enumerate(ranges):
+                for other, (b0, b1), other_written in ranges[k + 1:]:
+                    if (w or other_written) and a0 <= b1 and b0 <= a1:
+                        where = (name, other) if w else (other, name)
+                        raise ValueError(f"lowrank_ops.{self.op}: argument '{where[0]}' is written in place and "
+                                         f"shares memory with argument '{where[1]}'; pass tensors that do not "
+                                         "overlap (clone one of them)")
         torch.autograd.graph.increment_version([t for _, t in written])
 
     def _check_writable(self, name: str, t: torch.Tensor) -> None:
@@ -113,13 +117,6 @@ def _self_overlaps(t: torch.Tensor) -> bool:
 def _byte_range(t: torch.Tensor) -> tuple[int, int]:
     """[first, last] byte address t's elements occupy (non-empty t, non-negative strides)."""
     first = t.data_ptr()
-    last = first + (sum((s - 1) * st for s, st in zip(t.shape, t.stride())) + 1) * t.element_size() - 1
-    return first, last
-
-
-def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether a and b may share memory (same device; their byte ranges intersect)."""
-    if a.device != b.device or a.device.type == "meta" or not a.numel() or not b.numel():
-        return False
-    (a0, a1), (b0, b1) = _byte_range(a), _byte_range(b)
-    return a0 <= b1 and b0 <= a1
+    if t.is_contiguous():
+        return first, first + t.numel() * t.element_size() - 1
+    return first, first + (sum((s - 1) * st for s, st in zip(t.shape, t.stride())) + 1) * t.element_size() - 1
