@@ -147,25 +147,54 @@ def test_the_rules_come_from_the_schemas_and_cover_direct_calls():
 # --------------------------------------------------------------------------------------------------------
 
 
+def assert_shared(call, *names):
+    with pytest.raises(ValueError) as info:
+        call()
+    message = str(info.value)
+    assert "lowrank_ops.lowrank_adamw_step_: arguments" in message and "share memory and one of them is written in " \
+        "place" in message and all(f"'{n}'" in message for n in names), message
+
+
 @pytest.mark.parametrize("backend", backends("lowrank_adamw_step_"))
 def test_aliases_and_overlaps_are_refused(backend):
     W = torch.randn(9, 7)
     m = torch.zeros(3, 7)
-    cases = [
-        (lambda: step(torch.randn(1, 7).expand(9, 7), backend=backend), "argument 'W' is written in place, but some"),
-        (lambda: step(W, m=m, v=m, backend=backend), "argument 'exp_avg' is written in place and shares memory with "
-                                                     "argument 'exp_avg_sq'"),
-        (lambda: step(W, G=W[:], backend=backend), "argument 'W' is written in place and shares memory with argument 'G'"),
-        (lambda: step(W, m=m, delta=m, wd_mode="adapter", backend=backend), "shares memory with argument 'delta'"),
-        (lambda: step(torch.zeros(63).as_strided((9, 7), (1, 1)), backend=backend), "some of its elements share memory"),
-    ]
+    for W_bad in (torch.randn(1, 7).expand(9, 7), torch.zeros(63).as_strided((9, 7), (1, 1))):
+        assert_clear_error(lambda W_bad=W_bad: step(W_bad, backend=backend), ValueError,
+                           "argument 'W' is written in place, but some of its elements share memory")
+    assert_shared(lambda: step(W, m=m, v=m, backend=backend), "exp_avg", "exp_avg_sq")
+    assert_shared(lambda: step(W, G=W[:], backend=backend), "W", "G")
+    assert_shared(lambda: step(W, m=m, delta=m, wd_mode="adapter", backend=backend), "exp_avg", "delta")
     buffer = torch.zeros(2 * 21 - 1)  # exp_avg and exp_avg_sq overlapping by one element
-    cases.append((lambda: step(W, m=buffer[:21].view(3, 7), v=buffer[20:].view(3, 7), backend=backend),
-                  "argument 'exp_avg' is written in place and shares memory with argument 'exp_avg_sq'"))
-    for call, message in cases:
-        assert_clear_error(call, ValueError, message)
+    assert_shared(lambda: step(W, m=buffer[:21].view(3, 7), v=buffer[20:].view(3, 7), backend=backend),
+                  "exp_avg", "exp_avg_sq")
     flat = torch.zeros(2 * 21)  # disjoint views of one buffer are fine (an optimizer's flat state)
     step(W, m=flat[:21].view(3, 7), v=flat[21:].view(3, 7), backend=backend)
+    G = torch.randn(9, 9)
+    matrix = Projection.from_matrix(G[:3], "left")  # reads may share memory with reads
+    step(torch.randn(9, 9), G=G, projection=matrix, backend=backend)
+
+
+def test_overlap_sweep_against_all_pairs():
+    """The O(k log k) sweep finds exactly the pairs an all-pairs test finds (written with anything)."""
+    from lowrank_ops._guard import Rules
+    rules = Rules("lowrank_adamw_step_", LIB.lowrank_adamw_step_.default._schema)
+    g = torch.Generator().manual_seed(0)
+    buffer = torch.zeros(64)
+    for _ in range(300):
+        found = []
+        for k in range(5):
+            start, length = (int(x) for x in torch.randint(0, 32, (2, ), generator=g))
+            found.append((f"t{k}", buffer[start:start + length], bool(torch.randint(0, 2, (), generator=g))))
+        spans = [(n, t.data_ptr(), t.data_ptr() + t.numel() * 4 - 1, w) for n, t, w in found if t.numel()]
+        expected = any((wa or wb) and a0 <= b1 and b0 <= a1 for i, (_, a0, a1, wa) in enumerate(spans)
+                       for (_, b0, b1, wb) in spans[i + 1:])
+        try:
+            rules._check_no_overlap(found)
+            got = False
+        except ValueError:
+            got = True
+        assert got == expected, found
 
 
 @pytest.mark.parametrize("backend", backends("lowrank_adamw_step_"))
