@@ -29,8 +29,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -535,7 +535,7 @@ def _call(spec: Spec, problem: Problem, changes, backend):
         result = getattr(ops, spec.name)(**kw)
     except ERRORS as exc:
         return ("error", exc)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (any other exception is what the suite reports as unclear)
         return ("unclear", exc)
     outputs = [_as_tensor(x) for x in spec.outputs(result, kw)]
     low = any(t.dtype in (torch.float16, torch.bfloat16) for t in tensors + outputs if isinstance(t, torch.Tensor))
@@ -649,11 +649,10 @@ def single_cases(spec: Spec, problem: Problem):
 
 
 def _all_meta(kw, name):
+    """Every tensor (also those of a QuantizedWeight) and the device argument on the meta device."""
     moved = False
     for k, v in kw.items():
-        if isinstance(v, torch.Tensor):
-            kw[k], moved = v.to("meta"), True
-        elif isinstance(v, (QuantizedWeight,)):
+        if isinstance(v, (torch.Tensor, QuantizedWeight)):
             kw[k], moved = v.to("meta"), True
         elif k == "device":
             kw[k], moved = "meta", True
@@ -733,8 +732,8 @@ def run_in_subprocess(family: str, examples: int, with_triton: bool, timeout: fl
         except subprocess.TimeoutExpired:
             return {"counts": {}, "failures": [f"{family}: hung past {timeout} s at case: {progress.read_text()}"]}
         if proc.returncode != 0:
-            return {"counts": {}, "failures": [f"{family}: the worker died (exit {proc.returncode}) at case: "
-                                               f"{progress.read_text()}\n{proc.stderr[-3000:]}"]}
+            died = f"{family}: the worker died (exit {proc.returncode}) at case: {progress.read_text()}\n"
+            return {"counts": {}, "failures": [died + proc.stderr[-3000:]]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -66,7 +66,7 @@ def test_read_only_numpy_arrays_are_refused_before_any_write(tmp_path):
         except ValueError as e:
             print("refused" if "argument 'exp_avg' is written in place" in str(e) else e)
     """)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["refused"] * 4, result.stdout
 
