@@ -69,7 +69,7 @@ def int_in_range(op: str, arg: str, value, low: int, high: int) -> int:
     """An int in [low, high]."""
     value = integer(op, arg, value)
     if not low <= value <= high:
-        raise error(op, arg, f"an int in [{low}, {high}]", value)
+        raise error(op, arg, f"in [{low}, {high}]", value)
     return value
 
 
@@ -77,18 +77,20 @@ def real(op: str, arg: str, value, domain: str = "finite", inside=lambda x: True
     """`value` as a finite Python float for which inside(value) holds (`domain` says which, for the message).
     A bool, a string or a non-number is a TypeError; NaN, Inf or a value outside the domain a ValueError."""
     if _is_bool(value) or isinstance(value, (str, bytes)):
-        raise type_error(op, arg, f"a real number {domain}", value)
+        raise type_error(op, arg, f"a number {domain}", value)
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or value.is_complex():
-            raise error(op, arg, f"a real number {domain}", f"a tensor of shape {list(value.shape)}, {value.dtype}")
+            raise error(op, arg, f"a number {domain}", f"a tensor of shape {list(value.shape)}, {value.dtype}")
         if value.device.type == "meta":
-            raise error(op, arg, f"a real number {domain}", "a meta tensor (it has no value)")
+            raise error(op, arg, f"a number {domain}", "a meta tensor (it has no value)")
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise type_error(op, arg, f"a real number {domain}", value) from None
-    if not math.isfinite(number) or not inside(number):
-        raise error(op, arg, f"a real number {domain}", repr(value))
+        raise type_error(op, arg, f"a number {domain}", value) from None
+    if not math.isfinite(number):
+        raise error(op, arg, f"a finite number {domain}", repr(value))
+    if not inside(number):
+        raise error(op, arg, f"a number {domain}", repr(value))
     return number
 
 
@@ -144,7 +146,7 @@ def finite(op: str, arg: str, t: torch.Tensor) -> None:
     """No NaN or Inf in t (one reduction; a device sync on CUDA). Skipped where t has no values."""
     if has_values(t) and t.numel() and not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t)).sum())
-        raise error(op, arg, "finite (no NaN or Inf)", f"a tensor with {bad} NaN/Inf entries")
+        raise error(op, arg, "finite", f"a tensor with {bad} NaN/Inf entries")
 
 
 def index_range(op: str, indices: torch.Tensor, dim: int) -> None:

@@ -266,7 +266,7 @@ BOOL_CASES = [
     (lambda: ops.dct_topk(G8, True, "left"), "'rank' must be an int (not a bool)"),
     (lambda: ops.range_finder(G8, True), "'rank' must be an int (not a bool)"),
     (lambda: ops.range_finder(G8, 2, power_iters=False), "'power_iters' must be an int (not a bool)"),
-    (lambda: ops.adaptive_rank(G8, True, 3), "'energy' must be a real number in (0, 1), got bool"),
+    (lambda: ops.adaptive_rank(G8, True, 3), "'energy' must be a number in (0, 1), got bool"),
     (lambda: step(torch.randn(9, 7), step=True), "'step' must be an int (not a bool)"),
     (lambda: step(torch.randn(9, 7), projection=Projection.seeded("gaussian", True, 3, "left")),
      "'projection.left.seed' must be an int in [0, 2^64) (not a bool)"),
@@ -280,17 +280,17 @@ def test_bools_are_not_ints(call, message):
 
 @pytest.mark.parametrize("backend", backends("lowrank_adamw_step_"))
 @pytest.mark.parametrize("change,error,message", [
-    ({"beta1": 1.0}, ValueError, "'beta1' must be a real number in [0, 1), got 1.0"),
-    ({"beta2": -0.1}, ValueError, "'beta2' must be a real number in [0, 1), got -0.1"),
-    ({"lr": float("nan")}, ValueError, "'lr' must be a real number >= 0, got nan"),
-    ({"lr": -1e-3}, ValueError, "'lr' must be a real number >= 0"),
-    ({"lr": "0.01"}, TypeError, "'lr' must be a real number >= 0, got str"),
-    ({"eps": 0.0}, ValueError, "'eps' must be a real number > 0, got 0.0"),
-    ({"weight_decay": float("inf")}, ValueError, "'weight_decay' must be a real number >= 0, got inf"),
-    ({"scale": float("-inf")}, ValueError, "'scale' must be a real number >= 0"),
+    ({"beta1": 1.0}, ValueError, "'beta1' must be a number in [0, 1), got 1.0"),
+    ({"beta2": -0.1}, ValueError, "'beta2' must be a number in [0, 1), got -0.1"),
+    ({"lr": float("nan")}, ValueError, "'lr' must be a finite number >= 0, got nan"),
+    ({"lr": -1e-3}, ValueError, "'lr' must be a number >= 0"),
+    ({"lr": "0.01"}, TypeError, "'lr' must be a number >= 0, got str"),
+    ({"eps": 0.0}, ValueError, "'eps' must be a number > 0, got 0.0"),
+    ({"weight_decay": float("inf")}, ValueError, "'weight_decay' must be a finite number >= 0, got inf"),
+    ({"scale": float("-inf")}, ValueError, "'scale' must be a finite number >= 0"),
     ({"step": 1.5}, TypeError, "'step' must be an int, got float"),
-    ({"step": 0}, ValueError, "'step' must be an int in [1, 9223372036854775807], got 0"),
-    ({"step": 2**64}, ValueError, "'step' must be an int in [1, 9223372036854775807]"),
+    ({"step": 0}, ValueError, "'step' must be >= 1, got 0"),
+    ({"step": 2**64}, ValueError, "'step' must be < 2^63, got 18446744073709551616"),
 ])
 def test_fused_step_hyperparameters(backend, change, error, message):
     W = torch.randn(9, 7)
@@ -322,7 +322,7 @@ def test_dct_topk_refuses_non_finite_gradients(backend, bad):
     G = torch.randn(8, 5)
     G[2, 3] = bad
     assert_clear_error(lambda: ops.dct_topk(G, 2, "left", backend=backend), ValueError,
-                       "lowrank_ops.dct_topk: argument 'G' must be finite (no NaN or Inf), got a tensor with 1 NaN/Inf")
+                       "lowrank_ops.dct_topk: argument 'G' must be finite, got a tensor with 1 NaN/Inf entries")
 
 
 @pytest.mark.parametrize("backend", backends("dct_scores"))
@@ -339,7 +339,7 @@ def test_adaptive_rank_names_itself_for_non_finite_gradients():
     G = torch.randn(8, 5)
     G[0, 0] = float("inf")
     assert_clear_error(lambda: ops.adaptive_rank(G, 0.5, 3), ValueError,
-                       "lowrank_ops.adaptive_rank: argument 'G' must be finite (no NaN or Inf)")
+                       "lowrank_ops.adaptive_rank: argument 'G' must be finite, got")
 
 
 def test_meta_tensors_give_fake_results():

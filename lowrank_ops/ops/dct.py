@@ -76,7 +76,9 @@ def dct_basis(dim: int, indices, dtype: torch.dtype = torch.float32, device=None
     float64 for float64). `indices`: a 1-D int16/int32/int64 tensor or a sequence of ints, each in
     [0, dim); `device`: default the tensor's device (torch's default device for a sequence)."""
     op = "dct_basis"
-    dim = _checks.int_in_range(op, "dim", dim, 1, DCT_MAX_DIM)
+    dim = _checks.positive_int(op, "dim", dim)
+    if dim > DCT_MAX_DIM:
+        raise _checks.error(op, "dim", f"<= {DCT_MAX_DIM}", dim)
     device = _checks.device(op, "device", device)
     indices = _index_tensor(op, indices, device)
     _checks.tensor(op, "indices", indices)

@@ -93,7 +93,8 @@ def _check(W, G, exp_avg, exp_avg_sq, projection, step, wd_mode, delta, **hyperp
             raise _checks.error(OP, name, f"a float32 tensor of the projected shape {list(shape)}",
                                 (list(state.shape), state.dtype))
         _checks.on_device(OP, name, state, W.device, "W")
-    _checks.int_in_range(OP, "step", step, 1, 2**63 - 1)  # the step count after increment (an int64)
+    if _checks.int_at_least(OP, "step", step, 1) >= 2**63:  # the step count after increment, an int64
+        raise _checks.error(OP, "step", "< 2^63", step)
     for name, (domain, inside) in domains.items():
         _checks.real(OP, name, hyperparameters[name], domain, inside)
     _checks.choice(OP, "wd_mode", wd_mode, WD_MODES)

@@ -264,8 +264,8 @@ def dequant_matmul(X: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | No
     if bias is not None:
         _checks.tensor(op, "bias", bias)
         if not (tuple(bias.shape) == (rows, ) and bias.dtype == X.dtype and bias.device == X.device):
-            raise _checks.error(op, "bias", f"a tensor of shape [{rows}] with the dtype and device of X ({X.dtype} on "
-                                f"{X.device})", f"{bias.dtype} {list(bias.shape)} on {bias.device}")
+            raise _checks.error(op, "bias", f"a {X.dtype} tensor of shape [{rows}] on {X.device} (X's dtype and "
+                                "device)", f"{bias.dtype} {list(bias.shape)} on {bias.device}")
     lead = X.shape[:-1]
     X2 = X.reshape(-1, cols)
     backend = backends.check(op, backend, X.device)
