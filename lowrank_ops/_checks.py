@@ -1,7 +1,14 @@
 """Argument checks shared by the public ops (lowrank_ops.ops) and the checks that run inside an op's
 pure-torch kernel. Every message names the op, the argument, what was expected and what was given, so that
-bad input never reaches a kernel."""
+bad input never reaches a kernel.
 
+Types: an int argument takes a Python int, a NumPy integer or a one-element integer tensor, never a bool
+(True is not a rank); a float argument takes a real number (int or float, NumPy scalars, a one-element real
+tensor), never a bool or a string, and must be finite and inside the argument's domain. Checks that read a
+tensor's values (finiteness, index ranges) skip meta tensors and code being traced by torch.compile: those
+have shapes but no values, and the op then returns its fake result (shapes and dtypes only)."""
+
+import math
 import operator
 
 import torch
@@ -15,28 +22,40 @@ def error(op: str, arg: str, expected: str, got) -> ValueError:
     return ValueError(f"lowrank_ops.{op}: argument '{arg}' must be {expected}, got {got}")
 
 
-def seed_to_int64(op: str, seed) -> int:
-    """A uint64 seed in [0, 2^64), returned as the int64 with the same bits (the ops' schema type)."""
+def type_error(op: str, arg: str, expected: str, value) -> TypeError:
+    return TypeError(f"lowrank_ops.{op}: argument '{arg}' must be {expected}, got {type(value).__name__}")
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool)
+
+
+def integer(op: str, arg: str, value, expected: str = "an int") -> int:
+    """`value` as a Python int; a bool, a float or a non-number is a TypeError."""
+    if _is_bool(value):
+        raise type_error(op, arg, f"{expected} (not a bool)", value)
     try:
-        value = operator.index(seed)
+        return operator.index(value)
     except TypeError:
-        raise TypeError(f"lowrank_ops.{op}: argument 'seed' must be an int in [0, 2^64), got {type(seed).__name__}") from None
+        raise type_error(op, arg, expected, value) from None
+
+
+def seed_to_int64(op: str, seed, arg: str = "seed") -> int:
+    """A uint64 seed in [0, 2^64), returned as the int64 with the same bits (the ops' schema type)."""
+    value = integer(op, arg, seed, "an int in [0, 2^64)")
     if not 0 <= value < UINT64_RANGE:
-        raise error(op, "seed", "an int in [0, 2^64)", value)
+        raise error(op, arg, "an int in [0, 2^64)", value)
     return value - UINT64_RANGE if value >= 2**63 else value
 
 
 def choice(op: str, arg: str, value, options) -> str:
-    if value not in options:
+    if not isinstance(value, str) or value not in options:
         raise error(op, arg, " or ".join(repr(o) for o in options), repr(value))
     return value
 
 
 def int_at_least(op: str, arg: str, value, minimum: int) -> int:
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"lowrank_ops.{op}: argument '{arg}' must be an int, got {type(value).__name__}") from None
+    value = integer(op, arg, value)
     if value < minimum:
         raise error(op, arg, f">= {minimum}", value)
     return value
@@ -46,9 +65,46 @@ def positive_int(op: str, arg: str, value) -> int:
     return int_at_least(op, arg, value, 1)
 
 
-def float_matrix(op: str, arg: str, t) -> torch.Tensor:
+def int_in_range(op: str, arg: str, value, low: int, high: int) -> int:
+    """An int in [low, high]."""
+    value = integer(op, arg, value)
+    if not low <= value <= high:
+        raise error(op, arg, f"in [{low}, {high}]", value)
+    return value
+
+
+def real(op: str, arg: str, value, domain: str = "finite", inside=lambda x: True) -> float:
+    """`value` as a finite Python float for which inside(value) holds (`domain` says which, for the message).
+    A bool, a string or a non-number is a TypeError; NaN, Inf or a value outside the domain a ValueError."""
+    if _is_bool(value) or isinstance(value, (str, bytes)):
+        raise type_error(op, arg, f"a number {domain}", value)
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex():
+            raise error(op, arg, f"a number {domain}", f"a tensor of shape {list(value.shape)}, {value.dtype}")
+        if value.device.type == "meta":
+            raise error(op, arg, f"a number {domain}", "a meta tensor (it has no value)")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise type_error(op, arg, f"a number {domain}", value) from None
+    if not math.isfinite(number):
+        raise error(op, arg, f"a finite number {domain}", repr(value))
+    if not inside(number):
+        raise error(op, arg, f"a number {domain}", repr(value))
+    return number
+
+
+def tensor(op: str, arg: str, t) -> torch.Tensor:
+    """A dense (strided) torch.Tensor."""
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"lowrank_ops.{op}: argument '{arg}' must be a torch.Tensor, got {type(t).__name__}")
+        raise type_error(op, arg, "a torch.Tensor", t)
+    if t.layout != torch.strided:
+        raise error(op, arg, "a dense (strided) tensor", f"layout {t.layout}")
+    return t
+
+
+def float_matrix(op: str, arg: str, t) -> torch.Tensor:
+    tensor(op, arg, t)
     if t.dim() != 2:
         raise error(op, arg, "a 2-D tensor", f"a {t.dim()}-D tensor of shape {list(t.shape)}")
     if t.dtype not in FLOAT_DTYPES:
@@ -62,7 +118,38 @@ def float_dtype(op: str, arg: str, dtype):
     return dtype
 
 
+def on_device(op: str, arg: str, t: torch.Tensor, device: torch.device, whose: str) -> None:
+    """`t` lives on `device`, the device of argument `whose`."""
+    if t.device != device:
+        raise error(op, arg, f"on {whose}'s device {device}", t.device)
+
+
+def device(op: str, arg: str, value):
+    """None (torch's default device) or a torch.device (a string like "cpu" or "cuda:0", or an index)."""
+    if value is None or isinstance(value, torch.device):
+        return value
+    if _is_bool(value) or not isinstance(value, (str, int)):
+        raise type_error(op, arg, "a torch.device, a device string or None", value)
+    try:
+        return torch.device(value)
+    except (RuntimeError, ValueError) as exc:
+        raise error(op, arg, "a torch.device, a device string or None", f"{value!r} ({exc})") from None
+
+
+def has_values(t: torch.Tensor) -> bool:
+    """Whether a check may read t's values: not for meta tensors and not while torch.compile traces (both
+    have shapes only; the op's fake kernel gives the result)."""
+    return t.device.type != "meta" and not torch.compiler.is_compiling()
+
+
+def finite(op: str, arg: str, t: torch.Tensor) -> None:
+    """No NaN or Inf in t (one reduction; a device sync on CUDA). Skipped where t has no values."""
+    if has_values(t) and t.numel() and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise error(op, arg, "finite", f"a tensor with {bad} NaN/Inf entries")
+
+
 def index_range(op: str, indices: torch.Tensor, dim: int) -> None:
-    """Every index in [0, dim). Reads the values (a device sync)."""
-    if indices.numel() and (indices.min() < 0 or indices.max() >= dim):
+    """Every index in [0, dim). Reads the values (a device sync); skipped where they cannot be read."""
+    if has_values(indices) and indices.numel() and (indices.min() < 0 or indices.max() >= dim):
         raise error(op, "indices", f"values in [0, {dim})", f"values in [{int(indices.min())}, {int(indices.max())}]")

@@ -5,7 +5,11 @@
 its memory (`torch.from_dlpack`, zero-copy), and the op's tensor results (also inside tuples and lists) leave
 as arrays of the caller's framework: `xp.from_dlpack(result)` with `xp = array.__array_namespace__()`, again
 zero-copy where both sides allow it (NumPy from a CPU tensor does). In-place ops (lowrank_adamw_step_)
-therefore update the caller's arrays in place. Objects that are not arrays (a QuantizedWeight, a
+therefore update the caller's arrays in place; an array the op writes (an argument its schema marks
+`Tensor(a!)`, lowrank_ops/_ops.py, for a public function named like its op) must be writable: a read-only
+CPU array (NumPy with writeable=False, a read-only memmap, np.frombuffer of bytes) is refused, read from the
+read-only flag of DLPack 1.0 (torch itself ignores that flag and would write into it, or crash on a
+read-only mapping). Objects that are not arrays (a QuantizedWeight, a
 Projection) are passed through as they are: they hold torch tensors.
 
 With only torch tensors as arguments the op is called directly (one isinstance scan; under torch.compile
@@ -14,15 +18,19 @@ not even that), so torch users pay nothing. Errors name the op and the argument:
 - an array on a device this torch cannot address (a CuPy array with a CPU-only torch): TypeError that
   points to lowrank_ops.cupy;
 - arrays of two different frameworks in one call: TypeError (the result type would be ambiguous);
+- a read-only array as an argument the op writes: ValueError;
 - a result the caller's framework cannot hold (bfloat16 for NumPy): TypeError.
 """
 
+import ctypes
 import functools
 import inspect
 import types
 import typing
 
 import torch
+
+from ._ops import RULES
 
 # DLPack device types (dlpack.h, DLDeviceType)
 _KDL_CPU, _KDL_CUDA, _KDL_CUDA_HOST, _KDL_CUDA_MANAGED = 1, 2, 3, 13
@@ -39,6 +47,8 @@ _DEVICE_NAMES = {
     13: "CUDA managed",
     14: "oneAPI",
 }
+_READ_ONLY = 1  # DLPACK_FLAG_BITMASK_READ_ONLY of DLManagedTensorVersioned.flags
+_FLAGS_OFFSET = 24  # DLManagedTensorVersioned: {uint32 major, minor; void* manager_ctx; deleter; uint64 flags; ...}
 SUPPORTED = "a torch.Tensor or an array with __dlpack__ (NumPy on CPU; CuPy or JAX on a CUDA device)"
 
 
@@ -68,7 +78,31 @@ def _namespace(op: str, arg: str, array):
     return xp
 
 
-def _to_torch(op: str, arg: str, array) -> torch.Tensor:
+def _capsule_flags(capsule) -> int:
+    """The flags of a DLPack 1.0 capsule ("dltensor_versioned"), before it is consumed."""
+    get = ctypes.pythonapi.PyCapsule_GetPointer
+    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    return ctypes.c_uint64.from_address(get(capsule, b"dltensor_versioned") + _FLAGS_OFFSET).value
+
+
+def _writable_cpu_capsule(op: str, arg: str, array):
+    """The DLPack 1.0 capsule of a CPU array the op writes, refusing a read-only one; None when the producer
+    predates DLPack 1.0 (it then cannot export a read-only array at all: NumPy < 2.1 raises BufferError)."""
+    try:
+        capsule = array.__dlpack__(max_version=(1, 0))
+    except TypeError:
+        return None
+    except BufferError as exc:
+        raise TypeError(f"lowrank_ops.{op}: argument '{arg}' ({type(array).__name__}) cannot be shared with torch "
+                        f"through DLPack: {exc}") from exc
+    if _capsule_flags(capsule) & _READ_ONLY:
+        raise ValueError(f"lowrank_ops.{op}: argument '{arg}' is written in place, but the "
+                         f"{type(array).__name__} is read-only (e.g. writeable=False, a read-only memmap or a "
+                         "buffer of bytes); pass a writable array, e.g. a copy")
+    return capsule
+
+
+def _to_torch(op: str, arg: str, array, written: bool) -> torch.Tensor:
     device_type, device_id = array.__dlpack_device__()
     where = (
         f"{_DEVICE_NAMES.get(int(device_type), f'DLPack device type {int(device_type)}')} device {device_id}"
@@ -83,8 +117,9 @@ def _to_torch(op: str, arg: str, array) -> torch.Tensor:
         raise TypeError(
             f"lowrank_ops.{op}: argument '{arg}' lives on {where}; supported: CPU and CUDA arrays"
         )
+    capsule = _writable_cpu_capsule(op, arg, array) if written and device_type == _KDL_CPU else None
     try:
-        return torch.from_dlpack(array)
+        return torch.from_dlpack(array if capsule is None else capsule)
     except (BufferError, RuntimeError, TypeError, ValueError) as exc:
         raise TypeError(
             f"lowrank_ops.{op}: argument '{arg}' ({type(array).__name__} on {where}) cannot be shared with "
@@ -113,6 +148,8 @@ def accept_dlpack(fn):
     names = list(signature.parameters)
     tensor_args = {name for name, p in signature.parameters.items() if _mentions_tensor(p.annotation)}
     tensor_positions = {i for i, name in enumerate(names) if name in tensor_args}
+    rules = RULES.get(op)
+    written_args = {rules.names[i] for i in rules.mutated} if rules is not None else set()
 
     def needs_work(key, value, tensor_keys) -> bool:
         """A foreign array, or a non-tensor where a tensor is declared (an error to raise)."""
@@ -138,7 +175,7 @@ def accept_dlpack(fn):
                     f"lowrank_ops.{op}: arguments '{xp_arg}' ({xp.__name__}) and '{name}' ({ns.__name__}) come "
                     "from different array frameworks; pass arrays of one framework (or torch tensors)"
                 )
-            converted[name] = _to_torch(op, name, value)
+            converted[name] = _to_torch(op, name, value, name in written_args)
         args = tuple(converted.get(name, value) for name, value in zip(names, args))
         kwargs = {name: converted.get(name, value) for name, value in kwargs.items()}
         return _from_torch(op, xp, fn(*args, **kwargs))

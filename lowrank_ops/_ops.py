@@ -7,6 +7,10 @@ key (docs/DESIGN.md §4):
   CompositeExplicitAutograd   the pure-torch kernel (lowrank_ops.pure_torch): every other device, and CPU
                               tensors when the extension is not built
 
+Before any kernel runs, every op enforces the rules of lowrank_ops/_guard.py, read from its schema: one
+device for all tensor arguments, and torch's in-place rules (no autograd, no overlap, a version bump) for
+the arguments it writes (`Tensor(a!)`).
+
 Every schema ends in `str? backend=None`: a named backend ("cpu", "cuda", "triton", "reference") overrides
 the kernel's own choice, which is how the public functions' `backend=` keyword reaches the kernels (one
 dispatch path; a graph compiled with it keeps it as a constant). Conventions: `seed` is a uint64 passed
@@ -16,11 +20,13 @@ through int64 (two's complement); `kind` is "rademacher" or "gaussian"; `side` i
 import torch
 
 from . import backends
+from ._guard import Rules
 from ._kernels import COMPOSITE, IMPLEMENTATIONS
 from .spec import compute_dtype
 
 LIB = torch.library.Library("lowrank_ops", "DEF")
 DEFAULTS = {}  # op -> the default of each schema argument (None where it has none)
+RULES = {}  # op -> its lowrank_ops._guard.Rules
 
 
 def _full_args(op: str, args: tuple) -> tuple:
@@ -35,8 +41,10 @@ def _kernel(op: str, default):
 
     def kernel(*args):
         *inputs, backend = _full_args(op, args)
+        RULES[op].check_and_bump(inputs)
         chosen = default(op) if backend is None else backends.check(op, backend, inputs[0].device)
-        return table[chosen](*inputs)
+        with torch.no_grad():  # a kernel records no autograd history: an op's gradient is its registered formula
+            return table[chosen](*inputs)
 
     kernel.__name__ = f"{op}_kernel"
     return kernel
@@ -48,18 +56,32 @@ def _composite_kernel(op: str):
 
     def kernel(*args):
         *inputs, backend = _full_args(op, args)
-        return implementation(*inputs, backends.check(op, backend, inputs[0].device))
+        RULES[op].check_and_bump(inputs)
+        with torch.no_grad():
+            return implementation(*inputs, backends.check(op, backend, inputs[0].device))
 
     kernel.__name__ = f"{op}_kernel"
     return kernel
 
 
+def _checked_fake(op: str, fake):
+    """The fake kernel behind the device rule: it also runs for real meta tensors, and for a meta tensor
+    beside a CPU one (the dispatcher picks the Meta kernel), which would otherwise silently do nothing."""
+
+    def checked(*args, **kwargs):
+        RULES[op].check_devices(args)
+        return fake(*args, **kwargs)
+
+    return checked
+
+
 def _define(op: str, schema: str, fake) -> None:
     """Defines lowrank_ops::<op> with `schema` (arguments and returns), its fake kernel and its kernels."""
     LIB.define(op + schema)
-    arguments = getattr(torch.ops.lowrank_ops, op).default._schema.arguments
-    DEFAULTS[op] = tuple(a.default_value if a.has_default_value() else None for a in arguments)
-    torch.library.register_fake(f"lowrank_ops::{op}", fake, lib=LIB)
+    parsed = getattr(torch.ops.lowrank_ops, op).default._schema
+    DEFAULTS[op] = tuple(a.default_value if a.has_default_value() else None for a in parsed.arguments)
+    RULES[op] = Rules(op, parsed)
+    torch.library.register_fake(f"lowrank_ops::{op}", _checked_fake(op, fake), lib=LIB)
     if op in COMPOSITE:
         LIB.impl(op, _composite_kernel(op), "CompositeExplicitAutograd")
         return

@@ -36,8 +36,10 @@ from dataclasses import dataclass
 
 import torch
 
-from . import projections
-from .ops.quant import DEFAULT_GROUP_SIZE
+from . import _checks, projections
+from .spec import DEFAULT_GROUP_SIZE, FLOAT_DTYPES
+
+OP = "memory.estimate"
 
 CONFIG_KEYS = ("rank", "projection", "side", "wd_mode", "state_dtype", "targets", "per_layer", "view", "base",
                "group_size", "max_rank")
@@ -81,16 +83,41 @@ def llama_shapes(layers: int, hidden: int, intermediate: int, vocab: int = 32000
     return out
 
 
+def _shape(name: str, shape) -> tuple:
+    """A parameter's shape: a sequence of ints >= 0 (no bools, no floats)."""
+    try:
+        dims = tuple(_checks.int_at_least(OP, "shape", s, 0) for s in shape)
+    except (TypeError, ValueError):
+        dims = None
+    if dims is None:
+        raise _checks.error(OP, "model_or_shapes", "shapes made of ints >= 0",
+                            f"{shape!r} for parameter {name!r}")
+    return dims
+
+
 def _named_shapes(model_or_shapes):
     if isinstance(model_or_shapes, torch.nn.Module):
         return [(name, tuple(p.shape)) for name, p in model_or_shapes.named_parameters() if p.requires_grad]
+    if isinstance(model_or_shapes, (str, bytes)) or not hasattr(model_or_shapes, "__iter__"):
+        raise _checks.type_error(OP, "model_or_shapes", "an nn.Module, a dict {name: shape} or a list of shapes",
+                                 model_or_shapes)
     items = model_or_shapes.items() if isinstance(model_or_shapes, dict) else model_or_shapes
     out = []
     for i, item in enumerate(items):
         named = isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
         name, shape = item if named else (str(i), item)
-        out.append((name, tuple(int(s) for s in shape)))
+        out.append((name, _shape(name, shape)))
     return out
+
+
+def _dtype(arg: str, dtype, optional: bool = False):
+    """A floating torch.dtype (or None where optional): what weights and optimizer states are stored in."""
+    if dtype is None and optional:
+        return None
+    if not isinstance(dtype, torch.dtype) or dtype not in FLOAT_DTYPES:
+        raise _checks.error(OP, arg, f"float32, float64, float16 or bfloat16{' or None' if optional else ''}",
+                            repr(dtype))
+    return dtype
 
 
 def _is_target(targets, name, shape) -> bool:
@@ -116,7 +143,7 @@ def base_bytes(shape, base=None, group_size=None, width: int = 2) -> int:
         return m * n * width
     if base not in DEFAULT_GROUP_SIZE:
         raise ValueError(f"lowrank_ops.memory: 'base' must be None, 'int8' or 'nf4', got {base!r}")
-    g = group_size or DEFAULT_GROUP_SIZE[base]
+    g = DEFAULT_GROUP_SIZE[base] if group_size is None else _checks.positive_int("memory", "group_size", group_size)
     if base == "int8":
         return m * n + m * -(-n // g) * 4
     return -(-(m * n) // 2) + -(-(m * n) // g) * 4
@@ -160,7 +187,12 @@ def estimate(model_or_shapes, optimizer_config=None, dtype: torch.dtype = torch.
     view = config.get("view", "optimizer")
     if view not in VIEWS:
         raise ValueError(f"lowrank_ops.memory.estimate: 'view' must be one of {VIEWS}, got {view!r}")
-    state_dtype = config.get("state_dtype")
+    dtype = _dtype("dtype", dtype)
+    state_dtype = _dtype("state_dtype", config.get("state_dtype"), optional=True)
+    if not isinstance(config.get("per_layer", False), bool):
+        raise _checks.type_error(OP, "per_layer", "a bool", config["per_layer"])
+    if config.get("group_size") is not None:
+        _checks.positive_int(OP, "group_size", config["group_size"])
     width = _itemsize(dtype)
     lowrank_width = _itemsize(state_dtype or (torch.float64 if dtype == torch.float64 else torch.float32))
     plain_width = _itemsize(state_dtype or dtype)

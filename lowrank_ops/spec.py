@@ -51,6 +51,7 @@ BOX_MULLER_MIN_U = 1.0e-7
 # Scores of basis row k are l1 or l2 norms; top-k takes the `rank` largest scores, ties to the lower index,
 # returned ascending as int32.
 DCT_NORMS = ("l1", "l2")
+DCT_MAX_DIM = 2**31 - 1  # the largest d (kernels/dct.h kDctMaxDim: angles are formed from 32-bit products)
 DCT_METHODS = ("auto", "gemm", "fft")  # how the CPU kernel computes the scores (other backends: one way)
 
 # --- quantized weights ----------------------------------------------------------------------------------

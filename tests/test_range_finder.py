@@ -389,13 +389,17 @@ def with_entry(value):
     (lambda: ops.range_finder(torch.randn(30, 4), 2, backend="gpu"), "lowrank_ops.range_finder: argument 'backend'"),
     (lambda: ops.adaptive_rank(torch.randn(30, 4), 1.0, 3), "argument 'energy' must be a number in (0, 1)"),
     (lambda: ops.adaptive_rank(torch.randn(30, 4), 0.0, 3), "argument 'energy' must be a number in (0, 1)"),
-    (lambda: ops.adaptive_rank(torch.randn(30, 4), "0.9", 3), "argument 'energy' must be a number in (0, 1)"),
     (lambda: ops.adaptive_rank(torch.randn(30, 4), 0.9, 5), "argument 'max_rank' must be <= min(m, n) = 4"),
     (lambda: ops.adaptive_rank(torch.randn(30, 4), 0.9, 3, min_rank=4), "argument 'min_rank' must be <= max_rank"),
     (lambda: ops.adaptive_rank(torch.randn(30, 4), 0.9, 3, min_rank=0), "argument 'min_rank' must be >= 1"),
 ])
 def test_bad_arguments_raise_clear_errors(call, message):
     assert_clear_error(call, ValueError, message)
+
+
+def test_energy_of_a_wrong_type_is_a_type_error():
+    assert_clear_error(lambda: ops.adaptive_rank(torch.randn(30, 4), "0.9", 3), TypeError,
+                       "argument 'energy' must be a number in (0, 1), got str")
 
 
 def test_the_op_itself_rejects_non_finite_input():

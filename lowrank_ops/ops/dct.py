@@ -12,7 +12,9 @@ best aligned with the gradient G form the projection P = D[idx, :]; only idx is 
                                 lower index; it selects on the scores dct_scores returns on that backend.
   dct_basis(dim, indices)       the rows D[indices, :] (for tests, and for users who want P itself).
 The ops are not differentiable (selection is piecewise constant; nothing downstream differentiates the
-scores).
+scores). NaN/Inf in G: dct_scores returns non-finite scores (NaN or Inf, depending on the backend's order of
+summation), every score, since each basis row meets every entry of G; dct_topk refuses G with a NaN/Inf
+entry (ValueError), since a selection among non-finite scores means nothing.
 
 Backends: "cpu" computes in float64 and rounds the scores once (so its float32 scores are the float64
 reference's, rounded), by an FFT for d > 64 and a GEMM on generated basis tiles below (csrc/cpu/dct.cpp
@@ -23,8 +25,8 @@ generates the basis tile in its K-loop and reduces the norms in its epilogue; "r
 import torch
 
 from .. import _checks, backends
+from ..spec import DCT_MAX_DIM, INDEX_DTYPES, SIDES
 from ..spec import DCT_NORMS as NORMS
-from ..spec import INDEX_DTYPES, SIDES
 
 
 def _projected_dim(op: str, G, side: str) -> int:
@@ -55,7 +57,18 @@ def dct_topk(G: torch.Tensor, rank: int, side: str, norm: str = "l1", *, backend
         raise _checks.error(op, "rank", f"<= {d} (the projected dimension d of G, side {side!r}, shape "
                             f"{list(G.shape)})", rank)
     _checks.choice(op, "norm", norm, NORMS)
+    _checks.finite(op, "G", G)
     return torch.ops.lowrank_ops.dct_topk(G, rank, side, norm, "auto", backends.check(op, backend, G.device))
+
+
+def _index_tensor(op: str, indices, device) -> torch.Tensor:
+    """`indices` (a tensor, or a sequence of ints: no bools, no floats) as a tensor on `device`."""
+    if not isinstance(indices, torch.Tensor):
+        if not isinstance(indices, (list, tuple, range)):
+            raise _checks.type_error(op, "indices", "a 1-D integer tensor or a sequence of ints", indices)
+        values = [_checks.integer(op, "indices", v, "a sequence of ints") for v in indices]
+        return torch.tensor(values, dtype=torch.int64, device=device)
+    return indices if device is None else indices.to(device)
 
 
 def dct_basis(dim: int, indices, dtype: torch.dtype = torch.float32, device=None, *, backend=None) -> torch.Tensor:
@@ -64,16 +77,16 @@ def dct_basis(dim: int, indices, dtype: torch.dtype = torch.float32, device=None
     [0, dim); `device`: default the tensor's device (torch's default device for a sequence)."""
     op = "dct_basis"
     dim = _checks.positive_int(op, "dim", dim)
-    if not isinstance(indices, torch.Tensor):
-        indices = torch.as_tensor(indices, dtype=torch.int64, device=device)
+    if dim > DCT_MAX_DIM:
+        raise _checks.error(op, "dim", f"<= {DCT_MAX_DIM}", dim)
+    device = _checks.device(op, "device", device)
+    indices = _index_tensor(op, indices, device)
+    _checks.tensor(op, "indices", indices)
     if indices.dtype not in INDEX_DTYPES:
         raise _checks.error(op, "indices", "an int16, int32 or int64 tensor", indices.dtype)
     if indices.dim() != 1:
         raise _checks.error(op, "indices", "a 1-D tensor", f"a {indices.dim()}-D tensor of shape {list(indices.shape)}")
     if _checks.float_dtype(op, "dtype", dtype) is None:
         raise _checks.error(op, "dtype", "a floating dtype", None)
-    if device is not None:
-        indices = indices.to(device)
-    if not torch.compiler.is_compiling():  # traced, the value check runs inside the kernels
-        _checks.index_range(op, indices, dim)
+    _checks.index_range(op, indices, dim)  # not while traced: the kernels check the values then
     return torch.ops.lowrank_ops.dct_basis(indices, dim, dtype, backends.check(op, backend, indices.device))

@@ -9,7 +9,7 @@ GEMM's epilogue, so no m x n temporary is formed.
 import torch
 
 from .. import _checks, backends
-from ..spec import WD_MODES
+from ..spec import DCT_MAX_DIM, INDEX_DTYPES, SEEDED_KINDS, WD_MODES
 from .projection import Projection, SideOperator
 
 OP = "lowrank_adamw_step_"
@@ -36,34 +36,67 @@ def _check_dct_indices(name, indices, dim, device):
                                 f"values in [{lo}, {hi}]")
 
 
-def _check(W, G, exp_avg, exp_avg_sq, projection, step, wd_mode, delta):
+def _check(W, G, exp_avg, exp_avg_sq, projection, step, wd_mode, delta, **hyperparameters):
+    """Every argument of lowrank_adamw_step_, before any kernel runs (the same checks for every backend).
+    NaN/Inf in G are not checked (that would cost a reduction per step): as in torch.optim.AdamW they reach
+    the moments and W. The op layer (lowrank_ops/_guard.py) adds the rules of the arguments it writes."""
+    # The domain of each float hyperparameter: (what the message says, the test). beta1 = 1 or beta2 = 1
+    # would divide by the bias correction 1 - beta^t = 0, and eps = 0 gives 0 / 0 wherever a projected
+    # gradient entry has been 0 at every step: NaN in W, silently.
+    domains = {
+        "lr": (">= 0", lambda x: x >= 0),
+        "beta1": ("in [0, 1)", lambda x: 0 <= x < 1),
+        "beta2": ("in [0, 1)", lambda x: 0 <= x < 1),
+        "eps": ("> 0", lambda x: x > 0),
+        "weight_decay": (">= 0", lambda x: x >= 0),
+        "scale": (">= 0", lambda x: x >= 0),
+    }
     _checks.float_matrix(OP, "W", W)
     _checks.float_matrix(OP, "G", G)
     if W.dtype not in (torch.float32, torch.bfloat16, torch.float64):
         raise _checks.error(OP, "W", "float32, bfloat16 or float64", W.dtype)
     if G.shape != W.shape:
         raise _checks.error(OP, "G", f"of W's shape {list(W.shape)}", list(G.shape))
+    _checks.on_device(OP, "G", G, W.device, "W")
     if not isinstance(projection, Projection):
         raise TypeError(f"lowrank_ops.{OP}: argument 'projection' must be a lowrank_ops.ops.Projection, "
                         f"got {type(projection).__name__}")
     shape = projection.projected_shape(W.shape)
     for side, op, dim in (("left", projection.left, W.shape[0]), ("right", projection.right, W.shape[1])):
-        if op is not None and op.kind == "matrix" and op.matrix.shape[1] != dim:
-            raise _checks.error(OP, f"projection.{side}.matrix", f"of shape [{op.rank}, {dim}]",
-                                list(op.matrix.shape))
-        if op is not None and op.kind == "dct":
-            _check_dct_indices(f"projection.{side}.indices", op.indices, dim, W.device)
+        if op is None:
+            continue
+        _checks.integer(OP, f"projection.{side}.rank", op.rank)
+        if op.kind in SEEDED_KINDS:
+            _checks.seed_to_int64(OP, op.seed, f"projection.{side}.seed")
+        if op.kind == "matrix":
+            name = f"projection.{side}.matrix"
+            _checks.float_matrix(OP, name, op.matrix)
+            if op.matrix.shape[1] != dim:
+                raise _checks.error(OP, name, f"of shape [{op.rank}, {dim}]", list(op.matrix.shape))
+            _checks.on_device(OP, name, op.matrix, W.device, "W")
+        if op.kind == "dct":
+            name = f"projection.{side}.indices"
+            if dim > DCT_MAX_DIM:
+                raise _checks.error(OP, "W", f"at most {DCT_MAX_DIM} along a 'dct' side", list(W.shape))
+            _checks.tensor(OP, name, op.indices)
+            if op.indices.dtype not in INDEX_DTYPES or tuple(op.indices.shape) != (op.rank, ):
+                raise _checks.error(OP, name, f"a 1-D int16, int32 or int64 tensor of length {op.rank} (the rank)",
+                                    f"{op.indices.dtype} of shape {list(op.indices.shape)}")
+            _check_dct_indices(name, op.indices, dim, W.device)
+    if W.numel() == 0:
+        raise _checks.error(OP, "W", "a non-empty matrix", list(W.shape))
     state_dtypes = (torch.float32, torch.float64) if W.dtype == torch.float64 else (torch.float32,)
     states = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)] + ([("delta", delta)] if delta is not None else [])
     for name, state in states:
-        ok = isinstance(state, torch.Tensor) and tuple(state.shape) == shape and state.dtype in state_dtypes
-        if not ok:
-            got = (list(state.shape), state.dtype) if isinstance(state, torch.Tensor) else type(state).__name__
-            raise _checks.error(OP, name, f"a float32 tensor of the projected shape {list(shape)}", got)
-        if state.device != W.device:
-            raise _checks.error(OP, name, f"on W's device {W.device}", state.device)
-    if step < 1:
-        raise _checks.error(OP, "step", ">= 1 (the step count after increment)", step)
+        _checks.tensor(OP, name, state)
+        if tuple(state.shape) != shape or state.dtype not in state_dtypes:
+            raise _checks.error(OP, name, f"a float32 tensor of the projected shape {list(shape)}",
+                                (list(state.shape), state.dtype))
+        _checks.on_device(OP, name, state, W.device, "W")
+    if _checks.int_at_least(OP, "step", step, 1) >= 2**63:  # the step count after increment, an int64
+        raise _checks.error(OP, "step", "< 2^63", step)
+    for name, (domain, inside) in domains.items():
+        _checks.real(OP, name, hyperparameters[name], domain, inside)
     _checks.choice(OP, "wd_mode", wd_mode, WD_MODES)
     if wd_mode == "adapter" and delta is None:
         raise _checks.error(OP, "delta", "a tensor when wd_mode='adapter'", None)
@@ -81,7 +114,8 @@ def lowrank_adamw_step_(W: torch.Tensor, G: torch.Tensor, exp_avg: torch.Tensor,
     multiplies a 16-bit G with P rounded to G's dtype and, for a bfloat16 W, unprojects in bfloat16
     operands (tensor cores; accumulation and the elementwise math stay float32); see
     lowrank_ops/triton/lowrank_adam.py."""
-    _check(W, G, exp_avg, exp_avg_sq, projection, step, wd_mode, delta)
+    _check(W, G, exp_avg, exp_avg_sq, projection, step, wd_mode, delta, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+           weight_decay=weight_decay, scale=scale)
     backend = backends.check(OP, backend, W.device)
     torch.ops.lowrank_ops.lowrank_adamw_step_(
         W, G, exp_avg, exp_avg_sq, delta, *_flatten_side(projection.left), *_flatten_side(projection.right),

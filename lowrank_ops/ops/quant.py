@@ -26,12 +26,18 @@ rounded to X's dtype first, so the result is that of X @ dequantize(qw, X.dtype)
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, fields
 
 import torch
 
 from .. import _checks, backends
+
+# The largest |w| quantize takes: half of float32's largest value. W is encoded from its float32 values with
+# float32 scales; beyond float32's range the scale is infinite and deq(W) = 0 x inf = NaN. The factor 1/2 is
+# the margin for rounding on the way back: an int8 scale s = fl(absmax / 127) may round up, so 127 s can
+# exceed absmax by a relative 2^-24, and a double-quantized scale is off by up to 1/254 of the largest
+# scale (half an int8 step of the scales' spread); either would overflow a float32 deq(W) near the top.
+ENCODABLE_MAX = torch.finfo(torch.float32).max / 2
 from ..spec import DEFAULT_GROUP_SIZE, DOUBLE_QUANT_GROUP
 from ..spec import QUANT_FORMATS as FORMATS
 
@@ -71,13 +77,14 @@ class QuantizedWeight:
         """Bytes of every stored tensor."""
         return sum(t.numel() * t.element_size() for t in self._tensors().values())
 
-    def block_scales(self, backend=None) -> torch.Tensor:
-        """The float32 scales (absmax for nf4) the codes decode with; decoded first when double-quantized."""
+    def block_scales(self, backend=None, op: str = "dequantize") -> torch.Tensor:
+        """The float32 scales (absmax for nf4) the codes decode with, contiguous; decoded first when
+        double-quantized (`op`: the public function that asks, named in errors)."""
         if not self.double_quant:
-            return self.scales
+            return self.scales.contiguous()
         n = self.scales.shape[1]
-        decoded = _dequantize_raw(self.scales, self.scales_scale, "int8", DOUBLE_QUANT_GROUP, (1, n), torch.float32,
-                                  backend)
+        decoded = _dequantize_raw(op, self.scales, self.scales_scale, "int8", DOUBLE_QUANT_GROUP, (1, n),
+                                  torch.float32, backend)
         shape = (self.shape[0], -(-self.shape[1] // self.group_size)) if self.format == "int8" else (n, )
         return (decoded.view(-1) + self.scales_offset).view(shape)
 
@@ -101,6 +108,9 @@ class QuantizedWeight:
                  group_size=int(state["group_size"]), codes=state["codes"], scales=state["scales"],
                  scales_scale=state.get("scales_scale"), scales_offset=state.get("scales_offset"))
         _check_quantized(qw, "QuantizedWeight.from_state_dict")
+        for name, t in qw._tensors().items():
+            if t.is_floating_point():  # a corrupted file: deq(W) would be NaN/Inf
+                _checks.finite("QuantizedWeight.from_state_dict", f"state['{name}']", t)
         return qw
 
     def to(self, device) -> QuantizedWeight:
@@ -113,23 +123,19 @@ class QuantizedWeight:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _group_size(op: str, fmt: str, group_size) -> int:
+def _group_size(op: str, fmt: str, group_size, arg: str = "group_size") -> int:
     if group_size is None:
         return DEFAULT_GROUP_SIZE[fmt]
-    try:
-        group_size = operator.index(group_size)
-    except TypeError:
-        raise TypeError(f"lowrank_ops.{op}: argument 'group_size' must be an int or None, got "
-                        f"{type(group_size).__name__}") from None
-    if group_size < 1:
-        raise _checks.error(op, "group_size", ">= 1", group_size)
+    group_size = _checks.int_at_least(op, arg, group_size, 1)
     if fmt == "nf4" and group_size % 2:
-        raise _checks.error(op, "group_size", "even for format 'nf4' (two codes per byte never straddle blocks)",
+        raise _checks.error(op, arg, "even for format 'nf4' (two codes per byte never straddle blocks)",
                             group_size)
     return group_size
 
 
 def _expect(op, name, t, dtype, shape):
+    if isinstance(t, torch.Tensor):
+        _checks.tensor(op, name, t)
     if not isinstance(t, torch.Tensor) or t.dtype != dtype or tuple(t.shape) != tuple(shape):
         got = f"{t.dtype} {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
         raise _checks.error(op, name, f"a {dtype} tensor of shape {list(shape)}", got)
@@ -141,9 +147,13 @@ def _check_quantized(qw, op: str) -> QuantizedWeight:
         raise TypeError(f"lowrank_ops.{op}: argument 'qw' must be a QuantizedWeight (from lowrank_ops.ops.quantize), "
                         f"got {type(qw).__name__}")
     _checks.choice(op, "qw.format", qw.format, FORMATS)
-    if len(qw.shape) != 2 or min(qw.shape) < 1:
-        raise _checks.error(op, "qw.shape", "two positive ints [out, in]", list(qw.shape))
-    _group_size(op, qw.format, qw.group_size)
+    ok = isinstance(qw.shape, (tuple, list)) and len(qw.shape) == 2 and all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in qw.shape)
+    if not ok:
+        raise _checks.error(op, "qw.shape", "two positive ints [out, in]", repr(qw.shape))
+    if qw.group_size is None:
+        raise _checks.error(op, "qw.group_size", "an int", None)
+    _group_size(op, qw.format, qw.group_size, "qw.group_size")
     rows, cols = qw.shape
     numel = rows * cols
     if qw.format == "int8":
@@ -167,19 +177,35 @@ def _check_quantized(qw, op: str) -> QuantizedWeight:
     return qw
 
 
+def _check_encodable(op: str, W: torch.Tensor) -> None:
+    """Every |w| <= ENCODABLE_MAX, so that the float32 scales and deq(W) in float32 are finite (no NaN or
+    Inf in W either). One reduction."""
+    if not _checks.has_values(W):
+        return
+    if not bool(W.abs().amax() <= ENCODABLE_MAX):  # NaN compares False
+        bad = int((~(W.abs() <= ENCODABLE_MAX)).sum())
+        raise _checks.error(op, "W", f"finite in float32, the dtype of the scales, with |w| <= {ENCODABLE_MAX:.7g} "
+                            "(half of float32's largest value, so that decoded values cannot overflow)",
+                            f"a tensor with {bad} entries that are NaN, Inf or larger")
+
+
 # --------------------------------------------------------------------------------------------------------
 # The raw ops
 # --------------------------------------------------------------------------------------------------------
 
 
-def _quantize_raw(W, fmt, group_size, backend):
-    backend = backends.check("quantize_weight", backend, W.device)
+def _quantize_raw(op, W, fmt, group_size, backend):
+    """The op quantize_weight for the public function `op` (named in errors)."""
+    backend = backends.check(op, backend, W.device, "quantize_weight")
     return torch.ops.lowrank_ops.quantize_weight(W, fmt, group_size, backend)
 
 
-def _dequantize_raw(codes, scales, fmt, group_size, shape, dtype, backend):
-    backend = backends.check("dequantize_weight", backend, codes.device)
-    return torch.ops.lowrank_ops.dequantize_weight(codes, scales, fmt, group_size, *shape, dtype, backend)
+def _dequantize_raw(op, codes, scales, fmt, group_size, shape, dtype, backend):
+    """The op dequantize_weight for the public function `op` (named in errors). The kernels read codes and
+    scales as dense arrays: a non-contiguous one (a hand-made QuantizedWeight) is copied first."""
+    backend = backends.check(op, backend, codes.device, "dequantize_weight")
+    return torch.ops.lowrank_ops.dequantize_weight(codes.contiguous(), scales.contiguous(), fmt, group_size, *shape,
+                                                   dtype, backend)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -190,21 +216,23 @@ def _dequantize_raw(codes, scales, fmt, group_size, shape, dtype, backend):
 def quantize(W: torch.Tensor, format: str = "int8", group_size: int | None = None, double_quant: bool = False, *,
              backend=None) -> QuantizedWeight:
     """W [out, in] (float32, float64, float16 or bfloat16; encoded from its float32 values) -> QuantizedWeight.
-    group_size defaults to 256 for "int8" and 64 for "nf4" (even for nf4)."""
+    group_size defaults to 256 for "int8" and 64 for "nf4" (even for nf4). Every |w| must be finite and at most
+    half of float32's largest value (ENCODABLE_MAX): the result then always decodes to finite values."""
     op = "quantize"
     _checks.choice(op, "format", format, FORMATS)
     group_size = _group_size(op, format, group_size)
+    if not isinstance(double_quant, bool):
+        raise _checks.type_error(op, "double_quant", "a bool", double_quant)
     _checks.float_matrix(op, "W", W)
     if W.numel() == 0:
         raise _checks.error(op, "W", "a non-empty matrix", list(W.shape))
-    if not bool(torch.isfinite(W).all()):
-        raise _checks.error(op, "W", "finite (no inf or nan)", "a tensor with non-finite entries")
-    codes, scales = _quantize_raw(W, format, group_size, backend)
+    _check_encodable(op, W)
+    codes, scales = _quantize_raw(op, W, format, group_size, backend)
     qw = QuantizedWeight(format=format, shape=tuple(W.shape), group_size=group_size, codes=codes, scales=scales)
     if not double_quant:
         return qw
-    offset = scales.mean()
-    scale_codes, scale_scales = _quantize_raw((scales - offset).view(1, -1), "int8", DOUBLE_QUANT_GROUP, backend)
+    offset = scales.double().mean().float()  # a float32 sum of large scales would overflow (offset inf, deq NaN)
+    scale_codes, scale_scales = _quantize_raw(op, (scales - offset).view(1, -1), "int8", DOUBLE_QUANT_GROUP, backend)
     qw.scales, qw.scales_scale, qw.scales_offset = scale_codes, scale_scales, offset
     return qw
 
@@ -213,33 +241,34 @@ def dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float32, *, backe
     """deq(W) [out, in] in `dtype`: code value x scale in float32 (float64 for float64), rounded once."""
     op = "dequantize"
     _check_quantized(qw, op)
-    if dtype not in _checks.FLOAT_DTYPES:
+    if not isinstance(dtype, torch.dtype) or dtype not in _checks.FLOAT_DTYPES:
         raise _checks.error(op, "dtype", "float32, float64, float16 or bfloat16", dtype)
-    return _dequantize_raw(qw.codes, qw.block_scales(backend), qw.format, qw.group_size, qw.shape, dtype, backend)
+    return _dequantize_raw(op, qw.codes, qw.block_scales(backend, op), qw.format, qw.group_size, qw.shape, dtype,
+                           backend)
 
 
 def dequant_matmul(X: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None = None, *,
                    backend=None) -> torch.Tensor:
     """X [..., in] deq(W)^T (+ bias) -> [..., out] in X's dtype, without materializing deq(W). Differentiable
-    in X and bias (dX = dY deq(W), tile-wise as well)."""
+    in X and bias (dX = dY deq(W), tile-wise as well). NaN/Inf in X propagate to their rows of the result."""
     op = "dequant_matmul"
     _check_quantized(qw, op)
-    if not isinstance(X, torch.Tensor) or X.dtype not in _checks.FLOAT_DTYPES:
-        got = X.dtype if isinstance(X, torch.Tensor) else type(X).__name__
-        raise _checks.error(op, "X", "a float32, float64, float16 or bfloat16 tensor", got)
+    _checks.tensor(op, "X", X)
+    if X.dtype not in _checks.FLOAT_DTYPES:
+        raise _checks.error(op, "X", "a float32, float64, float16 or bfloat16 tensor", X.dtype)
     rows, cols = qw.shape
     if X.dim() < 1 or X.shape[-1] != cols:
         raise _checks.error(op, "X", f"a tensor [..., {cols}] (in_features of qw)", list(X.shape))
     if X.device != qw.device:
         raise _checks.error(op, "X", f"on the device of qw ({qw.device})", X.device)
-    if bias is not None and not (isinstance(bias, torch.Tensor) and tuple(bias.shape) == (rows, )
-                                 and bias.dtype == X.dtype and bias.device == X.device):
-        got = (f"{bias.dtype} {list(bias.shape)} on {bias.device}" if isinstance(bias, torch.Tensor) else
-               type(bias).__name__)
-        raise _checks.error(op, "bias", f"a {X.dtype} tensor of shape [{rows}] on {X.device}", got)
+    if bias is not None:
+        _checks.tensor(op, "bias", bias)
+        if not (tuple(bias.shape) == (rows, ) and bias.dtype == X.dtype and bias.device == X.device):
+            raise _checks.error(op, "bias", f"a {X.dtype} tensor of shape [{rows}] on {X.device} (X's dtype and "
+                                "device)", f"{bias.dtype} {list(bias.shape)} on {bias.device}")
     lead = X.shape[:-1]
     X2 = X.reshape(-1, cols)
     backend = backends.check(op, backend, X.device)
-    scales = qw.block_scales(backend)
-    Y = torch.ops.lowrank_ops.dequant_matmul(X2, qw.codes, scales, qw.format, qw.group_size, rows, cols, bias, backend)
+    scales = qw.block_scales(backend, op)
+    Y = torch.ops.lowrank_ops.dequant_matmul(X2, qw.codes.contiguous(), scales, qw.format, qw.group_size, rows, cols, bias, backend)
     return Y.reshape(*lead, rows)

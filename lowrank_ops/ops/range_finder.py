@@ -19,7 +19,8 @@ from ..spec import SIDES
 
 
 def _check_common(op, G, rank_arg, rank, oversample, power_iters, seed, side, backend):
-    """Validates the arguments shared by both public functions; returns (rank, seed64, backend)."""
+    """Validates the arguments shared by both public functions; returns (rank, oversample, power_iters, seed64,
+    backend) as the op takes them."""
     _checks.float_matrix(op, "G", G)
     if G.numel() == 0:
         raise _checks.error(op, "G", "non-empty", f"shape {list(G.shape)}")
@@ -27,10 +28,12 @@ def _check_common(op, G, rank_arg, rank, oversample, power_iters, seed, side, ba
     _checks.choice(op, "side", side, SIDES)
     if rank > min(G.shape):
         raise _checks.error(op, rank_arg, f"<= min(m, n) = {min(G.shape)} (G has shape {list(G.shape)})", rank)
-    _checks.int_at_least(op, "oversample", oversample, 0)
-    _checks.int_at_least(op, "power_iters", power_iters, 0)
+    oversample = _checks.int_at_least(op, "oversample", oversample, 0)
+    power_iters = _checks.int_at_least(op, "power_iters", power_iters, 0)
     seed64 = _checks.seed_to_int64(op, seed)
-    return rank, seed64, backends.check(op, backend, G.device, "range_finder")
+    backend = backends.check(op, backend, G.device, "range_finder")
+    _checks.finite(op, "G", G)  # last: one pass over G
+    return rank, oversample, power_iters, seed64, backend
 
 
 def range_finder(G: torch.Tensor, rank: int, *, oversample: int = 8, power_iters: int = 1, seed: int = 0,
@@ -48,7 +51,8 @@ def range_finder(G: torch.Tensor, rank: int, *, oversample: int = 8, power_iters
     Not differentiable (the subspace is a selection, not a smooth function of G): G is detached.
     Raises ValueError for NaN/Inf in G."""
     op = "range_finder"
-    rank, seed64, backend = _check_common(op, G, "rank", rank, oversample, power_iters, seed, side, backend)
+    rank, oversample, power_iters, seed64, backend = _check_common(op, G, "rank", rank, oversample, power_iters,
+                                                                   seed, side, backend)
     Q, S, _, _ = torch.ops.lowrank_ops.range_finder(G.detach(), rank, oversample, power_iters, seed64, side, backend)
     return Q, S
 
@@ -78,13 +82,14 @@ def adaptive_rank(G: torch.Tensor, energy: float, max_rank: int, *, min_rank: in
 
     Returns r as a Python int (a device sync on CUDA): Q_r's shape depends on it."""
     op = "adaptive_rank"
-    max_rank, seed64, backend = _check_common(op, G, "max_rank", max_rank, oversample, power_iters, seed, side,
-                                              backend)
-    if not isinstance(energy, (int, float)) or not 0 < energy < 1:
-        raise _checks.error(op, "energy", "a number in (0, 1)", repr(energy))
+    max_rank, oversample, power_iters, seed64, backend = _check_common(op, G, "max_rank", max_rank, oversample,
+                                                                       power_iters, seed, side, backend)
+    energy = _checks.real(op, "energy", energy, "in (0, 1)", lambda e: 0 < e < 1)
     min_rank = _checks.positive_int(op, "min_rank", min_rank)
     if min_rank > max_rank:
         raise _checks.error(op, "min_rank", f"<= max_rank = {max_rank}", min_rank)
+    if G.device.type == "meta":
+        raise _checks.error(op, "G", "a tensor with values (the rank returned depends on them)", "a meta tensor")
     Q, S, sqnorm, _ = torch.ops.lowrank_ops.range_finder(G.detach(), max_rank, oversample, power_iters, seed64,
                                                          side, backend)
     r = int(select_rank(S, sqnorm, energy, min_rank, max_rank))

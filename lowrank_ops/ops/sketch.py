@@ -22,14 +22,13 @@ def philox4x32(counters: torch.Tensor, seed: int, rounds: int = 10, *, backend=N
     words as int64 [..., 4], key = (seed & 0xffffffff, seed >> 32)."""
     op = "philox4x32"
     seed64 = _checks.seed_to_int64(op, seed)
-    if not isinstance(counters, torch.Tensor) or counters.dtype != torch.int64:
-        got = counters.dtype if isinstance(counters, torch.Tensor) else type(counters).__name__
-        raise _checks.error(op, "counters", "an int64 tensor [..., 4]", got)
+    _checks.tensor(op, "counters", counters)
+    if counters.dtype != torch.int64:
+        raise _checks.error(op, "counters", "an int64 tensor [..., 4]", counters.dtype)
     if counters.dim() < 1 or counters.shape[-1] != 4:
         raise _checks.error(op, "counters", "of shape [..., 4]", list(counters.shape))
-    if not 1 <= rounds <= PHILOX_MAX_ROUNDS:
-        raise _checks.error(op, "rounds", f"in [1, {PHILOX_MAX_ROUNDS}]", rounds)
-    if counters.numel() and (counters.min() < 0 or counters.max() >= 2**32):
+    rounds = _checks.int_in_range(op, "rounds", rounds, 1, PHILOX_MAX_ROUNDS)
+    if _checks.has_values(counters) and counters.numel() and (counters.min() < 0 or counters.max() >= 2**32):
         raise _checks.error(op, "counters", "uint32 values in [0, 2^32)",
                             f"values in [{int(counters.min())}, {int(counters.max())}]")
     backend = backends.check(op, backend, counters.device)
@@ -46,6 +45,7 @@ def sketch(rows: int, cols: int, seed: int, kind: str = "rademacher", dtype: tor
     _checks.choice(op, "kind", kind, KINDS)
     if _checks.float_dtype(op, "dtype", dtype) is None:
         raise _checks.error(op, "dtype", "a floating dtype", None)
+    device = _checks.device(op, "device", device)
     out = torch.empty(rows, cols, dtype=dtype, device=device)  # device None: torch's default device
     torch.ops.lowrank_ops.sketch_fill_(out, seed64, kind, backends.check(op, backend, out.device, "sketch_fill_"))
     return out
@@ -72,7 +72,8 @@ def sketch_project(G: torch.Tensor, seed: int, rank: int, kind: str = "rademache
                    out_dtype: torch.dtype | None = None, backend=None) -> torch.Tensor:
     """P G (side "left", d = G.shape[0], result r x n) or G P^T (side "right", d = G.shape[1], result
     m x r) for the seeded sketch P (r x d), without materializing P. Accumulates in float32 (float64 for
-    float64 G); the result has `out_dtype` (default G's dtype). Differentiable in G."""
+    float64 G); the result has `out_dtype` (default G's dtype). Differentiable in G. NaN/Inf in G propagate to
+    the result entries that sum over them (docs/DESIGN.md §4)."""
     return _sketch_product("sketch_project", "G", G, seed, "rank", rank, kind, side, out_dtype, backend,
                            "non-empty along the projected dimension")
 
@@ -80,6 +81,7 @@ def sketch_project(G: torch.Tensor, seed: int, rank: int, kind: str = "rademache
 def sketch_unproject(R: torch.Tensor, seed: int, dim: int, kind: str = "rademacher", side: str = "left", *,
                      out_dtype: torch.dtype | None = None, backend=None) -> torch.Tensor:
     """P^T R (side "left", R r x n, result dim x n) or R P (side "right", R m x r, result m x dim) for the
-    seeded sketch P (r x dim), without materializing P. Differentiable in R."""
+    seeded sketch P (r x dim), without materializing P. Differentiable in R. NaN/Inf in R propagate like
+    sketch_project's."""
     return _sketch_product("sketch_unproject", "R", R, seed, "dim", dim, kind, side, out_dtype, backend,
                            "at least one row of the rank dimension")

@@ -294,6 +294,7 @@ def quantize(W: torch.Tensor, fmt: str, group_size: int):
 
 def dequantize(codes, scales, fmt: str, group_size: int, rows: int, cols: int, dtype) -> torch.Tensor:
     check_device(codes.device, "quant", "codes")
+    codes, scales = codes.contiguous(), scales.contiguous()  # the kernels index them as dense arrays
     out = torch.empty((rows, cols), dtype=dtype, device=codes.device)
     if fmt == "int8":
         cfg = DEQUANTIZE_INT8_CONFIG
@@ -310,6 +311,9 @@ def dequantize(codes, scales, fmt: str, group_size: int, rows: int, cols: int, d
 
 def _matmul(x, codes, scales, fmt, group_size, rows, cols, bias, trans_w):
     check_device(x.device, "quant", "X")
+    # codes, scales and bias are indexed as dense arrays (X and the output through their strides)
+    codes, scales = codes.contiguous(), scales.contiguous()
+    bias = bias.contiguous() if bias is not None else None
     M, K = x.shape
     N = cols if trans_w else rows
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
