@@ -12,12 +12,20 @@ import math
 
 import pytest
 import torch
+from helpers import assert_within_torch_error, one_thread  # noqa: F401 (autouse: one intra-op thread)
+from tiny_models import (
+    lowrank_opt,
+    make_model,
+    quadratic_grad,
+    quadratic_problem,
+    state_equal,
+    train,
+    train_mlp,
+)
 
 from lowrank_ops import memory, projections
 from lowrank_ops.optim import LowRankAdamW
 from lowrank_ops.reference import sr_dct as oracle
-from helpers import assert_within_torch_error, one_thread  # noqa: F401 (autouse: one intra-op thread)
-from tiny_models import lowrank_opt, make_model, quadratic_grad, quadratic_problem, state_equal, train, train_mlp
 
 KIND = projections.get("sr_dct")
 

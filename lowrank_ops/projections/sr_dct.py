@@ -36,7 +36,8 @@ from .dct import index_dtype
 WHERE = "lowrank_ops.projections.sr_dct"
 
 
-def signs(dim: int, seed: int, dtype: torch.dtype = torch.float64, device=None, *, backend=None) -> torch.Tensor:
+def signs(dim: int, seed: int, dtype: torch.dtype = torch.float64, device=None, *,
+          backend=None) -> torch.Tensor:
     """The diagonal of D: [dim] values +-1 in `dtype`, the signs of row SRDCT_SIGN_ROW of the Rademacher
     sketch of `seed` (spec v1) computed on `backend` (lowrank_ops.ops.sketch)."""
     rows = sketch(SRDCT_SIGN_ROW + 1, dim, seed, "rademacher", torch.float32, device, backend=backend)
