@@ -109,6 +109,22 @@ def test_methods_and_auto_agree_on_an_sr_dct_projection(rng):
                                   P64.T @ R.double(), P64.float().T @ R, f"unproject {method}", k=rank)
 
 
+def test_auto_takes_the_fft_from_the_measured_rank_on(rng):
+    """csrc/cpu/dct_transform.cpp's rule: the FFT from r = 96 when the signals are rows (side right of a
+    contiguous G), from r = 160 when they are columns (side left); "auto" gives the bits of the way it
+    picks (and not those of the other, which rounds differently)."""
+    if not _extension.LOADED:
+        pytest.skip("the compiled CPU kernels are not built")
+    d = 256
+    for side, threshold in (("right", 96), ("left", 160)):
+        for r, picked, other in ((threshold - 1, "gemm", "fft"), (threshold, "fft", "gemm")):
+            idx = indices_for(d, r, rng)
+            G = torch.randn((40, d) if side == "right" else (d, 40), generator=rng)
+            auto = ops.dct_project(G, idx, side, method="auto")
+            assert torch.equal(auto, ops.dct_project(G, idx, side, method=picked)), (side, r)
+            assert not torch.equal(auto, ops.dct_project(G, idx, side, method=other)), (side, r)
+
+
 @pytest.mark.parametrize("which", ("project", "unproject"))
 def test_fft_path_does_not_depend_on_the_thread_count(which, rng):
     """The FFT path runs chunks of signals in parallel, each writing its own outputs: bit-identical with 1

@@ -66,7 +66,7 @@ at::Tensor scores_fft(const at::Tensor& G, const DctScoreArgs& a, int64_t chunk)
       for (int64_t j0 = g * per_group * chunk; j0 < end; j0 += chunk) {
         const int64_t w = std::min(chunk, other - j0);
         const at::Tensor v = v_buf.narrow(0, 0, w * d).view({w, d});
-        dct_fft::gather_reordered<double>(G, s_t, s_j, j0, w, perm, nullptr, v.data_ptr<double>());
+        dct_fft::gather_reordered<double>(G, s_t, s_j, j0, w, perm, nullptr, v.data_ptr<double>(), 1, d);
         const at::Tensor z = at::view_as_real(at::fft_rfft(v, std::nullopt, 1));  // [w, h, 2]
         const double* zp = z.const_data_ptr<double>();
         const int64_t zj = z.stride(0), zk = z.stride(1);

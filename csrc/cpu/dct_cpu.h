@@ -62,19 +62,26 @@ struct Twiddles {
   }
 };
 
-// v[j * d + i] = sign[order[i]] * (signal j0 + j of X at t = order[i]) for j in [0, w), cast to T, where
-// signal j has entry t at X[t * s_t + j * s_j] (elements) and `sign` (length d, or nullptr for all +1)
-// multiplies entry t. Reads X in its own dtype (any float dtype).
+// v[j * v_j + i * v_i] = sign[order[i]] * (signal j0 + j of X at t = order[i]) for j in [0, w), cast to T,
+// where signal j has entry t at X[t * s_t + j * s_j] (elements) and `sign` (length d, or nullptr for all
+// +1) multiplies entry t. Reads X in its own dtype (any float dtype). The loop along X's smaller stride is
+// innermost: signals of a row of X (s_j < s_t) or entries of one signal (s_t < s_j).
 template <typename T>
 void gather_reordered(const at::Tensor& X, int64_t s_t, int64_t s_j, int64_t j0, int64_t w,
-                      const std::vector<int64_t>& order, const T* sign, T* v) {
+                      const std::vector<int64_t>& order, const T* sign, T* v, int64_t v_i, int64_t v_j) {
   const int64_t d = static_cast<int64_t>(order.size());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "lowrank_ops::dct_gather", [&] {
     const scalar_t* src = X.const_data_ptr<scalar_t>() + j0 * s_j;
-    for (int64_t i = 0; i < d; ++i) {
+    const auto put = [&](int64_t i, int64_t j) {
       const int64_t t = order[i];
-      const T s = sign != nullptr ? sign[t] : T(1);
-      for (int64_t j = 0; j < w; ++j) v[j * d + i] = s * static_cast<T>(src[t * s_t + j * s_j]);
+      v[j * v_j + i * v_i] = (sign != nullptr ? sign[t] : T(1)) * static_cast<T>(src[t * s_t + j * s_j]);
+    };
+    if (s_j < s_t) {
+      for (int64_t i = 0; i < d; ++i)
+        for (int64_t j = 0; j < w; ++j) put(i, j);
+    } else {
+      for (int64_t j = 0; j < w; ++j)
+        for (int64_t i = 0; i < d; ++i) put(i, j);
     }
   });
 }

@@ -4,7 +4,7 @@
 //   dct_project(G, indices, side, signs)          P G (side "left", d = G.size(0)) or G P^T ("right")
 //   dct_unproject(R, indices, dim, side, signs)   P^T R ("left", R r x n) or R P ("right", R m x r)
 // computed in compute_dtype (float32, float64 for float64 data) and returned in out_dtype (default: the
-// input's). Two ways, picked by `method` ("auto": the measured faster one, see use_fft):
+// input's). Two ways, picked by `method` ("auto": the measured faster one for the rank, see use_fft):
 //   "gemm"  tiles of P generated into cache (kernels/dct.h, times the signs) and multiplied by BLAS:
 //           2 r d flops per signal;
 //   "fft"   the DCT of every signal through the FFT (csrc/cpu/dct_cpu.h): project reads the r selected
@@ -31,14 +31,27 @@ namespace lowrank_ops {
 namespace cpu {
 namespace {
 
-// "auto": the FFT path when r >= kFftRankPerLog2 x log2(d), else the GEMM path. Per signal the GEMM
-// costs ~2 r d flops, the FFT ~c d log2(d) plus the gather and scatter passes, so the crossover rank
-// grows like log2(d); the constant is measured (bench/bench_dct.py --part transform, see the table below).
-constexpr double kFftRankPerLog2 = 4.0;
+// "auto": the FFT path from rank kFftMinRank on, else the GEMM path. Per signal the GEMM costs 2 r d flops
+// and the FFT ~c d log2(d) plus the gather and scatter passes, whatever r. Measured by bench/bench_dct.py
+// --device cpu --threads 1 --transform-only (bench/results/dct_transform_cpu_t1.json; 2-core EPYC, shared,
+// load average ~6: these are noisy to ~30%), median ms GEMM / FFT with 4096 signals, project | unproject:
+//   signals in rows (side "right" of a contiguous G or R):
+//     d =  128: r = 64   1.6 / 1.6 |  2.3 / 3.0      r = 128   5.3 / 3.0 |   4.3 / 3.6
+//     d = 1024: r = 64   8.0 / 7.7 |  7.4 / 7.2      r = 128  14.6 / 7.4 |  16.4 / 8.5
+//     d = 4096: r = 64    53 / 43  |   86 / 97       r = 128   122 / 55  |   127 / 97
+//   signals in columns (side "left"; the FFT runs along the strided dimension):
+//     d =  256: r = 128  4.8 / 5.6 |  5.6 / 6.3      r = 256   8.5 / 5.8 |   7.8 / 5.4
+//     d = 1024: r = 128   13 / 15  |   17 / 11       r = 256    29 / 16  |    29 / 15
+//     d = 4096: r = 64    62 / 113 |  104 / 191      r = 128   171 / 158 |   190 / 189
+// The crossover hardly moves with d (the FFT's log2(d) against BLAS getting faster with d): r ~ 64 - 128
+// for rows, ~128 - 256 for columns. d = 64 never reached it (r <= d).
+constexpr int64_t kFftMinRankRows = 96;
+constexpr int64_t kFftMinRankColumns = 160;
 
-bool use_fft(const DctTransformArgs& a) {
+// `adjacent`: consecutive signals are adjacent in memory (the input's columns are the signals).
+bool use_fft(const DctTransformArgs& a, bool adjacent) {
   if (a.method != DctMethod::kAuto) return a.method == DctMethod::kFft;
-  return static_cast<double>(a.rank) >= kFftRankPerLog2 * std::log2(static_cast<double>(a.dim));
+  return a.rank >= (adjacent ? kFftMinRankColumns : kFftMinRankRows);
 }
 
 // The r selected rows as int64, and the signs in the compute type T (or an undefined tensor).
@@ -160,77 +173,105 @@ void for_chunks(int64_t other, int64_t chunk, Body body) {
   });
 }
 
+// How a chunk of w signals lies in the FFT buffers, chosen to match the data: "entry-major" (the d entries
+// of the time buffer, or the d/2 + 1 bins of the spectrum, are its rows and the signals its columns; the
+// transform runs along dim 0) when consecutive signals are adjacent in memory (columns of a row-major
+// matrix: side "left" of a contiguous G or R), else "signal-major" (one signal per row; the transform runs
+// along dim 1). Every loop below then reads and writes along rows.
+struct ChunkLayout {
+  bool entry_major;
+  int64_t w, d, h;
+  int64_t fft_dim() const { return entry_major ? 0 : 1; }
+  std::vector<int64_t> time_shape() const {  // the time buffer v
+    return entry_major ? std::vector<int64_t>{d, w} : std::vector<int64_t>{w, d};
+  }
+  std::vector<int64_t> bins_shape() const {  // the half spectrum, as real pairs
+    return entry_major ? std::vector<int64_t>{h, w, 2} : std::vector<int64_t>{w, h, 2};
+  }
+  int64_t time(int64_t i, int64_t j) const { return entry_major ? i * w + j : j * d + i; }  // element of v
+  int64_t bin(int64_t k, int64_t j) const { return 2 * (entry_major ? k * w + j : j * h + k); }  // real part
+};
+
+// The signals of X: entry t (or coefficient i) of signal j at X[t * s_t + j * s_j].
+struct Signals {
+  int64_t s_t, s_j;
+  explicit Signals(const at::Tensor& X, bool left) : s_t(X.stride(left ? 0 : 1)), s_j(X.stride(left ? 1 : 0)) {}
+  bool adjacent() const { return s_j < s_t; }
+};
+
+// Runs f(i, j) over i in [0, n_i), j in [0, w), with j innermost when `j_inner`.
+template <typename F>
+void loop2(int64_t n_i, int64_t w, bool j_inner, F f) {
+  if (j_inner) {
+    for (int64_t i = 0; i < n_i; ++i)
+      for (int64_t j = 0; j < w; ++j) f(i, j);
+  } else {
+    for (int64_t j = 0; j < w; ++j)
+      for (int64_t i = 0; i < n_i; ++i) f(i, j);
+  }
+}
+
 template <typename T>
 at::Tensor project_fft(const at::Tensor& X, const DctTransformArgs& a, const Rows& rows) {
   const int64_t d = a.dim, r = a.rank, other = a.other, chunk = std::max<int64_t>(1, kFftChunkElems / d);
   const at::ScalarType t_type = c10::CppTypeToScalarType<T>::value;
   at::Tensor out = a.left ? at::empty({r, other}, X.options().dtype(t_type))
                           : at::empty({other, r}, X.options().dtype(t_type));
+  const int64_t o_i = out.stride(a.left ? 0 : 1), o_j = out.stride(a.left ? 1 : 0);  // out (i, j)
   const std::vector<int64_t> order = dct_fft::makhoul_order(d);
   const Bins<T> b = bins<T>(rows, d, /*project=*/true);
   const T* sign = rows.signs.defined() ? rows.signs.const_data_ptr<T>() : nullptr;
-  const int64_t s_t = X.stride(a.left ? 0 : 1), s_j = X.stride(a.left ? 1 : 0);
+  const Signals in(X, a.left);
   T* op = out.data_ptr<T>();
   for_chunks(other, chunk, [&](int64_t j0, int64_t w) {
-    at::Tensor v = at::empty({w, d}, X.options().dtype(t_type));
-    dct_fft::gather_reordered<T>(X, s_t, s_j, j0, w, order, sign, v.data_ptr<T>());
-    const at::Tensor z = at::view_as_real(at::fft_rfft(v, std::nullopt, 1));  // [w, d/2 + 1, 2]
+    const ChunkLayout L{in.adjacent(), w, d, d / 2 + 1};
+    at::Tensor v = at::empty(L.time_shape(), X.options().dtype(t_type));
+    const int64_t v_i = L.time(1, 0) - L.time(0, 0), v_j = L.time(0, 1) - L.time(0, 0);
+    dct_fft::gather_reordered<T>(X, in.s_t, in.s_j, j0, w, order, sign, v.data_ptr<T>(), v_i, v_j);
+    const at::Tensor z = at::view_as_real(at::fft_rfft(v, std::nullopt, L.fft_dim())).contiguous();
     const T* zp = z.const_data_ptr<T>();
-    const int64_t zj = z.stride(0), zk = z.stride(1);
-    for (int64_t i = 0; i < r; ++i) {
-      const T* zi = zp + b.kk[i] * zk;
-      const T wr = b.wr[i], wi = b.wi[i];
-      for (int64_t j = 0; j < w; ++j) {
-        const T value = wr * zi[j * zj] + wi * zi[j * zj + 1];
-        if (a.left)
-          op[i * other + j0 + j] = value;
-        else
-          op[(j0 + j) * r + i] = value;
-      }
-    }
+    // out (i, j) = wr_i Re V_j[kk_i] + wi_i Im V_j[kk_i]
+    loop2(r, w, L.entry_major, [&](int64_t i, int64_t j) {
+      const T* zij = zp + L.bin(b.kk[i], j);
+      op[i * o_i + (j0 + j) * o_j] = b.wr[i] * zij[0] + b.wi[i] * zij[1];
+    });
   });
   return out;
 }
 
 template <typename T>
 at::Tensor unproject_fft(const at::Tensor& X, const DctTransformArgs& a, const Rows& rows) {
-  const int64_t d = a.dim, r = a.rank, other = a.other, h = d / 2 + 1;
-  const int64_t chunk = std::max<int64_t>(1, kFftChunkElems / d);
+  const int64_t d = a.dim, r = a.rank, other = a.other, chunk = std::max<int64_t>(1, kFftChunkElems / d);
   const at::ScalarType t_type = c10::CppTypeToScalarType<T>::value;
   at::Tensor out = a.left ? at::empty({d, other}, X.options().dtype(t_type))
                           : at::empty({other, d}, X.options().dtype(t_type));
+  const int64_t o_t = out.stride(a.left ? 0 : 1), o_j = out.stride(a.left ? 1 : 0);  // out (t, j)
   const std::vector<int64_t> order = dct_fft::makhoul_order(d);
   const Bins<T> b = bins<T>(rows, d, /*project=*/false);
   const T* sign = rows.signs.defined() ? rows.signs.const_data_ptr<T>() : nullptr;
-  // coefficient i of signal j at X[i * s_i + j * s_j]
-  const int64_t s_i = X.stride(a.left ? 0 : 1), s_j = X.stride(a.left ? 1 : 0);
+  const Signals in(X, a.left);  // coefficient i of signal j at X[i * s_t + j * s_j]
   T* op = out.data_ptr<T>();
   for_chunks(other, chunk, [&](int64_t j0, int64_t w) {
-    at::Tensor spectrum = at::zeros({w, h, 2}, X.options().dtype(t_type));
+    const ChunkLayout L{in.adjacent(), w, d, d / 2 + 1};
+    at::Tensor spectrum = at::zeros(L.bins_shape(), X.options().dtype(t_type));
     T* sp = spectrum.data_ptr<T>();
+    // bin kk_i of signal j += a_ij (wr_i + i wi_i), in the order i for each signal (repeated rows add up)
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "lowrank_ops::dct_scatter", [&] {
-      const scalar_t* src = X.const_data_ptr<scalar_t>() + j0 * s_j;
-      for (int64_t i = 0; i < r; ++i) {
-        T* bin = sp + b.kk[i] * 2;
-        for (int64_t j = 0; j < w; ++j) {
-          const T coefficient = static_cast<T>(src[i * s_i + j * s_j]);
-          bin[j * h * 2] += coefficient * b.wr[i];
-          bin[j * h * 2 + 1] += coefficient * b.wi[i];
-        }
-      }
+      const scalar_t* src = X.const_data_ptr<scalar_t>() + j0 * in.s_j;
+      loop2(r, w, L.entry_major, [&](int64_t i, int64_t j) {
+        const T coefficient = static_cast<T>(src[i * in.s_t + j * in.s_j]);
+        T* bin = sp + L.bin(b.kk[i], j);
+        bin[0] += coefficient * b.wr[i];
+        bin[1] += coefficient * b.wi[i];
+      });
     });
-    const at::Tensor v = at::fft_irfft(at::view_as_complex(spectrum), d, 1).contiguous();  // [w, d]
+    const at::Tensor v = at::fft_irfft(at::view_as_complex(spectrum), d, L.fft_dim()).contiguous();
     const T* vp = v.const_data_ptr<T>();
-    for (int64_t i = 0; i < d; ++i) {
+    // out (t, j) = sign_t v_j[i] for t = order[i]
+    loop2(d, w, L.entry_major, [&](int64_t i, int64_t j) {
       const int64_t t = order[i];
-      const T s = sign != nullptr ? sign[t] : T(1);
-      for (int64_t j = 0; j < w; ++j) {
-        if (a.left)
-          op[t * other + j0 + j] = s * vp[j * d + i];
-        else
-          op[(j0 + j) * d + t] = s * vp[j * d + i];
-      }
-    }
+      op[t * o_t + (j0 + j) * o_j] = (sign != nullptr ? sign[t] : T(1)) * vp[L.time(i, j)];
+    });
   });
   return out;
 }
@@ -243,7 +284,7 @@ at::Tensor transform(const char* op, const at::Tensor& X, const at::Tensor& indi
   const at::ScalarType T = compute_dtype(X.scalar_type());
   const Rows rows = rows_of(indices, signs, T);
   at::Tensor out;
-  if (!use_fft(a)) {
+  if (!use_fft(a, Signals(X, a.left).adjacent())) {
     out = project ? project_gemm(X, a, rows, T) : unproject_gemm(X, a, rows, T);
   } else {
     AT_DISPATCH_FLOATING_TYPES(T, "lowrank_ops::dct_transform", [&] {
