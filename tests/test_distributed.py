@@ -339,6 +339,7 @@ FSDP_CASES = {  # name: (optimizer keys, shard along the unprojected dimension)
     "rademacher_adapter": ({"projection": "rademacher", "wd_mode": "adapter"}, False),
     "gaussian_local": ({"projection": "gaussian"}, True),
     "two_sided_gaussian": ({"projection": "two_sided_gaussian"}, False),
+    "sr_dct": ({"projection": "sr_dct"}, False),
 }
 FSDP_STEPS, GLOBAL_BATCH = 4, 6
 
