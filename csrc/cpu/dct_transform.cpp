@@ -31,10 +31,11 @@ namespace lowrank_ops {
 namespace cpu {
 namespace {
 
-// "auto": the FFT path from rank kFftMinRank on, else the GEMM path. Per signal the GEMM costs 2 r d flops
-// and the FFT ~c d log2(d) plus the gather and scatter passes, whatever r. Measured by bench/bench_dct.py
-// --device cpu --threads 1 --transform-only (bench/results/dct_transform_cpu_t1.json; 2-core EPYC, shared,
-// load average ~6: these are noisy to ~30%), median ms GEMM / FFT with 4096 signals, project | unproject:
+// "auto": the FFT path from rank kFftMinRankRows / kFftMinRankColumns on, else the GEMM path. Per signal
+// the GEMM costs 2 r d flops and the FFT ~c d log2(d) plus the gather and scatter passes, whatever r.
+// Measured by bench/bench_dct.py --device cpu --threads 1 --transform-only (bench/results/
+// dct_transform_cpu_t1.json; 2-core EPYC, shared, load average ~6: these are noisy to ~30%), median ms
+// GEMM / FFT with 4096 signals, project | unproject:
 //   signals in rows (side "right" of a contiguous G or R):
 //     d =  128: r = 64   1.6 / 1.6 |  2.3 / 3.0      r = 128   5.3 / 3.0 |   4.3 / 3.6
 //     d = 1024: r = 64   8.0 / 7.7 |  7.4 / 7.2      r = 128  14.6 / 7.4 |  16.4 / 8.5
