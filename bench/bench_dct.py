@@ -17,6 +17,12 @@ CPU only, the two scoring methods of the C++ backend (torch.ops.lowrank_ops.dct_
   scores:fft        Makhoul's DCT through torch.fft.rfft, float64: O(m n log d)
 at the issue's shapes and over a sweep of d (other dimension 4096), which is where the crossover that
 csrc/cpu/dct.cpp's "auto" uses (kGemmMaxDim) comes from.
+CPU only, the two ways of dct_project / dct_unproject (the sr_dct projection P = S C D: r signed DCT rows),
+over a sweep of d and r, both sides (right: G 4096 x d, left: G d x 4096; --quick: 1024 instead of 4096):
+  project:gemm / unproject:gemm   tiles of P generated into cache, one float32 GEMM per tile: O(r d (other))
+  project:fft / unproject:fft     Makhoul's DCT through torch.fft (rfft / irfft), float32: O(d log d (other))
+which is where csrc/cpu/dct_transform.cpp's "auto" rule (kFftRankPerLog2) comes from.
+    python -m bench.bench_dct --device cpu --threads 1 --transform-only   # that sweep alone
 GPU only: dct_scores[B] in bfloat16 as TFLOP/s of its GEMM (2 d^2 (other) flops) against the measured bf16
 cuBLAS rate.
 
@@ -151,6 +157,49 @@ def run_methods(res: common.Results, cases, args) -> list[dict]:
     return rows
 
 
+TRANSFORM_DIMS = (64, 128, 256, 1024, 4096)
+TRANSFORM_RANKS = (16, 32, 64, 128, 256, 512)
+
+
+def transform_call(ops, which: str, X, idx, d: int, side: str, signs, method: str):
+    """A call of dct_project (X = G) or dct_unproject (X = R) on `side`."""
+    if which == "project":
+        return lambda: ops.dct_project(X, idx, side, signs, method=method)
+    return lambda: ops.dct_unproject(X, idx, d, side, signs, method=method)
+
+
+def run_transform_methods(res: common.Results, args) -> list[dict]:
+    """CPU dct_project / dct_unproject by GEMM vs FFT, both sides, on the sr_dct P of one seed, interleaved."""
+    from lowrank_ops import ops
+    from lowrank_ops.projections import sr_dct
+
+    rows = []
+    device = torch.device("cpu")
+    other = 1024 if args.quick else SWEEP_OTHER
+    gen = torch.Generator().manual_seed(18)
+    for side, d in ((side, d) for d in TRANSFORM_DIMS for side in ("right", "left")):
+        G = torch.randn((other, d) if side == "right" else (d, other), generator=gen)
+        signs = sr_dct.signs(d, 18, torch.float32)
+        for r in (r for r in TRANSFORM_RANKS if r <= d):
+            idx = sr_dct.rows(r, d, 18)
+            R = torch.randn((other, r) if side == "right" else (r, other), generator=gen)
+            for which in ("project", "unproject"):
+                X = G if which == "project" else R
+                fns = {meth: transform_call(ops, which, X, idx, d, side, signs, meth) for meth in ("gemm", "fft")}
+                timings = common.time_interleaved(fns, device, rounds=args.rounds, block_s=args.block_s)
+                print(f"  {which} {side} {list(G.shape)} r={r}: "
+                      + ", ".join(f"{k} {t.median_ms:.3f} ms" for k, t in timings.items()), flush=True)
+                for meth, t in timings.items():
+                    rows.append(res.add(op=f"dct_{which}", variant=f"{which}:{meth}", backend="cpu",
+                                        shape="x".join(map(str, G.shape)), dtype="float32",
+                                        params={"side": side, "d": d, "rank": r, "method": meth},
+                                        time_ms=t.median_ms, time_iqr_ms=t.iqr_ms, time_min_ms=t.min_ms, runs=t.runs,
+                                        timing_method=t.method, role="method",
+                                        ratio_to_baseline=t.median_ms / timings["fft"].median_ms,
+                                        baseline=f"{which}:fft"))
+    return rows
+
+
 def run_gpu_scoring(res: common.Results, shapes, ceiling: dict, args) -> list[dict]:
     """bf16 dct_scores per GPU backend as GEMM throughput, against the measured bf16 cuBLAS rate."""
     from lowrank_ops import ops
@@ -202,6 +251,8 @@ def parse_args(argv=None):
     ap.add_argument("--slow-repeats", type=int, default=None,
                     help="calls timed for the SVDs and GEMM-method rows over 2 s (default 1; 3 with --quick)")
     ap.add_argument("--no-methods", action="store_true", help="skip the CPU GEMM-vs-FFT rows")
+    ap.add_argument("--transform-only", action="store_true",
+                    help="only the CPU GEMM-vs-FFT rows of dct_project / dct_unproject")
     ap.add_argument("--out", default=None, help="directory for <name>.json/.csv (default bench/results)")
     ap.add_argument("--name", default=None, help="results file stem (default dct_<device>[_quick][_t<N>])")
     ap.add_argument("--no-write", action="store_true")
@@ -227,6 +278,13 @@ def main(argv=None) -> int:
     torch.svd_lowrank(warm, q=8)
     torch.fft.rfft(warm.double())
     rows = []
+    if args.transform_only:
+        if device.type != "cpu":
+            raise SystemExit("bench_dct: --transform-only measures the CPU kernels; pass --device cpu")
+        print("\nCPU projection methods (GEMM vs FFT):", flush=True)
+        run_transform_methods(res, args)
+        common.write_run(res, args)
+        return 0
     for m, n in shapes:
         G = torch.randn(m, n, generator=gen).to(device)
         rows += run_shape(res, G, ranks, device, args)
@@ -235,6 +293,8 @@ def main(argv=None) -> int:
         sweep = [((d, SWEEP_OTHER // 4 if args.quick else SWEEP_OTHER), "left") for d in SWEEP_DIMS]
         sweep += [((SWEEP_OTHER // 4 if args.quick else SWEEP_OTHER, d), "right") for d in SWEEP_DIMS]
         rows += run_methods(res, sweep + [((m, n), std_side(m, n)) for m, n in shapes], args)
+        print("\nCPU projection methods (GEMM vs FFT):", flush=True)
+        rows += run_transform_methods(res, args)
     if device.type == "cuda":
         ceiling = common.cuda_gemm_tflops(quick=args.quick)
         res.meta["ceiling_gemm_bf16"] = ceiling

@@ -17,9 +17,11 @@ Parts (each row names the machine; benchmarks measure, never assert):
           per-step sketches) at several ranks. Bytes handed to all-reduces per step (counted by wrapping
           torch.distributed.all_reduce, the same way for every hook), time per step, held-out loss.
   table4  The duality paper's Table 4 ordering on a tiny model: K workers x rank r with K r constant
-          ((2, 2r), (4, r), (8, r/2)), DiLoCo with identical / independent / distributed projections and
-          the full-rank DiLoCo baseline; held-out loss of the global model after the last sync, mean and
-          standard deviation over seeds. The paper finds distributed <= independent <= identical.
+          ((2, 2r), (4, r), (8, r/2)), DiLoCo with identical / independent / distributed projections of
+          the paper's kind "orthogonal" and of the seeded "sr_dct" (variants "<mode>+sr_dct": in
+          distributed mode disjoint rows of one S C D, no QR), and the full-rank DiLoCo baseline;
+          held-out loss of the global model after the last sync, mean and standard deviation over seeds.
+          The paper finds distributed <= independent <= identical.
 Times come from a shared CPU machine over loopback gloo: they show the cost structure, not a network.
 """
 
@@ -68,12 +70,12 @@ def mlp(dims, seed=0):
     return torch.nn.Sequential(*layers[:-1])
 
 
-def inner_factory(mode, rank, lr):
+def inner_factory(mode, rank, lr, projection="orthogonal"):
     from lowrank_ops.optim import LowRankAdamW
 
     if mode == "diloco_full":
         return lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=0.0)
-    return lambda p: LowRankAdamW(p, lr=lr, weight_decay=0.0, rank=rank, projection="orthogonal")
+    return lambda p: LowRankAdamW(p, lr=lr, weight_decay=0.0, rank=rank, projection=projection)
 
 
 def held_out_loss(model, dims, seed):
@@ -297,13 +299,22 @@ def part_hook(res, args):
 # Part table4: the ordering of the projection initializations
 
 
-def _table4_rank(world_rank, world, mode, dims, r, H, rounds, seed):
+# (variant name, DiLoCo mode, projection kind): the paper's "orthogonal" keeps the plain mode names
+TABLE4_VARIANTS = (
+    (("diloco_full", "diloco_full", None),)
+    + tuple((mode, mode, "orthogonal") for mode in MODES)
+    + tuple((f"{mode}+sr_dct", mode, "sr_dct") for mode in MODES)
+)
+TABLE4_KINDS = {"orthogonal": "", "sr_dct": "+sr_dct"}  # kind -> suffix of its variant names
+
+
+def _table4_rank(world_rank, world, mode, dims, r, H, rounds, seed, projection):
     from lowrank_ops.distributed import DiLoCo
 
     model = mlp(dims, seed=seed)
     diloco = DiLoCo(
         model,
-        inner_factory(mode, r, 3e-3),
+        inner_factory(mode, r, 3e-3, projection),
         sync_every=H,
         seed=seed,
         projection_init="identical" if mode == "diloco_full" else mode,
@@ -323,53 +334,55 @@ def part_table4(res, args):
     configs = ((2, 8), (4, 4)) if args.quick else ((2, 8), (4, 4), (8, 2))
     table = {}
     for K, r in configs:
-        for mode in MODE_NAMES:
-            losses = [run_local(_table4_rank, K, mode, dims, r, H, rounds, s, timeout=600)[0] for s in seeds]
+        for variant, mode, projection in TABLE4_VARIANTS:
+            losses = [
+                run_local(_table4_rank, K, mode, dims, r, H, rounds, s, projection, timeout=600)[0] for s in seeds
+            ]
             mean = statistics.mean(losses)
             std = statistics.stdev(losses) if len(losses) > 1 else 0.0
-            table[(K, r, mode)] = (mean, std, losses)
+            table[(K, r, variant)] = (mean, std, losses)
             res.add(
                 op="table4",
-                variant=mode,
+                variant=variant,
                 shape=f"MLP{list(dims)}",
                 dtype="float32",
-                params={"workers": K, "rank": r, "H": H, "rounds": rounds, "seeds": list(seeds)},
+                params={"workers": K, "rank": r, "H": H, "rounds": rounds, "seeds": list(seeds),
+                        "projection": projection},
                 held_out_loss=mean,
                 held_out_loss_std=std,
                 losses=losses,
             )
-            print(f"  K={K} r={r} {mode:12s} loss {mean:.5f} +- {std:.5f}", flush=True)
+            print(f"  K={K} r={r} {variant:19s} loss {mean:.5f} +- {std:.5f}", flush=True)
     print(
         f"\nTable 4 ordering (held-out MSE of the global model after {rounds} rounds of H={H}; mean +- std over "
         f"{len(seeds)} seeds; paper: distributed <= independent <= identical)"
     )
     rows = []
     for K, r in configs:
-        cells = [f"{table[(K, r, m)][0]:.5f} +- {table[(K, r, m)][1]:.5f}" for m in MODE_NAMES]
-        low = [table[(K, r, m)][0] for m in ("distributed", "independent", "identical")]
-        wins = [
-            sum(a <= b for a, b in zip(table[(K, r, "distributed")][2], table[(K, r, "independent")][2])),
-            sum(a <= b for a, b in zip(table[(K, r, "independent")][2], table[(K, r, "identical")][2])),
-        ]
-        rows.append(
-            [f"({r}, {K})"]
-            + cells
-            + [
-                "yes" if low[0] <= low[1] <= low[2] else "no",
-                f"{wins[0]}/{len(seeds)}, {wins[1]}/{len(seeds)}",
+        for projection, suffix in TABLE4_KINDS.items():
+            dist, indep, ident = (table[(K, r, m + suffix)] for m in ("distributed", "independent", "identical"))
+            cells = [f"{table[(K, r, 'diloco_full')][0]:.5f} +- {table[(K, r, 'diloco_full')][1]:.5f}"] + [
+                f"{table[(K, r, m + suffix)][0]:.5f} +- {table[(K, r, m + suffix)][1]:.5f}" for m in MODES
             ]
-        )
-        res.add(
-            op="table4_ordering",
-            variant=f"K={K},r={r}",
-            ordering_holds=low[0] <= low[1] <= low[2],
-            seeds_dist_le_indep=wins[0],
-            seeds_indep_le_ident=wins[1],
-            params={"workers": K, "rank": r},
-        )
+            holds = dist[0] <= indep[0] <= ident[0]
+            wins = [sum(a <= b for a, b in zip(dist[2], indep[2])), sum(a <= b for a, b in zip(indep[2], ident[2]))]
+            rows.append(
+                [f"({r}, {K})", projection]
+                + cells
+                + ["yes" if holds else "no", f"{wins[0]}/{len(seeds)}, {wins[1]}/{len(seeds)}"]
+            )
+            res.add(
+                op="table4_ordering",
+                variant=f"K={K},r={r}{suffix}",
+                ordering_holds=holds,
+                seeds_dist_le_indep=wins[0],
+                seeds_indep_le_ident=wins[1],
+                params={"workers": K, "rank": r, "projection": projection},
+            )
     print(
         common.format_table(
-            ["(rank, workers)"] + list(MODE_NAMES) + ["ordering (means)", "per seed: d<=ind, ind<=id"], rows
+            ["(rank, workers)", "projection"] + list(MODE_NAMES) + ["ordering (means)", "per seed: d<=ind, ind<=id"],
+            rows,
         )
     )
 

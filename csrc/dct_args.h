@@ -3,6 +3,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <string>
 
 #include "../kernels/dct.h"
@@ -73,6 +74,48 @@ inline void check_basis_args(const at::Tensor& indices, int64_t dim, at::ScalarT
     TORCH_CHECK(lo >= 0 && hi < dim, "lowrank_ops.dct_basis: argument 'indices' must hold values in [0, ",
                 dim, "), got values in [", lo, ", ", hi, "]");
   }
+}
+
+// dct_project / dct_unproject: P[i, t] = sign_t D[indices[i], t] (r x d) applied to X on `side`.
+struct DctTransformArgs {
+  bool left;        // side == "left": P X / P^T X (d or r = X.size(0)); else X P^T / X P
+  int64_t dim;      // d
+  int64_t rank;     // r = indices.numel()
+  int64_t other;    // X's other extent (the number of signals)
+  DctMethod method;
+};
+
+// `project`: X = G (d along the side); else X = R (r along the side) and `dim` = d. indices: int16/32/64,
+// 1-D, non-empty, values in [0, d) (read: CPU tensors); signs: absent or a 1-D float tensor of length d.
+inline DctTransformArgs check_transform_args(const char* op, const at::Tensor& X, const at::Tensor& indices,
+                                             int64_t dim, c10::string_view side,
+                                             const std::optional<at::Tensor>& signs, c10::string_view method,
+                                             bool project) {
+  const char* arg = project ? "G" : "R";
+  check_float_matrix(op, arg, X);
+  const bool left = parse_side(op, side);
+  const at::ScalarType s = indices.scalar_type();
+  TORCH_CHECK(s == at::kShort || s == at::kInt || s == at::kLong, "lowrank_ops.", op,
+              ": argument 'indices' must be int16, int32 or int64, got ", s);
+  TORCH_CHECK(indices.dim() == 1 && indices.numel() >= 1, "lowrank_ops.", op,
+              ": argument 'indices' must be a non-empty 1-D tensor, got shape ", shape_str(indices));
+  const int64_t along = X.size(left ? 0 : 1), rank = indices.numel();
+  if (project) dim = along;
+  TORCH_CHECK(dim >= 1 && dim <= lro::kDctMaxDim, "lowrank_ops.", op, ": the projected dimension d (",
+              project ? "of 'G', side " : "argument 'dim', side ", std::string(side), ") must be in [1, ",
+              lro::kDctMaxDim, "], got ", dim);
+  TORCH_CHECK(project || along == rank, "lowrank_ops.", op, ": argument 'R' must have ", rank,
+              " (the number of indices) ", left ? "rows" : "columns", " (side ", std::string(side),
+              "), got shape ", shape_str(X));
+  const int64_t lo = indices.min().item<int64_t>(), hi = indices.max().item<int64_t>();
+  TORCH_CHECK(lo >= 0 && hi < dim, "lowrank_ops.", op, ": argument 'indices' must hold values in [0, ", dim,
+              "), got values in [", lo, ", ", hi, "]");
+  if (signs.has_value()) {
+    check_float_dtype(op, "signs", signs->scalar_type());
+    TORCH_CHECK(signs->dim() == 1 && signs->size(0) == dim, "lowrank_ops.", op,
+                ": argument 'signs' must be a 1-D tensor of length d = ", dim, ", got shape ", shape_str(*signs));
+  }
+  return {left, dim, rank, X.size(left ? 1 : 0), parse_method(op, method)};
 }
 
 }  // namespace lowrank_ops

@@ -59,6 +59,15 @@ void lowrank_adamw_step_(const AdamDevice& device, const at::Tensor& W, const at
 
 namespace cpu {
 LOWRANK_OPS_DECLARE_DEVICE_OPS
+// dct family, CPU only (CUDA tensors take the pure-torch kernel): P G / G P^T and P^T R / R P for
+// P[i, t] = sign_t D[indices[i], t] (sign_t = 1 without `signs`), by a GEMM on generated tiles or the FFT
+// (method "auto" | "gemm" | "fft"; csrc/cpu/dct_transform.cpp).
+at::Tensor dct_project(const at::Tensor& G, const at::Tensor& indices, c10::string_view side,
+                       const std::optional<at::Tensor>& signs, std::optional<at::ScalarType> out_dtype,
+                       c10::string_view method);
+at::Tensor dct_unproject(const at::Tensor& R, const at::Tensor& indices, int64_t dim, c10::string_view side,
+                         const std::optional<at::Tensor>& signs, std::optional<at::ScalarType> out_dtype,
+                         c10::string_view method);
 }  // namespace cpu
 
 namespace cuda {

@@ -60,6 +60,8 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "The C++ kernels of lowrank_ops (csrc/lowrank_ops.h), registered as op kernels by lowrank_ops/_ops.py";
   auto cpu_module = m.def_submodule("cpu", "CPU kernels");
   LOWRANK_OPS_DEF_DEVICE_OPS(cpu_module, cpu);
+  lowrank_ops::def(cpu_module, "dct_project", &lowrank_ops::cpu::dct_project);  // CPU-only ops
+  lowrank_ops::def(cpu_module, "dct_unproject", &lowrank_ops::cpu::dct_unproject);
 #ifdef LOWRANK_OPS_CUDA
   auto cuda_module = m.def_submodule("cuda", "CUDA kernels");
   LOWRANK_OPS_DEF_DEVICE_OPS(cuda_module, cuda);

@@ -82,6 +82,8 @@ PURE_TORCH = {
     "dct_scores": dct.dct_scores,
     "dct_topk": dct.dct_topk,
     "dct_basis": dct.dct_basis,
+    "dct_project": dct.dct_project,
+    "dct_unproject": dct.dct_unproject,
     "lowrank_adamw_step_": lowrank_adam.lowrank_adamw_step_,
     "quantize_weight": quant.quantize_weight,
     "dequantize_weight": quant.dequantize_weight,
@@ -101,7 +103,8 @@ TRITON = {
     "dequantize_weight": _triton_dequantize_weight,
     "dequant_matmul": _triton_dequant_matmul,
     "dequant_matmul_t": _triton_dequant_matmul_t,
-}  # philox4x32 has none: the Triton kernels draw their words with tl.randint4x
+}  # philox4x32 has none (the Triton kernels draw their words with tl.randint4x), nor have dct_project and
+# dct_unproject yet (CUDA tensors take their pure-torch kernel)
 
 # op -> (its one implementation, the op whose backends it runs on)
 COMPOSITE = {"range_finder": (range_finder.range_finder, "sketch_project")}

@@ -156,6 +156,58 @@ _define("dct_topk", '(Tensor G, int rank, str side, str norm="l1", str method="a
 _define("dct_basis", "(Tensor indices, int dim, ScalarType dtype, str? backend=None) -> Tensor",
         lambda indices, dim, dtype, backend=None: indices.new_empty((indices.shape[0], dim), dtype=dtype))
 
+
+def _fake_dct_project(G, indices, side, signs=None, out_dtype=None, method="auto", backend=None):
+    r = indices.shape[0]
+    return G.new_empty((r, G.shape[1]) if side == "left" else (G.shape[0], r), dtype=out_dtype or G.dtype)
+
+
+def _fake_dct_unproject(R, indices, dim, side, signs=None, out_dtype=None, method="auto", backend=None):
+    return R.new_empty((dim, R.shape[1]) if side == "left" else (R.shape[0], dim), dtype=out_dtype or R.dtype)
+
+
+# P G (left) or G P^T (right) for P[i, t] = signs[t] D[indices[i], t] (signs None: 1); method "auto" |
+# "gemm" | "fft", how the CPU kernel computes it (the other kernels have one way).
+_define("dct_project", '(Tensor G, Tensor indices, str side, Tensor? signs=None, ScalarType? out_dtype=None, '
+                       'str method="auto", str? backend=None) -> Tensor', _fake_dct_project)
+# P^T R (left) or R P (right) for the same P (dim x n or m x dim).
+_define("dct_unproject", '(Tensor R, Tensor indices, int dim, str side, Tensor? signs=None, '
+                         'ScalarType? out_dtype=None, str method="auto", str? backend=None) -> Tensor',
+        _fake_dct_unproject)
+
+
+def _setup_dct_project(ctx, inputs, output):
+    G, indices, side, signs, _, method, backend = inputs
+    ctx.save_for_backward(indices, signs)
+    ctx.args = (G.shape[0] if side == "left" else G.shape[1], side, G.dtype, method, backend)
+
+
+def _setup_dct_unproject(ctx, inputs, output):
+    R, indices, _, side, signs, _, method, backend = inputs
+    ctx.save_for_backward(indices, signs)
+    ctx.args = (side, R.dtype, method, backend)
+
+
+def _backward_dct_project(ctx, grad):
+    """d/dG <dY, P G> = P^T dY (left; right likewise): the adjoint op, which gives double backward too. The
+    indices and signs get no gradient."""
+    indices, signs = ctx.saved_tensors
+    dim, side, dtype, method, backend = ctx.args
+    return (torch.ops.lowrank_ops.dct_unproject(grad, indices, dim, side, signs, dtype, method, backend),
+            *[None] * 6)
+
+
+def _backward_dct_unproject(ctx, grad):
+    indices, signs = ctx.saved_tensors
+    side, dtype, method, backend = ctx.args
+    return torch.ops.lowrank_ops.dct_project(grad, indices, side, signs, dtype, method, backend), *[None] * 7
+
+
+torch.library.register_autograd("lowrank_ops::dct_project", _backward_dct_project,
+                                setup_context=_setup_dct_project, lib=LIB)
+torch.library.register_autograd("lowrank_ops::dct_unproject", _backward_dct_unproject,
+                                setup_context=_setup_dct_unproject, lib=LIB)
+
 # --------------------------------------------------------------------------------------------------------
 # lowrank_adam family: the fused project -> Adam -> unproject step (lowrank_ops/ops/lowrank_adam.py)
 # --------------------------------------------------------------------------------------------------------

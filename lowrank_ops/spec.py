@@ -54,6 +54,18 @@ DCT_NORMS = ("l1", "l2")
 DCT_MAX_DIM = 2**31 - 1  # the largest d (kernels/dct.h kDctMaxDim: angles are formed from 32-bit products)
 DCT_METHODS = ("auto", "gemm", "fft")  # how the CPU kernel computes the scores (other backends: one way)
 
+# --- subsampled randomized DCT ("sr_dct" projections) --------------------------------------------------
+# P = S C D (r x d) from one uint64 seed s: C the orthonormal DCT-II basis above, D = diag(sign_t), S the
+# rows pi(k r), ..., pi(k r + r - 1) of the seed's random order pi of [0, d) (row block (k, K); k = 0 alone).
+#   sign_t = +1 if bit (t % 32) of word (t % 128) // 32 of philox((t // 128, SRDCT_SIGN_ROW, 0, 0); s) is set,
+#            else -1: the sign of entry (0, t) of the Rademacher sketch of s (spec v1), so the kernels draw it
+#            with their Rademacher generator;
+#   key_t  = w0 * 2^32 + w1 (unsigned 64-bit) of (w0, w1, w2, w3) = philox((t, SRDCT_KEY_ROW, 0, 0); s);
+#   pi     = [0, d) sorted by (key_t, t) ascending: the smallest keys first, equal keys to the lower index.
+# The sign and key counters differ in word 1, so the two draws never share a Philox block.
+SRDCT_SIGN_ROW = 0
+SRDCT_KEY_ROW = 1
+
 # --- quantized weights ----------------------------------------------------------------------------------
 # int8: symmetric absmax per group of `group_size` consecutive elements of a row of W [out, in];
 #       scale = absmax / INT8_MAX (float32), code = clamp(round_half_even(w / scale), -INT8_MAX, INT8_MAX);

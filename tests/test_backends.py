@@ -17,7 +17,8 @@ from lowrank_ops import _extension, _kernels, _ops, backends
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = torch.ops.lowrank_ops
-DIFFERENTIABLE = {"sketch_project", "sketch_unproject", "dequant_matmul", "dequant_matmul_t"}
+DIFFERENTIABLE = {"sketch_project", "sketch_unproject", "dct_project", "dct_unproject", "dequant_matmul",
+                  "dequant_matmul_t"}
 
 
 def test_each_operation_is_listed_once():

@@ -95,6 +95,9 @@ def run_every_op() -> dict:
     out["dct_scores"] = L.dct_scores(G, "right", "l2")
     out["dct_topk"] = L.dct_topk(G, 5, "left")
     out["dct_basis"] = L.dct_basis(torch.tensor([0, 3, 28], dtype=torch.int16), 29, torch.float64)
+    signs = torch.where(torch.arange(37) % 3 == 0, -1.0, 1.0)
+    out["dct_project"] = L.dct_project(G, torch.tensor([36, 0, 18, 5], dtype=torch.int32), "left", signs)
+    out["dct_unproject"] = L.dct_unproject(G[:, :4], torch.tensor([1, 2, 0, 1]), 40, "right", None, None, "fft")
     W, m, v = G.clone(), torch.zeros(37, 4, dtype=torch.float64), torch.zeros(37, 4, dtype=torch.float64)
     L.lowrank_adamw_step_(W, G.flip(0), m, v, None, "none", 0, 0, None, "gaussian", 11, 4, None, 0.1, 0.9, 0.99,
                           1e-8, 0.1, 1, 1.0, "full")

@@ -27,6 +27,7 @@ from helpers import (
 from lowrank_ops import projections
 from lowrank_ops.distributed import MODES, DiLoCo, run_local, shard_placement_fn, worker_seed
 from lowrank_ops.optim import LowRankAdamW
+from lowrank_ops.reference import sr_dct as oracle_sr_dct
 
 TIMEOUT = 90  # seconds for one multi-process run, start to end
 
@@ -83,8 +84,12 @@ def train_step(model, opt, step, worker, **kw):
     return loss.item()
 
 
-def lowrank(params, **kw):
-    return LowRankAdamW(params, lr=2e-2, weight_decay=0.1, rank=2, projection="orthogonal", **kw)
+def lowrank(params, projection="orthogonal", **kw):
+    return LowRankAdamW(params, lr=2e-2, weight_decay=0.1, rank=2, projection=projection, **kw)
+
+
+def sr_dct_inner(params, **kw):
+    return lowrank(params, projection="sr_dct", **kw)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -139,6 +144,66 @@ def test_distributed_orthogonal_bases_and_rank_error():
 
 
 # ---------------------------------------------------------------------------------------------------
+# Distributed "sr_dct": K = 3 workers take disjoint row blocks of one S C D; after each sync all ranks hold
+# the same weights bit for bit.
+
+SR_K, SR_RANK, SR_ROUNDS = 3, 2, 2
+
+
+def _sr_dct_rank(rank, world):
+    model = make_net()
+    diloco = DiLoCo(model, sr_dct_inner, sync_every=H, projection_init="distributed", seed=321)
+    kind = projections.get("sr_dct")
+    out = {"bases": [], "weights": [], "states": []}
+    for g in range(SR_ROUNDS):
+        for t in range(g * H, (g + 1) * H):
+            train_step(model, diloco, t, rank)
+            if t == g * H:  # the basis of this round, as the inner optimizer hands it to the fused step
+                opt = diloco.inner_optimizer
+                bases = {}
+                for name in ("fc1", "fc2"):
+                    p = getattr(model, name).weight
+                    layout = kind.layout(p.shape, SR_RANK, "auto", (rank, world))
+                    ((side, _, _),) = layout.sides()
+                    bases[name] = getattr(kind.projection(opt.state[p], layout), side).matrix.clone()
+                    bases[name + "_layer"] = opt.state[p]["layer"]
+                out["bases"].append(bases)
+        out["weights"].append([p.detach().clone() for p in model.parameters()])  # right after the sync
+    out["states"] = [{k: v for k, v in s.items() if not isinstance(v, torch.Tensor)}
+                     for s in diloco.inner_optimizer.state.values() if "layer" in s]
+    return out
+
+
+def test_distributed_sr_dct_blocks_are_orthogonal_and_ranks_agree_after_a_sync():
+    """Each worker's basis is block k of the oracle's K r-row P of the round's seed (nothing but the seed and
+    k defines it); P_i P_j^T = S_i S_j^T = 0 in exact arithmetic, measured on the float32 bases the step uses
+    (|(P_i P_j^T)_ab| <= (2u + u^2) ||p_a|| ||p_b|| ~ eps32 after rounding P to float32); after every sync the
+    ranks' weights are bit-identical; the optimizer state holds ints only besides the moments."""
+    results = run_local(_sr_dct_rank, SR_K, timeout=TIMEOUT)
+    eps = torch.finfo(torch.float32).eps
+    worst = 0.0
+    for g in range(SR_ROUNDS):
+        for name, d in (("fc1", IN), ("fc2", OUT)):
+            Ps = [res["bases"][g][name].double() for res in results]
+            layer = results[0]["bases"][g][name + "_layer"]
+            full = oracle_sr_dct.matrix(SR_K * SR_RANK, d, projections.derive_seed(321, layer, g))
+            for k, Pk in enumerate(Ps):
+                assert Pk.shape == (SR_RANK, d)
+                # float32 rounding of the entries (<= 1) plus the oracle's few float64 ulp (test_sr_dct.py)
+                assert (Pk - full[k * SR_RANK : (k + 1) * SR_RANK]).abs().max() <= eps / 2 + 8 * 2.0**-53
+                assert (Pk @ Pk.T - torch.eye(SR_RANK, dtype=torch.float64)).abs().max() <= 1.01 * eps
+                for j in range(k + 1, SR_K):
+                    cross = float((Pk @ Ps[j].T).abs().max())
+                    worst = max(worst, cross)
+                    assert cross <= 1.01 * eps, (g, name, k, j, cross)
+        for res in results[1:]:
+            assert all(torch.equal(a, b) for a, b in zip(res["weights"][g], results[0]["weights"][g]))
+    print(f"\nsr_dct distributed: max |P_i P_j^T| over rounds, layers and pairs = {worst:.2e} (eps32 {eps:.2e})")
+    for res in results:
+        assert res["states"] and all(set(s) == {"step", "layer", "refresh", "proj_seed"} for s in res["states"])
+
+
+# ---------------------------------------------------------------------------------------------------
 # DiLoCo against a single-process simulation (float64: the low-rank exchange is exact math, so the two
 # agree to float64 rounding; any wrong basis, seed, block or average would show at O(1)).
 
@@ -146,17 +211,17 @@ H, ROUNDS, K2 = 3, 3, 2
 OUTER = {"lr": 0.7, "momentum": 0.9, "nesterov": True}
 
 
-def _inner_factory(mode):
+def _inner_factory(mode, projection):
     if mode == "dense":
         return lambda p: torch.optim.AdamW(p, lr=2e-2, weight_decay=0.1)
-    return lowrank
+    return lambda p: lowrank(p, projection=projection)
 
 
-def _diloco_rank(rank, world, mode, rounds):
+def _diloco_rank(rank, world, mode, rounds, projection="orthogonal"):
     model = make_net(torch.float64, seed=rank)  # rank 0's weights are broadcast
     diloco = DiLoCo(
         model,
-        _inner_factory(mode),
+        _inner_factory(mode, projection),
         sync_every=H,
         projection_init="identical" if mode == "dense" else mode,
         seed=99,
@@ -166,7 +231,7 @@ def _diloco_rank(rank, world, mode, rounds):
     return [p.detach().clone() for p in model.parameters()], diloco.last_sync
 
 
-def simulate(mode, rounds, K=K2):
+def simulate(mode, rounds, K=K2, projection="orthogonal"):
     """K workers in one process, dense pseudo-gradients, torch's SGD(nesterov) as the outer optimizer."""
     global_model = make_net(torch.float64, seed=0)
     theta = [p.detach().clone() for p in global_model.parameters()]
@@ -178,6 +243,7 @@ def simulate(mode, rounds, K=K2):
         opts = [
             lowrank(
                 w.parameters(),
+                projection=projection,
                 seed=worker_seed(99, mode, k),
                 update_gap=H,
                 block=(k, K) if mode == "distributed" else None,
@@ -199,11 +265,12 @@ def simulate(mode, rounds, K=K2):
     return theta
 
 
-@pytest.mark.parametrize("mode", MODES + ("dense",))
-def test_diloco_matches_single_process_simulation(mode):
-    results = run_local(_diloco_rank, K2, mode, ROUNDS, timeout=TIMEOUT)
+@pytest.mark.parametrize("mode,projection", [(m, "orthogonal") for m in MODES + ("dense",)]
+                         + [("distributed", "sr_dct")])
+def test_diloco_matches_single_process_simulation(mode, projection):
+    results = run_local(_diloco_rank, K2, mode, ROUNDS, projection, timeout=TIMEOUT)
     start = list(make_net(torch.float64, seed=0).parameters())
-    sim = simulate(mode, ROUNDS)
+    sim = simulate(mode, ROUNDS, projection=projection)
     for params, _ in results:
         moved = torch.cat([(s - p0).reshape(-1) for s, p0 in zip(sim, start)])
         diff = torch.cat([(p - s).reshape(-1) for p, s in zip(params, sim)])
@@ -273,6 +340,7 @@ FSDP_CASES = {  # name: (optimizer keys, shard along the unprojected dimension)
     "rademacher_adapter": ({"projection": "rademacher", "wd_mode": "adapter"}, False),
     "gaussian_local": ({"projection": "gaussian"}, True),
     "two_sided_gaussian": ({"projection": "two_sided_gaussian"}, False),
+    "sr_dct": ({"projection": "sr_dct"}, False),
 }
 FSDP_STEPS, GLOBAL_BATCH = 4, 6
 

@@ -82,7 +82,7 @@ def tensor_bytes(values):
 
 
 @pytest.mark.parametrize(
-    "kind", ["gaussian", "rademacher", "orthogonal", "svd", "two_sided_gaussian", "two_sided_svd"]
+    "kind", ["gaussian", "rademacher", "orthogonal", "svd", "two_sided_gaussian", "two_sided_svd", "sr_dct"]
 )
 @pytest.mark.parametrize("dtype,wd_mode", [(torch.float32, "full"), (torch.bfloat16, "adapter")])
 def test_estimate_matches_what_the_optimizer_allocates(kind, dtype, wd_mode):

@@ -72,6 +72,8 @@ LAYERS = [
     ((21, 17), 3, "two_sided_gaussian", "auto"),
     ((1, 9), 2, "rademacher", "auto"),
     ((30, 11), 3, "rademacher", "left"),
+    ((29, 18), 3, "sr_dct", "auto"),
+    ((18, 44), 5, "sr_dct", "auto"),
 ]
 
 
@@ -195,7 +197,7 @@ def test_gradients_accumulate_in_the_low_rank_space(rng):
 
 
 @pytest.mark.parametrize("base,double_quant", [(None, False), ("int8", False), ("nf4", False), ("nf4", True)])
-@pytest.mark.parametrize("projection", ["rademacher", "orthogonal", "two_sided_gaussian"])
+@pytest.mark.parametrize("projection", ["rademacher", "orthogonal", "two_sided_gaussian", "sr_dct"])
 def test_state_dict_round_trips_with_weights_only(projection, base, double_quant, rng):
     module = _layer((17, 26), 3, projection, base, torch.float32, rng, double_quant=double_quant)
     module.merge_and_reset(step=5)  # refreshes = 1: the loaded module must use the refreshed P
@@ -215,7 +217,7 @@ def test_state_dict_round_trips_with_weights_only(projection, base, double_quant
     assert ("base_scales_scale" in state) == double_quant  # the merge requantized with double quantization
     if base is not None:
         assert "weight" not in state and state["base_codes"].dtype == (torch.int8 if base == "int8" else torch.uint8)
-    if projection == "rademacher":  # a seeded kind persists no tensor for P
+    if projection in ("rademacher", "sr_dct"):  # a seeded kind persists no tensor for P
         assert not any(key.startswith("proj_") for key in state)
 
 
@@ -461,6 +463,7 @@ def _duality(dtype, projection, weight_decay, wd_mode="adapter", steps=50):
     (torch.float64, "orthogonal", 0.0),
     (torch.float32, "two_sided_gaussian", 0.1),
     (torch.float64, "gaussian", 0.1),
+    (torch.float32, "sr_dct", 0.1),
 ])
 def test_gradient_view_equals_adapter_view(dtype, projection, weight_decay):
     report = _duality(dtype, projection, weight_decay)

@@ -16,17 +16,14 @@
 #include "../dct_args.h"
 #include "../dct_impl.h"
 #include "../lowrank_ops.h"
+#include "dct_cpu.h"
 
 namespace lowrank_ops {
 namespace cpu {
 namespace {
 
-// GEMM path: kGemmTileElems entries per basis tile (1 MiB of float64; kb = 2^17 / d rows, at least one).
-constexpr int64_t kGemmTileElems = int64_t{1} << 17;
-// FFT path: about kFftChunkElems entries of G per rfft batch (chunk = 2^16 / d rows or columns; in an
-// ATen-op prototype of this path 2^16 beat 2^18 and 2^20 at d = 64 ... 4096), in at most kFftGroups groups
-// (see scores_fft).
-constexpr int64_t kFftChunkElems = int64_t{1} << 16;
+// FFT path: chunks of kFftChunkElems entries of G (csrc/cpu/dct_cpu.h) in at most kFftGroups groups (see
+// scores_fft).
 constexpr int64_t kFftGroups = 64;
 // "auto" takes the GEMM path for d <= kGemmMaxDim and the FFT path above. Measured by bench/bench_dct.py
 // --threads 1 (bench/results/dct_cpu_t1.json; 2-core Xeon with AVX-512, shared, load average ~8), median
@@ -38,40 +35,15 @@ constexpr int64_t kFftGroups = 64;
 // reordering pass): the GEMM wins up to d = 64, the FFT from d = 96 on, by 35x at d = 4096.
 constexpr int64_t kGemmMaxDim = 64;
 
-// rows[i, :] = D[first_row + i, :] (or D[index[i], :] when index is given) for the basis of size `dim`,
-// into a contiguous float or double tensor.
-void fill_rows(const at::Tensor& rows, int64_t dim, int64_t first_row, const int64_t* index) {
-  AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "lowrank_ops::dct_fill_rows", [&] {
-    scalar_t* base = rows.data_ptr<scalar_t>();
-    const int64_t ld = rows.stride(0);
-    at::parallel_for(0, rows.size(0), 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t k = index != nullptr ? index[i] : first_row + i;
-        lro::dct_fill_segment<scalar_t>(dim, k, 0, dim, base + i * ld);
-      }
-    });
-  });
-}
-
-// Scores through the FFT (Makhoul, IEEE TASSP 28(1), 1980): for a length-d signal x, reorder
-//   v = (x[0], x[2], x[4], ..., x[5], x[3], x[1])     (evens ascending, then odds descending),
-// take V = rfft(v) (k = 0 .. d/2) and Z_k = exp(-i pi k / (2d)) V_k; then the unnormalized DCT-II
-//   X_k = sum_t x_t cos(pi k (2t + 1) / (2d))   is   X_k = Re Z_k (0 <= k <= d/2),  X_{d-k} = -Im Z_k
-// (1 <= k <= (d-1)/2), since V_{d-k} = conj(V_k) for real v. The scores need only |X_k| summed over G's
-// other dimension, so per k the sums of |Re Z_k| and |Im Z_k| (squares for l2) are accumulated, chunk by
-// chunk of `chunk` columns (left) or rows (right) of G, and finally scaled by c_k. O(m n log d) work
-// against the GEMM's O(m n d). float64 throughout; the reordering (with the cast to float64) and the
-// twiddle-and-reduce step are single passes written here, the rfft is torch's (MKL or pocketfft).
+// Scores through the FFT (csrc/cpu/dct_cpu.h): the scores need only |X_k| summed over G's other dimension,
+// so per k the sums of |Re Z_k| and |Im Z_k| (squares for l2) are accumulated, chunk by chunk of `chunk`
+// columns (left) or rows (right) of G, and finally scaled by c_k. O(m n log d) work against the GEMM's
+// O(m n d). float64 throughout; the reordering (with the cast to float64) and the twiddle-and-reduce step
+// are single passes written here, the rfft is torch's (MKL or pocketfft).
 at::Tensor scores_fft(const at::Tensor& G, const DctScoreArgs& a, int64_t chunk) {
   const int64_t d = a.dim, h = d / 2 + 1, other = a.other;
-  std::vector<int64_t> perm(d);
-  const int64_t evens = (d + 1) / 2;
-  for (int64_t i = 0; i < d; ++i) perm[i] = i < evens ? 2 * i : 2 * (d - 1 - i) + 1;
-  std::vector<double> tw_re(h), tw_im(h);  // exp(-i pi k / (2d)), from kernels/dct.h's exact reduction
-  for (int64_t k = 0; k < h; ++k) {
-    tw_re[k] = lro::cos_pi_over_2n<double>(k, d);
-    tw_im[k] = -lro::sin_pi_over_2n<double>(k, d);
-  }
+  const std::vector<int64_t> perm = dct_fft::makhoul_order(d);
+  const dct_fft::Twiddles<double> tw(d);
   // Signal j of G (a column for left, a row for right) has entry t at G[t * s_t + j * s_j]. A chunk of
   // w signals is gathered, reordered and cast into v[j, i] = signal (j0 + j) at t = perm[i] (w x d), so
   // the rfft runs along contiguous rows on both sides. Chunks are split into a fixed number of groups
@@ -94,20 +66,15 @@ at::Tensor scores_fft(const at::Tensor& G, const DctScoreArgs& a, int64_t chunk)
       for (int64_t j0 = g * per_group * chunk; j0 < end; j0 += chunk) {
         const int64_t w = std::min(chunk, other - j0);
         const at::Tensor v = v_buf.narrow(0, 0, w * d).view({w, d});
-        double* vp = v.data_ptr<double>();
-        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, G.scalar_type(), "lowrank_ops::dct_gather", [&] {
-          const scalar_t* src = G.const_data_ptr<scalar_t>() + j0 * s_j;
-          for (int64_t i = 0; i < d; ++i)
-            for (int64_t j = 0; j < w; ++j) vp[j * d + i] = static_cast<double>(src[perm[i] * s_t + j * s_j]);
-        });
+        dct_fft::gather_reordered<double>(G, s_t, s_j, j0, w, perm, nullptr, v.data_ptr<double>(), 1, d);
         const at::Tensor z = at::view_as_real(at::fft_rfft(v, std::nullopt, 1));  // [w, h, 2]
         const double* zp = z.const_data_ptr<double>();
         const int64_t zj = z.stride(0), zk = z.stride(1);
         for (int64_t j = 0; j < w; ++j) {
           const double* zr = zp + j * zj;
           for (int64_t k = 0; k < h; ++k) {
-            const double re = tw_re[k] * zr[k * zk] - tw_im[k] * zr[k * zk + 1];
-            const double im = tw_re[k] * zr[k * zk + 1] + tw_im[k] * zr[k * zk];
+            const double re = tw.re[k] * zr[k * zk] - tw.im[k] * zr[k * zk + 1];
+            const double im = tw.re[k] * zr[k * zk + 1] + tw.im[k] * zr[k * zk];
             sum_re[k] += a.l2 ? re * re : std::abs(re);
             sum_im[k] += a.l2 ? im * im : std::abs(im);
           }

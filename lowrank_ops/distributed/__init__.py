@@ -1,7 +1,7 @@
 """Distributed training on torch.distributed (gloo on CPU, NCCL on GPU; launch with torchrun):
 
 - DiLoCo: the outer loop of the duality paper's §4.2 with low-rank workers whose projections are
-  "identical", "independent" or "distributed" (mutually orthogonal row blocks of one seeded sketch);
+  "identical", "independent" or "distributed" (mutually orthogonal row blocks of one seeded basis);
   pseudo-gradients travel as r x n coefficients plus seeds (diloco.py).
 - lowrank_allreduce_hook / LowRankHookState: a DDP comm hook that all-reduces seeded r x n sketches of the
   gradients with error feedback (comm_hook.py).

@@ -14,8 +14,12 @@ K workers (the ranks of a process group) each hold the model. Round g:
      regenerating the other workers' P_j from seeds: nothing m x n travels for these weights.
        identical    P_k = P for all k: all-reduce of A_k, then P^T (sum A_k) / K.
        independent  P_k drawn from a per-worker seed: all-gather of the A_k, each P_j regenerated.
-       distributed  P_k = rows [k r, (k+1) r) of one orthonormalized (K r) x d sketch of the global seed, so
+       distributed  P_k = rows [k r, (k+1) r) of one (K r) x d semi-orthogonal basis of the global seed, so
                     P_i P_j^T = 0: all-gather of the A_k, and sum_k P_k^T A_k = P_all^T [A_1; ...; A_K].
+                    With "orthogonal" that basis is an orthonormalized (K r) x d sketch (a QR per round);
+                    with "sr_dct" it is S C D of one seed (projections/sr_dct.py): every worker has the
+                    same signs D and takes the rows at positions [k r, (k+1) r) of the seed's random
+                    order, so P_i P_j^T = S_i S_j^T = 0 exactly, with no QR.
      Other parameters (plain-AdamW ones, any inner optimizer other than LowRankAdamW) send W_k - W^(g).
   3. outer step: the outer optimizer, SGD with Nesterov momentum (DiLoCo's), gets the gradient
      W^(g) - (W^(g) + Delta) = -Delta, and every worker resets to the new global weights W^(g+1).
@@ -23,7 +27,8 @@ The projections of round g+1 follow from the global seed, the layer and the roun
 per-refresh seeds of lowrank_ops.projections): only seeds and row-block indices define them.
 
 Restrictions (clear errors): low-rank groups need a one-sided projection drawn from seeds ("orthogonal",
-the paper's; "gaussian", "rademacher"; "distributed" needs "orthogonal"); K r must not exceed the
+the paper's; "sr_dct", "gaussian", "rademacher"; "distributed" needs a kind with mutually orthogonal row
+blocks: "orthogonal" or "sr_dct"); K r must not exceed the
 projected dimension in "distributed"; a low-rank parameter must be stepped at every inner step or never
 (otherwise its basis would change mid-round).
 """
@@ -55,6 +60,11 @@ def _basis(kind, layout, seed: int, like: torch.Tensor) -> torch.Tensor:
     kind.refresh(tmp, like, layout, seed)
     ((side, _, d),) = layout.sides()
     return projections.side_matrix(getattr(kind.projection(tmp, layout), side), d, like.dtype, like.device)
+
+
+def _block_kinds() -> str:
+    """The registered kinds with mutually orthogonal row blocks, for messages: 'orthogonal' or 'sr_dct'."""
+    return " or ".join(repr(name) for name in projections.names() if projections.get(name).supports_block)
 
 
 class _LowRank:
@@ -159,12 +169,12 @@ class DiLoCo:
                 raise ValueError(
                     f"{WHERE}: param group {gi} uses projection {kind.name!r}; DiLoCo redraws every worker's "
                     "projection from seeds and needs a one-sided seeded kind: 'orthogonal' (the paper's), "
-                    "'gaussian' or 'rademacher'"
+                    "'sr_dct', 'gaussian' or 'rademacher'"
                 )
             if self.projection_init == "distributed" and not kind.supports_block:
                 raise ValueError(
                     f"{WHERE}: projection_init='distributed' needs mutually orthogonal worker blocks, "
-                    f"i.e. projection 'orthogonal'; param group {gi} uses {kind.name!r}"
+                    f"i.e. projection {_block_kinds()}; param group {gi} uses {kind.name!r}"
                 )
             group["seed"] = worker_seed(self.seed, self.projection_init, self.rank)
             group["update_gap"] = self.sync_every
@@ -279,9 +289,10 @@ class DiLoCo:
         return self.last_sync
 
     def _bases(self, p, info: _LowRank, comm):
-        """(this worker's basis P_k of the round, and in "distributed" mode P_all, the (K r) x d
-        orthonormalized sketch whose row blocks are the workers' bases; its block k is bit-identical to
-        what the inner optimizer computed, since both come from the same QR of the same sketch)."""
+        """(this worker's basis P_k of the round, and in "distributed" mode P_all, the (K r) x d basis of
+        the kind whose row blocks are the workers' bases; its block k is bit-identical to what the inner
+        optimizer computed: the same QR of the same sketch ("orthogonal"), or the same rows of the same
+        float64 transform rounded once ("sr_dct"))."""
         if self.projection_init != "distributed":
             return _basis(info.kind, info.layout, self._round_seed(info, self.rank), p).to(comm), None
         ranks = self.world_size * info.rank

@@ -91,7 +91,7 @@ def lowrank_step(step: LowRankParamStep) -> None:
     if kind.uses_gradient:
         raise NotImplementedError(
             f"{WHERE}: projection {kind.name!r} needs the SVD of the full gradient, which no rank holds for a "
-            "sharded (FSDP2) parameter; use a seeded kind ('orthogonal', 'rademacher', 'gaussian', "
+            "sharded (FSDP2) parameter; use a seeded kind ('orthogonal', 'sr_dct', 'rademacher', 'gaussian', "
             "'two_sided_gaussian')"
         )
     if not isinstance(p.grad, DTensor) or tuple(p.grad.placements) != tuple(p.placements):

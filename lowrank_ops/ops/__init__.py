@@ -5,7 +5,7 @@ lowrank_ops.backends)."""
 import inspect as _inspect
 
 from .._dlpack import accept_dlpack as _accept_dlpack
-from .dct import dct_basis, dct_scores, dct_topk
+from .dct import dct_basis, dct_project, dct_scores, dct_topk, dct_unproject
 from .lowrank_adam import lowrank_adamw_step_
 from .projection import Projection, SideOperator
 from .quant import QuantizedWeight, dequant_matmul, dequantize, quantize
@@ -18,8 +18,10 @@ __all__ = [
     "SideOperator",
     "adaptive_rank",
     "dct_basis",
+    "dct_project",
     "dct_scores",
     "dct_topk",
+    "dct_unproject",
     "dequant_matmul",
     "dequantize",
     "lowrank_adamw_step_",

@@ -11,21 +11,30 @@ best aligned with the gradient G form the projection P = D[idx, :]; only idx is 
   dct_topk(G, rank, side, norm) the `rank` best rows by score: int32, ascending, equal scores going to the
                                 lower index; it selects on the scores dct_scores returns on that backend.
   dct_basis(dim, indices)       the rows D[indices, :] (for tests, and for users who want P itself).
-The ops are not differentiable (selection is piecewise constant; nothing downstream differentiates the
-scores). NaN/Inf in G: dct_scores returns non-finite scores (NaN or Inf, depending on the backend's order of
+  dct_project(G, indices, side, signs)          P G (left) or G P^T (right) for P[i, t] = signs[t] D[indices[i], t]
+  dct_unproject(R, indices, dim, side, signs)   P^T R (left) or R P (right): the adjoint
+                                (signs None: P = D[indices, :]; with +-1 signs, the sr_dct projection S C D).
+Scores, top-k and basis are not differentiable (selection is piecewise constant; nothing downstream
+differentiates the scores); dct_project and dct_unproject are linear in G / R, each the other's backward.
+NaN/Inf in G: dct_scores returns non-finite scores (NaN or Inf, depending on the backend's order of
 summation), every score, since each basis row meets every entry of G; dct_topk refuses G with a NaN/Inf
 entry (ValueError), since a selection among non-finite scores means nothing.
 
-Backends: "cpu" computes in float64 and rounds the scores once (so its float32 scores are the float64
+Backends (scores): "cpu" computes in float64 and rounds the scores once (so its float32 scores are the float64
 reference's, rounded), by an FFT for d > 64 and a GEMM on generated basis tiles below (csrc/cpu/dct.cpp
 has the measurements); "cuda" multiplies generated basis tiles with cuBLAS; "triton" is one GEMM that
 generates the basis tile in its K-loop and reduces the norms in its epilogue; "reference" is float64 torch.
+Backends (project / unproject, computed in float32, float64 for float64 data): "cpu" multiplies generated
+tiles of P (GEMM) or transforms every signal by the FFT and selects (unproject: scatters and inverts), the
+measured faster way for the shape (csrc/cpu/dct_transform.cpp; method "gemm" / "fft" forces one);
+"reference" materializes P (r x d); there is no CUDA or Triton kernel yet (CUDA tensors take the
+pure-torch one).
 """
 
 import torch
 
 from .. import _checks, backends
-from ..spec import DCT_MAX_DIM, INDEX_DTYPES, SIDES
+from ..spec import DCT_MAX_DIM, DCT_METHODS, FLOAT_DTYPES, INDEX_DTYPES, SIDES
 from ..spec import DCT_NORMS as NORMS
 
 
@@ -90,3 +99,58 @@ def dct_basis(dim: int, indices, dtype: torch.dtype = torch.float32, device=None
         raise _checks.error(op, "dtype", "a floating dtype", None)
     _checks.index_range(op, indices, dim)  # not while traced: the kernels check the values then
     return torch.ops.lowrank_ops.dct_basis(indices, dim, dtype, backends.check(op, backend, indices.device))
+
+
+def _transform_args(op: str, X, indices, dim: int, side: str, signs, out_dtype, method) -> None:
+    """The checks shared by dct_project and dct_unproject, for the input X (G or R) whose side acts on a
+    dimension of size `dim`: indices a non-empty 1-D int16/int32/int64 tensor on X's device with values in
+    [0, dim), signs None or a float tensor [dim] there, and the options."""
+    if not isinstance(indices, torch.Tensor) or indices.dtype not in INDEX_DTYPES:
+        got = indices.dtype if isinstance(indices, torch.Tensor) else type(indices).__name__
+        raise _checks.error(op, "indices", "an int16, int32 or int64 tensor", got)
+    if indices.dim() != 1 or indices.numel() < 1:
+        raise _checks.error(op, "indices", "a non-empty 1-D tensor", f"shape {list(indices.shape)}")
+    if indices.device != X.device:
+        raise _checks.error(op, "indices", f"on the device of the data ({X.device})", indices.device)
+    if not torch.compiler.is_compiling():  # traced, the value check runs inside the kernels
+        _checks.index_range(op, indices, dim)
+    if signs is not None:
+        if not isinstance(signs, torch.Tensor) or signs.dtype not in FLOAT_DTYPES or signs.dim() != 1 \
+                or signs.shape[0] != dim:
+            got = f"{signs.dtype} of shape {list(signs.shape)}" if isinstance(signs, torch.Tensor) else signs
+            raise _checks.error(op, "signs", f"None or a 1-D float tensor of length d = {dim}", got)
+        if signs.device != X.device:
+            raise _checks.error(op, "signs", f"on the device of the data ({X.device})", signs.device)
+    _checks.float_dtype(op, "out_dtype", out_dtype)
+    _checks.choice(op, "method", method, DCT_METHODS)
+
+
+def dct_project(G: torch.Tensor, indices: torch.Tensor, side: str, signs: torch.Tensor | None = None, *,
+                out_dtype: torch.dtype | None = None, method: str = "auto", backend=None) -> torch.Tensor:
+    """P G (side "left", d = G.shape[0], result r x n) or G P^T (side "right", d = G.shape[1], result m x r)
+    for P[i, t] = signs[t] D[indices[i], t] (r = len(indices); signs None: all 1), without materializing P
+    on the CPU. Computed in float32 (float64 for float64 G); the result has `out_dtype` (default G's dtype).
+    `method` ("auto", "gemm", "fft") picks the CPU kernel's way. Differentiable in G."""
+    op = "dct_project"
+    d = _projected_dim(op, G, side)
+    _transform_args(op, G, indices, d, side, signs, out_dtype, method)
+    return torch.ops.lowrank_ops.dct_project(G, indices, side, signs, out_dtype, method,
+                                             backends.check(op, backend, G.device))
+
+
+def dct_unproject(R: torch.Tensor, indices: torch.Tensor, dim: int, side: str, signs: torch.Tensor | None = None,
+                  *, out_dtype: torch.dtype | None = None, method: str = "auto", backend=None) -> torch.Tensor:
+    """P^T R (side "left", R r x n, result dim x n) or R P (side "right", R m x r, result m x dim) for the P of
+    dct_project (P is r x dim). Differentiable in R."""
+    op = "dct_unproject"
+    _checks.float_matrix(op, "R", R)
+    _checks.choice(op, "side", side, SIDES)
+    dim = _checks.positive_int(op, "dim", dim)
+    rank = R.shape[0 if side == "left" else 1]
+    if isinstance(indices, torch.Tensor) and indices.dim() == 1 and rank != indices.shape[0]:
+        which = "rows" if side == "left" else "columns"
+        raise _checks.error(op, "R", f"{indices.shape[0]} {which} (one per index; side {side!r})",
+                            f"shape {list(R.shape)}")
+    _transform_args(op, R, indices, dim, side, signs, out_dtype, method)
+    return torch.ops.lowrank_ops.dct_unproject(R, indices, dim, side, signs, out_dtype, method,
+                                               backends.check(op, backend, R.device))

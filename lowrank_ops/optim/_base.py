@@ -367,7 +367,7 @@ def check_block(block, kind, where: str) -> None:
         )
     if not kind.supports_block:
         raise ValueError(
-            f"{where}: 'block' needs a projection with row blocks ('orthogonal'), got {kind.name!r}"
+            f"{where}: 'block' needs a projection with row blocks ('orthogonal', 'sr_dct'), got {kind.name!r}"
         )
 
 

@@ -55,7 +55,7 @@ class LowRankAdamW(PerParamOptimizer):
     `scale` (multiplies the unprojected update), `side` ("auto": the smaller dimension; "left"/"right"),
     `wd_mode` ("full": decay W; "adapter": decay only the low-rank delta since the last refresh, App. B),
     `seed` (the base seed of the per-layer, per-refresh sketch seeds), `block` (None, or (k, K): use rows
-    [k r, (k+1) r) of the K r x d basis of the same seed, "orthogonal" only: the distributed-orthogonal
+    [k r, (k+1) r) of the K r x d basis of the same seed, "orthogonal" and "sr_dct": the distributed
     worker blocks that lowrank_ops.distributed.DiLoCo sets). `foreach`, `fused`: torch.optim.AdamW's
     arguments, for the plain params (module docstring; both None: torch's fused kernel where it has one;
     both True: RuntimeError, as torch's). `backend` picks the fused op's backend (None: the default for

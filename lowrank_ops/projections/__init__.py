@@ -12,6 +12,8 @@ of it is persisted (the duality paper's Table 1; conventions in DESIGN.md §3).
     "two_sided_svd"      L = U[:, :r1]^T, R = Vh[:r2] of the gradient          L and R
     "dct"                the r DCT-II basis rows best aligned with the         r int16/int32 indices
                          gradient (SVD-free; regenerated in the kernels)
+    "sr_dct"             P = S C D: r seeded rows of the DCT-II basis C with    one int seed
+                         seeded signs D (semi-orthogonal, from the seed)
 
 Seeds: per layer and refresh from one user seed (seeds.derive_seed, splitmix64). Adding a kind: a module
 that subclasses base.ProjectionKind and calls base.register, and an import line below.
@@ -20,6 +22,7 @@ that subclasses base.ProjectionKind and calls base.register, and an import line 
 from . import orthogonal, seeded, svd  # noqa: F401  (importing a kind module registers its kinds)
 from . import dct  # noqa: F401  (the SVD-free "dct" kind)
 from . import adaptive, rsvd  # noqa: F401  ("rsvd", "adaptive": range finder, AdaRankGrad)
+from . import sr_dct  # noqa: F401  (the seeded semi-orthogonal "sr_dct")
 from .base import Layout, ProjectionKind, get, names, option_names, refresh, register
 from .dense import side_matrix
 from .orthogonal import semi_orthogonal

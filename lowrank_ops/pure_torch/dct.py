@@ -58,3 +58,30 @@ def dct_basis(indices: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tens
     """The op lowrank_ops::dct_basis: rows D[indices, :], computed in float64 and rounded once to `dtype`."""
     _checks.index_range("dct_basis", indices, dim)
     return basis_rows(dim, indices, indices.device).to(dtype)
+
+
+def signed_rows(dim: int, indices: torch.Tensor, signs: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """P[i, t] = signs[t] D[indices[i], t] from the float64 basis rows, rounded once to `dtype`."""
+    P = basis_rows(dim, indices, indices.device)
+    return (P if signs is None else P * signs.to(torch.float64)).to(dtype)
+
+
+def dct_project(G, indices, side, signs=None, out_dtype=None, method="auto") -> torch.Tensor:
+    """The op lowrank_ops::dct_project: P G (left) or G P^T (right), P materialized (r x d) in the compute
+    dtype. `method` picks the CPU kernel's algorithm; this implementation has one."""
+    left = side == "left"
+    dim = G.shape[0] if left else G.shape[1]
+    _checks.index_range("dct_project", indices, dim)
+    compute = compute_dtype(G.dtype)
+    P = signed_rows(dim, indices, signs, compute)
+    out = P @ G.to(compute) if left else G.to(compute) @ P.T
+    return out.to(out_dtype or G.dtype)
+
+
+def dct_unproject(R, indices, dim, side, signs=None, out_dtype=None, method="auto") -> torch.Tensor:
+    """The op lowrank_ops::dct_unproject: P^T R (left) or R P (right)."""
+    _checks.index_range("dct_unproject", indices, dim)
+    compute = compute_dtype(R.dtype)
+    P = signed_rows(dim, indices, signs, compute)
+    out = P.T @ R.to(compute) if side == "left" else R.to(compute) @ P
+    return out.to(out_dtype or R.dtype)

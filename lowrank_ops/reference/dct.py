@@ -6,7 +6,9 @@ docs/DESIGN.md §3; scipy.fft.dct(norm="ortho") defines the same basis):
 evaluated in NumPy float64 with the integer k (2t + 1) reduced modulo 4N first (cosine has period 4N in it),
 so every angle is within one rounding of exact. Scores are l1 / l2 norms of the rows of D G (side "left",
 N = G.shape[0]) or of the columns of G D^T (side "right", N = G.shape[1]), returned in the op's score dtype;
-top-k takes the `rank` largest scores, a NaN above every number and ties to the lower index, ascending int32."""
+top-k takes the `rank` largest scores, a NaN above every number and ties to the lower index, ascending int32.
+Projections with P[i, t] = signs[t] D[indices[i], t] are einsums with the float64 P rounded once to the
+op's compute precision (float32, float64 for float64 data)."""
 
 import math
 
@@ -49,3 +51,28 @@ def dct_topk(G: torch.Tensor, rank: int, side: str, norm: str = "l1") -> torch.T
 
     best = sorted(range(len(scores)), key=order)[:rank]
     return torch.tensor(sorted(best), dtype=torch.int32, device=G.device)
+
+
+# einsum subscripts of (P, X): project left P X, right X P^T; unproject left P^T X, right X P
+_SUBSCRIPTS = {("project", "left"): "rd,dn->rn", ("project", "right"): "rd,md->mr",
+               ("unproject", "left"): "rd,rn->dn", ("unproject", "right"): "rd,mr->md"}
+
+
+def _signed_product(which: str, X, indices, dim: int, side: str, signs, out_dtype):
+    compute = compute_dtype(X.dtype)
+    P = dct_basis(dim, indices)
+    if signs is not None:
+        P = P * signs.detach().cpu().double()[None, :]
+    P = P.to(dtype=compute, device=X.device)
+    return torch.einsum(_SUBSCRIPTS[which, side], P, X.to(compute)).to(out_dtype or X.dtype)
+
+
+def dct_project(G, indices, side: str, signs=None, out_dtype=None):
+    """P G (left, d = rows of G) or G P^T (right, d = columns of G)."""
+    return _signed_product("project", G, indices, G.shape[0] if side == "left" else G.shape[1], side, signs,
+                           out_dtype)
+
+
+def dct_unproject(R, indices, dim: int, side: str, signs=None, out_dtype=None):
+    """P^T R (left) or R P (right) for P (len(indices) x dim)."""
+    return _signed_product("unproject", R, indices, dim, side, signs, out_dtype)
