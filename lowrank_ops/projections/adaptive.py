@@ -1,7 +1,8 @@
-"""Adaptive-rank projection "adaptive" (AdaRankGrad, ../shared/seeds/003: Algorithms 2-3): the rank of
-each layer is chosen at every refresh as the smallest that keeps a fraction `energy` of the gradient's
-energy, the basis is refreshed when the projected gradient has converged (not on a fixed clock), and the
-Adam moments are carried over to the new basis. One-sided (side as the group's, DESIGN.md §3).
+"""Adaptive-rank projection "adaptive" (AdaRankGrad: Refael et al., "AdaRankGrad: Adaptive Gradient-Rank
+and Moments for Memory-Efficient LLMs Training and Fine-Tuning", Algorithms 2-3): the rank of each layer is
+chosen at every refresh as the smallest that keeps a fraction `energy` of the gradient's energy, the basis
+is refreshed when the projected gradient has converged (not on a fixed clock), and the Adam moments are
+carried over to the new basis. One-sided (side as the group's, docs/DESIGN.md §3).
 
 Param-group keys (LowRankAdamW constructor keywords too):
   energy        0.9    fraction of ||G||_F^2 the basis keeps (AdaRankGrad's information fraction)
