@@ -64,12 +64,14 @@ METHODS: list[Method] = [
     Method("two_sided_gaussian", "Two-sided Gaussian", "optimizer", "two_sided_gaussian"),
     Method("two_sided_svd", "Two-sided gradient SVD", "optimizer", "two_sided_svd"),
     Method("dct", "DCT columns", "optimizer", "dct"),
+    Method("sr_dct", "Subsampled randomized DCT", "optimizer", "sr_dct"),
     Method("adaptive", "Adaptive rank (AdaRankGrad)", "optimizer", "adaptive"),
 ] + [
     Method(f"{name}+{base}", f"{label} + {base.upper()}", "adapter", kind, base)
     for kind, name, label in (("svd", "galore", "GaLore"), ("gaussian", "gaussian", "Gaussian"),
                               ("rademacher", "rademacher", "Rademacher"),
-                              ("orthogonal", "orthogonal", "Random semi-orthogonal"))
+                              ("orthogonal", "orthogonal", "Random semi-orthogonal"),
+                              ("sr_dct", "sr_dct", "Subsampled randomized DCT"))
     for base in ("int8", "nf4")
 ]
 BY_NAME = {m.name: m for m in METHODS}
