@@ -13,7 +13,7 @@ given picks the kernels of the op it is built on."""
 import importlib
 
 from . import _checks, _extension
-from .pure_torch import dct, lowrank_adam, philox, quant, range_finder, sketch
+from .pure_torch import apollo, dct, lowrank_adam, philox, quant, range_finder, sketch
 
 UINT64 = 2**64
 
@@ -85,6 +85,7 @@ PURE_TORCH = {
     "dct_project": dct.dct_project,
     "dct_unproject": dct.dct_unproject,
     "lowrank_adamw_step_": lowrank_adam.lowrank_adamw_step_,
+    "lowrank_apollo_step_": apollo.lowrank_apollo_step_,
     "quantize_weight": quant.quantize_weight,
     "dequantize_weight": quant.dequantize_weight,
     "dequant_matmul": quant.dequant_matmul,
