@@ -38,7 +38,7 @@ LRO_HD double apollo_channel_scale(double n_sq, double r_sq) { return sqrt(n_sq)
 LRO_HD double apollo_limiter(double g, double prev, long long step) {
   if (step <= 1) return 1.0;
   const double ratio = g / (prev + kApolloNormEps);
-  return (ratio > kApolloGrowth ? ratio : kApolloGrowth) / kApolloGrowth;
+  return (ratio < kApolloGrowth ? kApolloGrowth : ratio) / kApolloGrowth;  // a NaN ratio stays NaN (as torch's max)
 }
 
 // One entry of W: (w - c s g) (1 - lr wd), c = a / lam.

@@ -119,6 +119,27 @@ def test_float64_weights_and_options(backend, rng):
     torch.testing.assert_close(ours.m, exact.m, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("backend", [p for p in CPU_BACKENDS if p.values[0] not in ("reference", "triton")])
+@pytest.mark.parametrize("kind,side", [("gaussian", "left"), ("rademacher", "right"), ("matrix", "left")])
+def test_no_m_by_n_temporary(backend, kind, side, rng):
+    """The C++ step holds R, the moments, per-channel vectors and slabs of G (64 Ki elements) besides
+    W and G: below a quarter of W's bytes for a bf16 G (converted slab by slab). The eager chain needs
+    several m x n temporaries (the profiler does see them)."""
+    from test_lowrank_adam import peak_cpu_bytes
+
+    shape, rank = (1024, 768), 8
+    projection = make_projection(kind, side, rank, shape[0] if side == "left" else shape[1], rng)
+    W, G = torch.randn(shape, generator=rng), torch.randn(shape, generator=rng).to(torch.bfloat16)
+    r = projection.projected_shape(shape)
+    m, v, norm = torch.zeros(r), torch.zeros(r), torch.zeros(())
+    kw = dict(step=1, **HYPER, scale_type="channel")
+    step = (lambda: ops.lowrank_apollo_step_(W, G, m, v, norm, projection, backend=backend, **kw))
+    step()  # warm-up: lazy initialization is not the op's memory
+    assert peak_cpu_bytes(step) < W.nbytes / 4
+    eager = (lambda: ops.lowrank_apollo_step_(W, G, m, v, norm, projection, backend="reference", **kw))
+    assert peak_cpu_bytes(eager) >= W.nbytes
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_opcheck(backend, rng):
     shape = (21, 13)
@@ -343,3 +364,27 @@ def test_apollo_mini_state_is_rank_one():
         state = opt.state[p]
         assert state["exp_avg"].numel() == max(p.shape) and state["exp_avg_sq"].numel() == max(p.shape)
         assert state["limiter_norm"].numel() == 1 and isinstance(state["proj_seed"], int)
+
+
+@pytest.mark.parametrize("backend", [p for p in CPU_BACKENDS if p.values[0] == "cpu"])
+@pytest.mark.parametrize("override,message", [
+    (dict(side="up"), "argument 'side' must be \"left\" or \"right\", got \"up\""),
+    (dict(kind="dct"), "argument 'kind' must be \"rademacher\", \"gaussian\" or \"matrix\", got \"dct\""),
+    (dict(exp_avg=torch.zeros(2, 5)), "argument 'exp_avg' must be a float32 tensor of shape [3, 5]"),
+    (dict(limiter_norm=torch.zeros(1)), "argument 'limiter_norm' must be a float32 tensor of shape []"),
+    (dict(scale_type="row"), "argument 'scale_type' must be \"channel\" or \"tensor\", got \"row\""),
+    (dict(kind="matrix", matrix=torch.zeros(3, 4)), "argument 'matrix' must be of shape [3, 7], got [3, 4]"),
+    (dict(step=0), "argument 'step' must be >= 1, got 0"),
+])
+def test_cpp_op_rejects_bad_arguments(backend, override, message):
+    """The C++ kernel checks its own arguments (C++ callers skip the Python layer's checks)."""
+    from lowrank_ops import _C
+
+    args = dict(W=torch.zeros(7, 5), G=torch.zeros(7, 5), exp_avg=torch.zeros(3, 5), exp_avg_sq=torch.zeros(3, 5),
+                limiter_norm=torch.zeros(()), side="left", kind="gaussian", seed=1, rank=3, matrix=None, proj_scale=1.0,
+                lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.0, step=1, scale=1.0, scale_type="channel",
+                limiter=True, correct_bias=True)
+    args.update(override)
+    with pytest.raises(RuntimeError) as info:
+        _C.cpu.lowrank_apollo_step_(*args.values())
+    assert f"lowrank_ops.lowrank_apollo_step_: {message}" in str(info.value), str(info.value)

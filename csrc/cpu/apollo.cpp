@@ -1,7 +1,8 @@
 // CPU kernel of the fused APOLLO step (lowrank_ops/ops/apollo.py; per-element math in kernels/apollo.h).
 // Two reads of G and one read and write of W; no m x n temporary:
 //   1. R = c P G (left) or c G P^T (right): a seeded P is generated tile by tile inside cpu::sketch_project;
-//      an explicit P multiplies G a slab of rows / columns at a time (only a slab of G is ever converted);
+//      an explicit P multiplies G a slab of rows / columns (64 Ki elements) at a time (only a slab of G is
+//      ever converted);
 //   2. per kept channel j, ||G_j||^2 (for the limiter's norm g), accumulated in double;
 //   3. the moments of R, N and the squared channel norms of N and R (double), the scales s_j, g and lam;
 //   4. W <- (W - (a / lam) s_j G) (1 - lr wd), rows in parallel, one rounding to W's dtype.
@@ -24,7 +25,7 @@ namespace cpu {
 namespace {
 
 constexpr const char* kOp = "lowrank_apollo_step_";
-constexpr int64_t kSlab = 256;  // rows (left) or columns (right) of G converted and multiplied at once
+constexpr int64_t kSlabElems = 64 * 1024;  // elements of G converted and multiplied at once (256 KiB in float32)
 
 void check_state(const char* name, const at::Tensor& t, at::IntArrayRef shape, const at::Tensor& W) {
   const bool dtype_ok = t.scalar_type() == at::kFloat || (W.scalar_type() == at::kDouble && t.scalar_type() == at::kDouble);
@@ -37,11 +38,12 @@ void check_state(const char* name, const at::Tensor& t, at::IntArrayRef shape, c
 // R = P G (left) or G P^T (right) for an explicit P (rank x d), in `compute`, a slab of G at a time.
 at::Tensor matrix_project(const at::Tensor& G, const at::Tensor& P, bool left, at::ScalarType compute) {
   const int64_t d = left ? G.size(0) : G.size(1), rank = P.size(0);
+  const int64_t slab = std::max<int64_t>(1, kSlabElems / (left ? G.size(1) : G.size(0)));
   at::Tensor Pc = P.to(compute);
   at::Tensor acc = left ? at::zeros({rank, G.size(1)}, G.options().dtype(compute))
                         : at::zeros({G.size(0), rank}, G.options().dtype(compute));
-  for (int64_t k0 = 0; k0 < d; k0 += kSlab) {
-    const int64_t w = std::min(kSlab, d - k0);
+  for (int64_t k0 = 0; k0 < d; k0 += slab) {
+    const int64_t w = std::min(slab, d - k0);
     if (left) {
       acc.addmm_(Pc.narrow(1, k0, w), G.narrow(0, k0, w).to(compute));
     } else {
