@@ -56,6 +56,10 @@ def _triton_lowrank_adamw_step_(*args):
     _triton("lowrank_adam").lowrank_adamw_step_(*args)
 
 
+def _triton_lowrank_apollo_step_(W, G, exp_avg, exp_avg_sq, limiter_norm, side, kind, seed, *args):
+    _triton("apollo").lowrank_apollo_step_(W, G, exp_avg, exp_avg_sq, limiter_norm, side, kind, seed % UINT64, *args)
+
+
 def _triton_quantize_weight(W, format, group_size):
     return _triton("quant").quantize(W, format, group_size)
 
@@ -100,6 +104,7 @@ TRITON = {
     "dct_topk": _triton_dct_topk,
     "dct_basis": _triton_dct_basis,
     "lowrank_adamw_step_": _triton_lowrank_adamw_step_,
+    "lowrank_apollo_step_": _triton_lowrank_apollo_step_,
     "quantize_weight": _triton_quantize_weight,
     "dequantize_weight": _triton_dequantize_weight,
     "dequant_matmul": _triton_dequant_matmul,

@@ -65,7 +65,7 @@ CASES = [  # (shape, side, kind, rank, scale_type, W dtype, G dtype, layout)
     ((37, 23), "right", "rademacher", 4, "channel", torch.bfloat16, torch.bfloat16, "contiguous"),
     ((19, 131), "left", "matrix", 3, "tensor", torch.float32, torch.float32, "transposed"),
     ((130, 9), "right", "gaussian", 1, "tensor", torch.bfloat16, torch.float32, "contiguous"),
-    ((1, 17), "right", "rademacher", 1, "channel", torch.float32, torch.float32, "contiguous"),
+    ((1, 17), "right", "rademacher", 4, "channel", torch.float32, torch.float32, "contiguous"),
     ((29, 1), "left", "gaussian", 2, "channel", torch.float32, torch.float32, "contiguous"),
 ]
 
