@@ -112,7 +112,8 @@ def test_float64_weights_and_options(backend, rng):
     ours, exact = Run(W0.clone(), (rank, 34), torch.float64), Run(W0.clone(), (rank, 34), torch.float64)
     for t in range(1, STEPS + 1):
         G = torch.randn(shape, generator=rng, dtype=torch.float64)
-        for run, fn, kw in ((ours, ops.lowrank_apollo_step_, dict(backend=backend)), (exact, reference.lowrank_apollo_step_, {})):
+        for run, fn, kw in ((ours, ops.lowrank_apollo_step_, dict(backend=backend)),
+                            (exact, reference.lowrank_apollo_step_, {})):
             run.step(fn, G, projection, t, limiter=False, correct_bias=False, scale_type="tensor", **kw)
     assert float(ours.norm) == 0.0  # the limiter off: its state untouched
     torch.testing.assert_close(ours.W, exact.W, rtol=1e-12, atol=1e-12)
@@ -243,10 +244,11 @@ def lm_batch(i):
 def test_matches_apollo_torch_with_our_p(scale_type, proj_type, rank, scale, proj):
     """30 steps on a tiny Llama with refreshes every 10 (steps 0, 10, 20): weights equal to float32 rounding
     of the accumulated updates. proj "svd": both take torch's float32 SVD of the gradient (apollo-torch's own
-    projector; singular vectors' signs do not change APOLLO's step). apollo-torch computes each step in float32 in another order (the scaled
-    gradient formed in full, its norm summed over it), so the runs differ by rounding that the training
-    feeds back; the bound is 1e-4 of the weights' total change (seen: ~2e-6). The step size lr sqrt(scale)
-    is 1e-2: at 0.1 this tiny model's training turns chaotic and any rounding difference grows ~4x per step."""
+    projector; singular vectors' signs do not change APOLLO's step). apollo-torch computes each step in
+    float32 in another order (the scaled gradient formed in full, its norm summed over it), so the runs differ
+    by rounding that the training feeds back; the bound is 1e-4 of the weights' total change (seen: ~2e-6).
+    The step size lr sqrt(scale) is 1e-2: at 0.1 this tiny model's training turns chaotic and any rounding
+    difference grows ~4x per step."""
     models = [tiny_llama(), tiny_llama()]
     params = [projected_weights(model, scale_type, proj_type) for model in models]
     assert params[0], "no weight apollo-torch can step in this setting"
@@ -353,6 +355,12 @@ def test_bad_group_keys_raise_clear_errors(key, value, error, message):
     with pytest.raises(error) as info:
         make_apollo(model, **group)
     assert message in str(info.value) and "lowrank_ops.optim.APOLLO: param group 0" in str(info.value)
+
+
+def test_scale_front_is_refused():
+    model, _ = small_problem()
+    with pytest.raises(ValueError, match="'scale_front' must be False"):
+        APOLLO(model.parameters(), 1e-3, (0.9, 0.999), 1e-6, 0.0, True, True)
 
 
 def test_apollo_mini_state_is_rank_one():

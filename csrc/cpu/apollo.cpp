@@ -28,7 +28,8 @@ constexpr const char* kOp = "lowrank_apollo_step_";
 constexpr int64_t kSlabElems = 64 * 1024;  // elements of G converted and multiplied at once (256 KiB in float32)
 
 void check_state(const char* name, const at::Tensor& t, at::IntArrayRef shape, const at::Tensor& W) {
-  const bool dtype_ok = t.scalar_type() == at::kFloat || (W.scalar_type() == at::kDouble && t.scalar_type() == at::kDouble);
+  const bool dtype_ok =
+      t.scalar_type() == at::kFloat || (W.scalar_type() == at::kDouble && t.scalar_type() == at::kDouble);
   TORCH_CHECK(t.sizes() == shape && dtype_ok, "lowrank_ops.", kOp, ": argument '", name,
               "' must be a float32 tensor of shape ", shape, ", got ", t.scalar_type(), " of shape ", shape_str(t));
   TORCH_CHECK(t.device() == W.device(), "lowrank_ops.", kOp, ": argument '", name, "' must be on W's device ",
@@ -125,7 +126,8 @@ void lowrank_apollo_step_(const at::Tensor& W, const at::Tensor& G, const at::Te
   const at::ScalarType compute = compute_dtype(W.scalar_type());
 
   // 1. R = c P G / c G P^T
-  at::Tensor R = seeded ? sketch_project(G, seed, rank, kind, side, compute) : matrix_project(G, *matrix, left, compute);
+  at::Tensor R =
+      seeded ? sketch_project(G, seed, rank, kind, side, compute) : matrix_project(G, *matrix, left, compute);
   R.mul_(proj_scale);
   R = R.contiguous();
   // 2. ||G_j||^2
@@ -133,9 +135,11 @@ void lowrank_apollo_step_(const at::Tensor& W, const at::Tensor& G, const at::Te
   const int64_t channels = left ? n : m;
 
   // 3. moments, N and the channel norms; s_j; the limiter
-  at::Tensor m_work = exp_avg.scalar_type() == compute && exp_avg.is_contiguous() ? exp_avg : exp_avg.to(compute).contiguous();
-  at::Tensor v_work =
-      exp_avg_sq.scalar_type() == compute && exp_avg_sq.is_contiguous() ? exp_avg_sq : exp_avg_sq.to(compute).contiguous();
+  // the moments as contiguous tensors of the compute dtype (copies written back when they are not)
+  auto working = [&](const at::Tensor& t) {
+    return t.scalar_type() == compute && t.is_contiguous() ? t : t.to(compute).contiguous();
+  };
+  at::Tensor m_work = working(exp_avg), v_work = working(exp_avg_sq);
   std::vector<double> n_sq(channels, 0.0), r_sq(channels, 0.0);
   AT_DISPATCH_FLOATING_TYPES(compute, "lowrank_apollo_step_ moments", [&] {
     const scalar_t b1 = static_cast<scalar_t>(beta1), b2 = static_cast<scalar_t>(beta2), e = static_cast<scalar_t>(eps);
@@ -192,7 +196,10 @@ void lowrank_apollo_step_(const at::Tensor& W, const at::Tensor& G, const at::Te
 
   // 4. the weight update
   double a = lr * std::sqrt(scale);
-  if (correct_bias) a *= std::sqrt(1.0 - std::pow(beta2, static_cast<double>(step))) / (1.0 - std::pow(beta1, static_cast<double>(step)));
+  if (correct_bias) {
+    const double t = static_cast<double>(step);
+    a *= std::sqrt(1.0 - std::pow(beta2, t)) / (1.0 - std::pow(beta1, t));
+  }
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, W.scalar_type(), "lowrank_apollo_step_ update", [&] {
     using W_t = scalar_t;
     using T = at::opmath_type<W_t>;

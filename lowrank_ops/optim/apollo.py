@@ -21,7 +21,7 @@ device) instead of torch's CPU-generator draw that apollo-torch stores; "channel
 the dimension the projection keeps, so every proj_type works on every shape (apollo-torch scales along
 the shape's smaller side and raises a broadcast error when that is not the kept one); the rank is capped
 at min(m, n); moments are fp32 for bf16 weights; the state holds only tensors and ints (no projector
-objects: torch.load(weights_only=True) works); `scale_front` is not offered (apollo-torch's default,
+objects: torch.load(weights_only=True) works); `scale_front=True` is refused (apollo-torch's default,
 False, is what this does). State per low-rank param: ints step, layer, refresh, proj_seed; fp32
 exp_avg / exp_avg_sq (projected shape) and limiter_norm (0-dim); proj "svd" adds the basis proj_left or
 proj_right. save -> load -> continue is bit-identical to not stopping.
@@ -53,7 +53,8 @@ class APOLLO(PerParamOptimizer):
     multiplied by sqrt(scale)), `update_proj_gap`, `proj` ("random" | "svd"), `proj_type` ("std",
     "reverse_std", "left", "right"), `sketch` (the random P's kind, "gaussian" as apollo-torch or
     "rademacher"), `seed` (the base seed of the per-layer, per-refresh sketch seeds). `disable_nl`: turn off
-    the norm-growth limiter (apollo-torch's argument; a param-group key). `foreach`, `fused`: the plain
+    the norm-growth limiter (apollo-torch's argument; a param-group key). `scale_front` (only False) and
+    `no_deprecation_warning` (no effect) keep apollo-torch's positional signature. `foreach`, `fused`: the plain
     params' torch.optim.AdamW implementation, as in LowRankAdamW. `skip_nonfinite`, the sparse-gradient
     check, mid-run setting changes and `load_state_dict`'s checks are LowRankAdamW's (PerParamOptimizer):
     rank, proj, proj_type and sketch shape the state (a change restarts it; a state dict with other values
@@ -63,8 +64,11 @@ class APOLLO(PerParamOptimizer):
     REFRESH_KEYS = ("seed",)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, correct_bias=True,
-                 disable_nl=False, *, rank=None, seed=0, foreach=None, fused=None, skip_nonfinite=False,
-                 backend=None, **group_defaults):
+                 scale_front=False, disable_nl=False, no_deprecation_warning=True, *, rank=None, seed=0, foreach=None,
+                 fused=None, skip_nonfinite=False, backend=None, **group_defaults):
+        if scale_front:
+            raise ValueError("lowrank_ops.optim.APOLLO: 'scale_front' must be False (apollo-torch's default: "
+                             "sqrt(scale) multiplies the update after the norm-growth limiter), got True")
         unknown = sorted(set(group_defaults) - set(GROUP_DEFAULTS))
         if unknown:
             raise TypeError(f"lowrank_ops.optim.APOLLO: unexpected keyword arguments {unknown}; the param-group "
