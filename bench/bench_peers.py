@@ -27,6 +27,7 @@ Rows (--optimizers takes these ids):
   lowrank-<kind>               lowrank_ops.optim.LowRankAdamW, every kind of lowrank_ops.projections.names()
                                (two-sided kinds at rank (r, r); "adaptive" at most r)
   ours-galore                  lowrank_ops.optim.GaLoreAdamW (the galore-torch drop-in)
+  ours-apollo, ours-apollo-mini  lowrank_ops.optim.APOLLO with apollo-torch's rows' settings (seeded Gaussian P)
   per-layer                    LowRankAdamW "rademacher" stepped per parameter (step_param; in training,
                                lowrank_ops.optim.step_in_backward)
 An optimizer that is not installed or fails on the device is a row with a note (the error), not a crash.
@@ -106,7 +107,7 @@ APOLLO_SCALE, APOLLO_MINI_SCALE = 1.0, 128.0  # apollo-torch README defaults
 # State-dict entries that change at every step (moments, counters, quantization scales): the refresh
 # detector ignores them; any other change of an optimizer's state within a step marks a refresh.
 MOVING_KEYS = frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "delta", "scaled_grad",
-                         "state1", "state2", "absmax1", "absmax2"})
+                         "limiter_norm", "state1", "state2", "absmax1", "absmax2"})
 
 # Targets of issue 15
 TARGET_KINDS = ("rademacher", "gaussian", "svd")  # the LowRankAdamW rows the targets speak of
@@ -256,6 +257,17 @@ def _ours(cls_name, **keys):
     return build
 
 
+def _ours_apollo(rank_of, scale_type, scale):
+    """lowrank_ops.optim.APOLLO with the settings of the apollo-torch row beside it, through param_groups."""
+    def build(model, scope, args, gap):
+        from lowrank_ops import optim
+
+        groups = optim.param_groups(model, rank_of(args), update_proj_gap=gap, proj="random", scale_type=scale_type,
+                                    scale=scale, proj_type="std")
+        return optim.APOLLO(groups if scope == "whole" else groups[:1], **_hyper(args))
+    return build
+
+
 def _torchao_8bit(params, args):
     from torchao.optim import AdamW8bit
 
@@ -292,6 +304,9 @@ def specs() -> dict[str, Spec]:
     rows += [Spec(f"lowrank-{kind}", f"ours LowRankAdamW[{kind}]", "ours",
                   _ours("LowRankAdamW", projection=kind)) for kind in projections.names()]
     rows += [Spec("ours-galore", "ours GaLoreAdamW", "ours", _ours("GaLoreAdamW")),
+             Spec("ours-apollo", "ours APOLLO", "ours", _ours_apollo(lambda a: a.rank, "channel", APOLLO_SCALE)),
+             Spec("ours-apollo-mini", "ours APOLLO-Mini", "ours",
+                  _ours_apollo(lambda a: 1, "tensor", APOLLO_MINI_SCALE)),
              Spec("per-layer", "ours per-layer LowRankAdamW[rademacher]", "ours",
                   _ours("LowRankAdamW", projection="rademacher"), per_layer=True)]
     return {s.id: s for s in rows}

@@ -68,6 +68,13 @@ at::Tensor dct_project(const at::Tensor& G, const at::Tensor& indices, c10::stri
 at::Tensor dct_unproject(const at::Tensor& R, const at::Tensor& indices, int64_t dim, c10::string_view side,
                          const std::optional<at::Tensor>& signs, std::optional<at::ScalarType> out_dtype,
                          c10::string_view method);
+// APOLLO / APOLLO-Mini step, CPU only (CUDA tensors take the pure-torch kernel): in place on W, exp_avg,
+// exp_avg_sq and limiter_norm (csrc/cpu/apollo.cpp; lowrank_ops/ops/apollo.py states the math).
+void lowrank_apollo_step_(const at::Tensor& W, const at::Tensor& G, const at::Tensor& exp_avg,
+                          const at::Tensor& exp_avg_sq, const at::Tensor& limiter_norm, c10::string_view side,
+                          c10::string_view kind, int64_t seed, int64_t rank, const std::optional<at::Tensor>& matrix,
+                          double proj_scale, double lr, double beta1, double beta2, double eps, double weight_decay,
+                          int64_t step, double scale, c10::string_view scale_type, bool limiter, bool correct_bias);
 }  // namespace cpu
 
 namespace cuda {

@@ -62,6 +62,7 @@ PYBIND11_MODULE(_C, m) {
   LOWRANK_OPS_DEF_DEVICE_OPS(cpu_module, cpu);
   lowrank_ops::def(cpu_module, "dct_project", &lowrank_ops::cpu::dct_project);  // CPU-only ops
   lowrank_ops::def(cpu_module, "dct_unproject", &lowrank_ops::cpu::dct_unproject);
+  lowrank_ops::def(cpu_module, "lowrank_apollo_step_", &lowrank_ops::cpu::lowrank_apollo_step_);
 #ifdef LOWRANK_OPS_CUDA
   auto cuda_module = m.def_submodule("cuda", "CUDA kernels");
   LOWRANK_OPS_DEF_DEVICE_OPS(cuda_module, cuda);

@@ -13,7 +13,7 @@ given picks the kernels of the op it is built on."""
 import importlib
 
 from . import _checks, _extension
-from .pure_torch import dct, lowrank_adam, philox, quant, range_finder, sketch
+from .pure_torch import apollo, dct, lowrank_adam, philox, quant, range_finder, sketch
 
 UINT64 = 2**64
 
@@ -56,6 +56,10 @@ def _triton_lowrank_adamw_step_(*args):
     _triton("lowrank_adam").lowrank_adamw_step_(*args)
 
 
+def _triton_lowrank_apollo_step_(W, G, exp_avg, exp_avg_sq, limiter_norm, side, kind, seed, *args):
+    _triton("apollo").lowrank_apollo_step_(W, G, exp_avg, exp_avg_sq, limiter_norm, side, kind, seed % UINT64, *args)
+
+
 def _triton_quantize_weight(W, format, group_size):
     return _triton("quant").quantize(W, format, group_size)
 
@@ -85,6 +89,7 @@ PURE_TORCH = {
     "dct_project": dct.dct_project,
     "dct_unproject": dct.dct_unproject,
     "lowrank_adamw_step_": lowrank_adam.lowrank_adamw_step_,
+    "lowrank_apollo_step_": apollo.lowrank_apollo_step_,
     "quantize_weight": quant.quantize_weight,
     "dequantize_weight": quant.dequantize_weight,
     "dequant_matmul": quant.dequant_matmul,
@@ -99,6 +104,7 @@ TRITON = {
     "dct_topk": _triton_dct_topk,
     "dct_basis": _triton_dct_basis,
     "lowrank_adamw_step_": _triton_lowrank_adamw_step_,
+    "lowrank_apollo_step_": _triton_lowrank_apollo_step_,
     "quantize_weight": _triton_quantize_weight,
     "dequantize_weight": _triton_dequantize_weight,
     "dequant_matmul": _triton_dequant_matmul,

@@ -223,6 +223,16 @@ _define("lowrank_adamw_step_",
         "float scale, str wd_mode, str? backend=None) -> ()",
         lambda *args, **kwargs: None)
 
+# APOLLO / APOLLO-Mini (lowrank_ops/ops/apollo.py): R = proj_scale P G (left) or G P^T (right), side kind
+# "rademacher" | "gaussian" (seeded) | "matrix" (explicit rank x d); moments on R; W scaled per kept channel
+# ("channel") or as a whole ("tensor") with the norm-growth limiter. In place; not differentiated.
+_define("lowrank_apollo_step_",
+        "(Tensor(a!) W, Tensor G, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, Tensor(d!) limiter_norm, str side, "
+        "str kind, int seed, int rank, Tensor? matrix, float proj_scale, float lr, float beta1, float beta2, "
+        "float eps, float weight_decay, int step, float scale, str scale_type, bool limiter, bool correct_bias, "
+        "str? backend=None) -> ()",
+        lambda *args, **kwargs: None)
+
 # --------------------------------------------------------------------------------------------------------
 # quant family: INT8 / NF4 weights and the dequant-matmul (docs/DESIGN.md §3)
 # --------------------------------------------------------------------------------------------------------

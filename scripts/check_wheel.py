@@ -296,6 +296,23 @@ def case_lowrank_adamw_step_(device):
     return [W, m, v], verify
 
 
+def case_lowrank_apollo_step_(device):
+    """Step 1 from zero moments, left side a rank-3 Rademacher sketch scaled by c = 2: exp_avg = (1 - beta1) c P G,
+    the limiter's norm is then set (> 0) and W moves."""
+    W, G = randn(9, 6, device=device), randn(9, 6, device=device)
+    W0 = W.clone()
+    m, v, norm = torch.zeros(3, 6, device=device), torch.zeros(3, 6, device=device), torch.zeros((), device=device)
+    call("lowrank_apollo_step_", W=W, G=G, exp_avg=m, exp_avg_sq=v, limiter_norm=norm, side="left", kind="rademacher",
+         seed=SEED, rank=3, matrix=None, proj_scale=2.0, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+         step=1, scale=1.0, scale_type="channel", limiter=True, correct_bias=True)
+
+    def verify():
+        close(m, 0.2 * (sketch_matrix(3, 9, "rademacher", device) @ G), "lowrank_apollo_step_ exp_avg vs (1-b1) c P G")
+        expect(bool(norm > 0), "lowrank_apollo_step_: the limiter's norm not set")
+        expect(bool(torch.isfinite(W).all()) and not torch.equal(W, W0), "lowrank_apollo_step_: W not updated")
+    return [W, m, v, norm], verify
+
+
 def case_range_finder(device):
     G = randn(12, 8, device=device)
     Q, S, sqnorm, fallbacks = call("range_finder", G=G, rank=3, oversample=2, power_iters=1, seed=SEED,

@@ -45,7 +45,7 @@ from lowrank_ops import _ops, backends, ops
 from lowrank_ops.ops import Projection, QuantizedWeight
 
 BACKENDS = ("cpu", "reference", "triton")
-FAMILIES = ("sketch", "dct", "lowrank_adam", "quant", "range_finder")
+FAMILIES = ("sketch", "dct", "lowrank_adam", "quant", "range_finder", "apollo")
 ERRORS = (ValueError, TypeError, RuntimeError)
 
 
@@ -87,6 +87,21 @@ def _step_kwargs(p: Problem) -> dict:
     return dict(W=W, G=_randn(p, p.m, p.n, dtype=p.dtype), exp_avg=torch.zeros(shape, dtype=state),
                 exp_avg_sq=torch.zeros(shape, dtype=state), projection=projection, lr=1e-2, beta1=0.9, beta2=0.999,
                 eps=1e-8, weight_decay=0.1, step=3, scale=1.0, wd_mode="full", delta=None)
+
+
+def _apollo_kwargs(p: Problem) -> dict:
+    W = _randn(p, p.m, p.n, dtype=p.dtype if p.dtype != torch.float16 else torch.float32)
+    if p.kind in ("rademacher", "gaussian"):
+        projection = Projection.seeded(p.kind, p.seed, p.r, p.side)
+    else:
+        projection = Projection.from_matrix(_randn(p, p.r, p.d, dtype=torch.float32), p.side)
+    shape = projection.projected_shape(W.shape)
+    state = torch.float64 if W.dtype == torch.float64 else torch.float32
+    return dict(W=W, G=_randn(p, p.m, p.n, dtype=p.dtype), exp_avg=torch.zeros(shape, dtype=state),
+                exp_avg_sq=torch.zeros(shape, dtype=state), limiter_norm=torch.tensor(1.5, dtype=state),
+                projection=projection, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.1, step=3, scale=2.0,
+                scale_type="tensor" if p.side == "left" else "channel", limiter=True, correct_bias=True,
+                proj_scale=1.5)
 
 
 def _qw(p: Problem, fmt: str = "int8") -> QuantizedWeight:
@@ -148,6 +163,9 @@ SPECS = [
     Spec("lowrank_adamw_step_", "lowrank_adam", "lowrank_adamw_step_", _step_kwargs,
          outputs=lambda result, kw: [kw["W"], kw["exp_avg"], kw["exp_avg_sq"]],
          aliases={"projection": ("left_matrix", "right_matrix", "projection")}),
+    Spec("lowrank_apollo_step_", "apollo", "lowrank_apollo_step_", _apollo_kwargs,
+         outputs=lambda result, kw: [kw["W"], kw["exp_avg"], kw["exp_avg_sq"], kw["limiter_norm"]],
+         aliases={"projection": ("matrix", "projection")}),
     Spec("quantize", "quant", "quantize_weight",
          lambda p: dict(W=_randn(p, p.m, p.n), format="nf4" if p.kind == "dct" else "int8", group_size=4,
                         double_quant=p.kind == "gaussian"), outputs=_quant_outputs, costly=("group_size",)),
@@ -328,7 +346,7 @@ READ_TENSOR = [
     Variant("int64 dtype", "either", _tensor_variant(lambda t: t.to(torch.int64))),
     Variant("float64 dtype", "either", _tensor_variant(lambda t: t.to(torch.float64))),
     Variant("bfloat16 dtype", "either", _tensor_variant(lambda t: t.to(torch.bfloat16))),
-    Variant("0-dim", "error", _tensor_variant(lambda t: t.reshape(-1)[0].clone(), lambda t: t.numel() > 0)),
+    Variant("0-dim", "error", _tensor_variant(lambda t: t.reshape(-1)[0].clone(), lambda t: t.dim() > 0)),
     Variant("one more dim", "either", _tensor_variant(lambda t: t.unsqueeze(0))),
     Variant("empty dim 0", "either", _skip_none(_empty_dim(0))),
     Variant("empty dim 1", "either", _skip_none(_empty_dim(1))),

@@ -102,6 +102,11 @@ def run_every_op() -> dict:
     L.lowrank_adamw_step_(W, G.flip(0), m, v, None, "none", 0, 0, None, "gaussian", 11, 4, None, 0.1, 0.9, 0.99,
                           1e-8, 0.1, 1, 1.0, "full")
     out["lowrank_adamw_step_"] = (W, m, v)
+    W, m, v, norm = G.clone(), torch.zeros(5, 29, dtype=torch.float64), torch.zeros(5, 29, dtype=torch.float64), \
+        torch.tensor(0.5, dtype=torch.float64)
+    L.lowrank_apollo_step_(W, G.flip(1), m, v, norm, "left", "rademacher", -9, 5, None, 2.7, 0.1, 0.9, 0.99, 1e-6, 0.1,
+                           2, 4.0, "channel", True, True)
+    out["lowrank_apollo_step_"] = (W, m, v, norm)
     Wq = torch.randn(7, 300, generator=gen)
     for fmt, group in (("int8", 64), ("nf4", 32)):
         codes, scales = L.quantize_weight(Wq, fmt, group)

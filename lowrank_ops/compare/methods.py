@@ -8,6 +8,10 @@ Views:
                plain AdamW; wd_mode "adapter" (weight decay of the adapter since the last refresh, as in the
                paper's adapter-trained Table 2 runs, App. B), so it equals the adapter view step for step.
   "relora"     two-sided LoRA with merges (relora.py).
+  "apollo"     lowrank_ops.optim.APOLLO (Zhu et al. 2024) on the attention and MLP matrices, plain AdamW on
+               the rest: "apollo" with channel-wise scaling at the preset's rank and scale 1, "apollo_mini"
+               with tensor-wise scaling at rank 1 and scale 128 (the APOLLO paper's settings); the seeded
+               Gaussian P, refreshed every gap.
   "adapter"    lowrank_ops.nn.convert with an INT8 / NF4 base (the QLoRA-style rows of Table 2): frozen
                quantized W0, frozen P, trainable A, torch.optim.AdamW, merge_and_reset every refresh gap
                (A's moments kept: LowRankAdamW's rule).
@@ -29,13 +33,17 @@ from .model import TARGETS
 from .presets import PAPER_CONFIGS
 
 QUANT_GROUP = 256  # the paper's quantization group size (INT8 and NF4 alike)
+# APOLLO's param-group settings per method (the APOLLO paper: rank = the preset's, scale 1; Mini: rank 1,
+# scale 128, tensor-wise); rank None: the preset's.
+APOLLO_SETTINGS = {"apollo": dict(rank=None, scale_type="channel", scale=1.0),
+                   "apollo_mini": dict(rank=1, scale_type="tensor", scale=128.0)}
 
 
 @dataclass(frozen=True)
 class Method:
     name: str  # the --methods name
     label: str  # the table row, the paper's name where it has one
-    view: str  # "full" | "optimizer" | "relora" | "adapter"
+    view: str  # "full" | "optimizer" | "relora" | "apollo" | "adapter"
     projection: str | None = None
     base: str | None = None  # adapter view: "int8" | "nf4"
 
@@ -66,6 +74,8 @@ METHODS: list[Method] = [
     Method("dct", "DCT columns", "optimizer", "dct"),
     Method("sr_dct", "Subsampled randomized DCT", "optimizer", "sr_dct"),
     Method("adaptive", "Adaptive rank (AdaRankGrad)", "optimizer", "adaptive"),
+    Method("apollo", "APOLLO (channel-wise)", "apollo", "gaussian"),
+    Method("apollo_mini", "APOLLO-Mini (tensor-wise, rank 1)", "apollo", "gaussian"),
 ] + [
     Method(f"{name}+{base}", f"{label} + {base.upper()}", "adapter", kind, base)
     for kind, name, label in (("svd", "galore", "GaLore"), ("gaussian", "gaussian", "Gaussian"),
@@ -105,6 +115,8 @@ class Runner:
             self.optimizer = torch.optim.AdamW(model.parameters(), **adamw)
         elif method.view == "optimizer":
             self.optimizer = self._lowrank_adamw(model, preset, seed, adamw)
+        elif method.view == "apollo":
+            self.optimizer = self._apollo(model, preset, seed, adamw)
         elif method.view == "relora":
             self.lora = relora.convert(model, TARGETS, preset.rank, seed)
             self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], **adamw)
@@ -134,6 +146,17 @@ class Runner:
             options["min_gap"] = max(1, round(self.gap / 10))
         return LowRankAdamW(groups + [{"params": rest, "rank": None}], projection=kind, update_gap=self.gap,
                             wd_mode="adapter", seed=seed, **adamw, **options)
+
+    def _apollo(self, model, preset, seed, adamw):
+        """APOLLO / APOLLO-Mini (APOLLO_SETTINGS) on the target matrices, plain AdamW on the rest."""
+        from ..optim import APOLLO
+
+        settings = dict(APOLLO_SETTINGS[self.method.name])
+        settings["rank"] = settings["rank"] or preset.rank
+        targets = [p for name, p in model.named_parameters() if _is_target(name) and p.dim() == 2]
+        rest = [p for name, p in model.named_parameters() if not (_is_target(name) and p.dim() == 2)]
+        return APOLLO([{"params": targets, "update_proj_gap": self.gap, "proj": "random", **settings},
+                       {"params": rest}], seed=seed, **adamw)
 
     def lr_scale(self, step: int) -> float:
         if self.method.view != "relora" or step < self.gap:
@@ -186,7 +209,9 @@ class Runner:
 def estimate_gb(method: Method, paper_config: str) -> float | None:
     """Estimated persisted memory (weights + optimizer state + projections, GB = 1e9 bytes; the paper's
     Table 2 column: bf16 weights and state, vocabulary 32000) of `method` at one of PAPER_CONFIGS, by
-    lowrank_ops.memory.estimate. Adapter views: the target weights in the quantized format (codes + one
+    lowrank_ops.memory.estimate. APOLLO: the optimizer view's moments in the projected shape on the smaller
+    side (proj_type "std") with a seeded P, without the adapter delta (its 0-dim limiter norm per matrix is
+    not counted: 4 bytes). Adapter views: the target weights in the quantized format (codes + one
     fp32 scale per group of 256). ReLoRA: frozen bf16 target weights plus A and B trained by AdamW.
     None for an unavailable method."""
     if method.unavailable() is not None:
@@ -204,6 +229,11 @@ def estimate_gb(method: Method, paper_config: str) -> float | None:
         frozen = sum(m * n for _, (m, n) in targets) * 2
         total = (memory.estimate(others, None, **bf16).persisted
                  + memory.estimate(adapters, None, **bf16).persisted + frozen)
+    elif method.view == "apollo":
+        rank = APOLLO_SETTINGS[method.name]["rank"] or cfg["rank"]
+        config = {"rank": rank, "projection": method.projection, "wd_mode": "full", "state_dtype": torch.bfloat16,
+                  "targets": TARGETS}
+        total = memory.estimate(shapes, config, **bf16).persisted
     else:
         # the optimizer view with wd_mode "adapter" (moments + adapter delta) and the adapter view (A + its
         # moments, base_bytes of the frozen W0) hold the same bytes for a dense base

@@ -5,6 +5,7 @@ lowrank_ops.backends)."""
 import inspect as _inspect
 
 from .._dlpack import accept_dlpack as _accept_dlpack
+from .apollo import lowrank_apollo_step_
 from .dct import dct_basis, dct_project, dct_scores, dct_topk, dct_unproject
 from .lowrank_adam import lowrank_adamw_step_
 from .projection import Projection, SideOperator
@@ -25,6 +26,7 @@ __all__ = [
     "dequant_matmul",
     "dequantize",
     "lowrank_adamw_step_",
+    "lowrank_apollo_step_",
     "philox4x32",
     "quantize",
     "range_finder",

@@ -30,7 +30,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 MODULES = ("lowrank_ops.triton.sketch", "lowrank_ops.triton.lowrank_adam", "lowrank_ops.triton.quant",
-           "lowrank_ops.triton.dct")
+           "lowrank_ops.triton.dct", "lowrank_ops.triton.apollo")
 DEFAULT_ARCHS = (80, 90)
 
 

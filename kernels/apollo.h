@@ -1,0 +1,50 @@
+// Per-element math of the fused APOLLO step (lowrank_ops/pure_torch/apollo.py, the oracle
+// lowrank_ops/reference/apollo.py): APOLLO / APOLLO-Mini (Zhu et al. 2024) as apollo-torch 1.0.3's
+// APOLLOAdamW computes it, with Fira's norm-growth limiter (arXiv:2410.01623). T is the compute type:
+// float (float32 and bfloat16 weights) or double (float64). Torch-free, host and device.
+//
+// Element by element of R (the projected gradient, t >= 1 the step count after increment):
+//   m <- b1 m + (1 - b1) r;  v <- b2 v + (1 - b2) r^2;  N = m / (sqrt(v) + eps)   (no bias correction)
+// Per kept channel j (or the whole matrix, "tensor"): s_j = ||N_j|| / (||R_j|| + kApolloNormEps).
+// Limiter on g = ||s (.) G||_F: lam = 1 at step 1, else max(g / (prev + kApolloNormEps), kApolloGrowth) /
+// kApolloGrowth; the limiter's norm becomes g / lam.
+// Element by element of W: W <- (W - (a / lam) s_j G) (1 - lr wd), a = lr sqrt(scale) sqrt(1 - b2^t) / (1 - b1^t).
+#pragma once
+#include "common.h"
+
+namespace lro {
+
+constexpr double kApolloNormEps = 1e-8;  // apollo-torch's guard of the channel norms and the limiter's ratio
+constexpr double kApolloGrowth = 1.01;   // Fira's largest allowed growth of the update norm per step
+
+LRO_HD float apollo_sqrt(float x) { return sqrtf(x); }
+LRO_HD double apollo_sqrt(double x) { return sqrt(x); }
+
+// The Adam moments of one entry r of R, in place; returns N's entry m / (sqrt(v) + eps). 1 - b1 and 1 - b2
+// come rounded from double (as torch rounds its Python-float scalars), not formed from the rounded betas.
+template <typename T>
+LRO_HD T apollo_moments(T r, T* m, T* v, T beta1, T one_minus_beta1, T beta2, T one_minus_beta2, T eps) {
+  const T mm = beta1 * *m + one_minus_beta1 * r;
+  const T vv = beta2 * *v + one_minus_beta2 * r * r;
+  *m = mm;
+  *v = vv;
+  return mm / (apollo_sqrt(vv) + eps);
+}
+
+// s = ||N|| / (||R|| + eps) from the squared norms (accumulated in double).
+LRO_HD double apollo_channel_scale(double n_sq, double r_sq) { return sqrt(n_sq) / (sqrt(r_sq) + kApolloNormEps); }
+
+// The limiter's divisor lam for the update norm g, the previous norm `prev` and the step t (1: none yet).
+LRO_HD double apollo_limiter(double g, double prev, long long step) {
+  if (step <= 1) return 1.0;
+  const double ratio = g / (prev + kApolloNormEps);
+  return (ratio < kApolloGrowth ? kApolloGrowth : ratio) / kApolloGrowth;  // a NaN ratio stays NaN (as torch's max)
+}
+
+// One entry of W: (w - c s g) (1 - lr wd), c = a / lam.
+template <typename T>
+LRO_HD T apollo_weight_update(T w, T g, T c_s, T decay) {
+  return (w - c_s * g) * decay;
+}
+
+}  // namespace lro
