@@ -121,6 +121,20 @@ def _selected_scores(idx, kw):
     return scores[idx.long()].sort().values
 
 
+def _dct_rows(p: Problem) -> torch.Tensor:
+    """r distinct basis rows of [0, d), spread over the spectrum (int64)."""
+    return torch.arange(p.r) * (p.d // p.r)
+
+
+def _dct_signs(p: Problem):
+    """The sr_dct signs (+-1, one per entry of the projected dimension) for the seeded kinds, else None (the
+    plain "dct" rows), so that both forms of dct_project / dct_unproject are drawn."""
+    if p.kind not in ("rademacher", "gaussian"):
+        return None
+    g = torch.Generator().manual_seed(p.seed)
+    return torch.where(torch.rand(p.d, generator=g) < 0.5, -1.0, 1.0).to(p.dtype)
+
+
 def _quant_outputs(qw, kwargs):
     return [getattr(qw, f.name) for f in dataclasses.fields(qw) if isinstance(getattr(qw, f.name), torch.Tensor)]
 
@@ -143,8 +157,15 @@ SPECS = [
     Spec("dct_topk", "dct", "dct_topk", lambda p: dict(G=_randn(p, p.m, p.n), rank=p.r, side=p.side, norm="l2"),
          outputs=lambda idx, kw: [idx, _selected_scores(idx, kw)], compared=(1, )),
     Spec("dct_basis", "dct", "dct_basis",
-         lambda p: dict(dim=p.d, indices=torch.arange(p.r) * (p.d // p.r), dtype=p.dtype, device=None),
+         lambda p: dict(dim=p.d, indices=_dct_rows(p), dtype=p.dtype, device=None),
          costly=("dim",), kinds={"device": "device", "indices": "indices"}),
+    Spec("dct_project", "dct", "dct_project",
+         lambda p: dict(G=_randn(p, p.m, p.n), indices=_dct_rows(p), side=p.side, signs=_dct_signs(p), out_dtype=None,
+                        method="auto"), kinds={"indices": "indices"}),
+    Spec("dct_unproject", "dct", "dct_unproject",
+         lambda p: dict(R=_randn(p, *((p.r, p.n) if p.side == "left" else (p.m, p.r))), indices=_dct_rows(p), dim=p.d,
+                        side=p.side, signs=_dct_signs(p), out_dtype=None, method="auto"),
+         costly=("dim",), kinds={"indices": "indices"}),
     Spec("lowrank_adamw_step_", "lowrank_adam", "lowrank_adamw_step_", _step_kwargs,
          outputs=lambda result, kw: [kw["W"], kw["exp_avg"], kw["exp_avg_sq"]],
          aliases={"projection": ("left_matrix", "right_matrix", "projection")}),
@@ -442,7 +463,8 @@ VARIANTS = {
     "device": [Variant("an unknown device", "error", _set("nonsense")), Variant("a float", "error", _set(1.5)),
                Variant("meta", "either", _set("meta"), device_change=True)],
     "backend": [Variant("an unknown name", "error", _set("gpu")), Variant("an int", "error", _set(1)),
-                Variant("cuda on CPU tensors", "error", _set("cuda"))],
+                Variant("cuda on CPU tensors", "error", _set("cuda")),
+                Variant("triton", "either", _set("triton"))],  # a clear error where the op has no Triton kernel
     "projection": [
         Variant("a string", "error", _set("gaussian")),
         Variant("a rank of True", "error", _set(_side_changed(SEEDED, rank=lambda r: True))),
