@@ -16,7 +16,8 @@ one or two variants each. A case is run on every backend; what counts as correct
 
 Run by tests/test_bad_inputs.py in a subprocess per family (a segfault then fails that test instead of
 killing pytest): `python tests/bad_inputs.py FAMILY EXAMPLES` prints one JSON line with the counts per op
-and the failures. `python tests/bad_inputs.py --counts` prints the table of cases per op for every family."""
+and the failures. `python tests/bad_inputs.py --counts [EXAMPLES]` prints the table of cases per op and
+backend, silent acceptances, failures and crashes for every family (the counts of a closing note)."""
 
 import contextlib
 import dataclasses
@@ -595,8 +596,9 @@ def _close(a: torch.Tensor, b: torch.Tensor, rtol: float) -> bool:
     return bool(((a[ok] - b[ok]).abs() <= rtol * scale + 1e-30).all())
 
 
-def evaluate(spec: Spec, problem: Problem, changes, backend_names) -> tuple[str, str | None]:
-    """(outcome, failure): outcome "error", "ok" or "skip" (the variant does not apply to this problem)."""
+def evaluate(spec: Spec, problem: Problem, changes, backend_names, ran: list | None = None) -> tuple[str, str | None]:
+    """(outcome, failure): outcome "error", "ok" or "skip" (the variant does not apply to this problem); the
+    backends that ran the case are appended to `ran`."""
     names = [n for _, n in changes]
     if "*" in names:  # a change of every tensor: any argument may be named
         names = list(spec.build(problem)) + [n for a in spec.aliases.values() for n in a]
@@ -610,6 +612,8 @@ def evaluate(spec: Spec, problem: Problem, changes, backend_names) -> tuple[str,
         if backend == "triton" and out[0] == "error" and "Triton interpreter" in str(out[1]):
             continue  # what the interpreter cannot run (float64 scalars), not what Triton on a GPU does
         results[backend] = out
+        if ran is not None:
+            ran.append(backend)
         if out[0] == "unclear":
             return "fail", f"{what} [{backend}]: unclear error {type(out[1]).__name__}: {str(out[1])[:300]}"
         if out[0] == "error":
@@ -711,19 +715,25 @@ def _drawn_cases(spec: Spec, examples: int, check: Callable):
 
 
 def run_family(family: str, examples: int, with_triton: bool, progress: Path | None) -> dict:
-    """Counts per op {cases, errors, results, skipped, failures} and the failures."""
+    """Counts per op {cases, errors, results, skipped, failures, silent (failures that accepted what the
+    contract refuses), runs (per backend: the cases it ran)} and the failures."""
     counts, failures = {}, []
 
     def record(spec, backend_names, problem, changes):
         if progress is not None:
             progress.write_text(f"{spec.name} {[(v.name, n) for v, n in changes]} {problem}\n")
-        outcome, failure = evaluate(spec, problem, changes, backend_names)
-        c = counts.setdefault(spec.name, {"cases": 0, "errors": 0, "results": 0, "skipped": 0, "failures": 0})
+        ran = []
+        outcome, failure = evaluate(spec, problem, changes, backend_names, ran)
+        c = counts.setdefault(spec.name, {"cases": 0, "errors": 0, "results": 0, "skipped": 0, "failures": 0,
+                                          "silent": 0, "runs": dict.fromkeys(backend_names, 0)})
         if outcome == "skip":
             c["skipped"] += 1
             return None
         c["cases"] += 1
         c["errors" if outcome == "error" else "results" if outcome == "ok" else "failures"] += 1
+        c["silent"] += failure is not None and failure.endswith("silently accepted")
+        for backend in ran:
+            c["runs"][backend] += 1
         return failure
 
     for spec in (s for s in SPECS if s.family == family):
@@ -759,20 +769,37 @@ def run_in_subprocess(family: str, examples: int, with_triton: bool, timeout: fl
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def print_counts(examples: int) -> None:
+    """The table for a closing note: per op, the cases and how many of them each backend ran, the clear
+    errors and checked results, the silent acceptances and other failures; per family, crashes (a worker
+    that died or hung)."""
+    total = dict.fromkeys(("cases", "errors", "results", "silent", "failures", "crashes"), 0)
+    runs = dict.fromkeys(BACKENDS, 0)
+    print(f"{'op':22} {'cases':>6} {'cpu':>5} {'ref':>5} {'triton':>6} {'errors':>7} {'results':>8} {'silent':>7} "
+          f"{'failures':>9}")
+    for family in FAMILIES:
+        out = run_in_subprocess(family, examples, True, 3600)
+        crashes = [f for f in out["failures"] if f.startswith(f"{family}: the worker died") or
+                   f.startswith(f"{family}: hung")]
+        total["crashes"] += len(crashes)
+        for op, c in out["counts"].items():
+            r = [c["runs"].get(b, 0) for b in BACKENDS]
+            print(f"{op:22} {c['cases']:6} {r[0]:5} {r[1]:5} {r[2]:6} {c['errors']:7} {c['results']:8} "
+                  f"{c['silent']:7} {c['failures']:9}")
+            for key in ("cases", "errors", "results", "silent", "failures"):
+                total[key] += c[key]
+            for b in BACKENDS:
+                runs[b] += c["runs"].get(b, 0)
+        for f in out["failures"]:
+            print("FAILURE:", f[:1000])
+    print(f"{'total':22} {total['cases']:6} {runs['cpu']:5} {runs['reference']:5} {runs['triton']:6} "
+          f"{total['errors']:7} {total['results']:8} {total['silent']:7} {total['failures']:9}")
+    print(f"crashes (a worker that died or hung): {total['crashes']}")
+
+
 def main(argv) -> None:
     if argv[:1] == ["--counts"]:
-        examples = int(argv[1]) if len(argv) > 1 else 40
-        total = {"cases": 0, "failures": 0}
-        print(f"{'op':22} {'cases':>6} {'errors':>7} {'results':>8} {'failures':>9}")
-        for family in FAMILIES:
-            out = run_in_subprocess(family, examples, True, 3600)
-            for op, c in out["counts"].items():
-                print(f"{op:22} {c['cases']:6} {c['errors']:7} {c['results']:8} {c['failures']:9}")
-                total["cases"] += c["cases"]
-                total["failures"] += c["failures"]
-            for f in out["failures"]:
-                print("FAILURE:", f)
-        print(f"{'total':22} {total['cases']:6} {'':7} {'':8} {total['failures']:9}")
+        print_counts(int(argv[1]) if len(argv) > 1 else 40)
         return
     family, examples, triton, progress = argv
     if family == "selftest-crash":  # tests/test_bad_inputs.py: a segfault must fail the family's test
