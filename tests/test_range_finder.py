@@ -246,6 +246,22 @@ def test_cholesky_qr2_keeps_the_fast_path_on_well_conditioned_input(dtype, rng):
     assert_within_torch_error(Q @ R, Y.double(), H @ HR, "Q R = Y", k=Y.shape[1])
 
 
+def test_float64_floor_admits_the_span_error_measured_on_an_epyc_cpu():
+    """Issue 16, reproduction 8: on an AMD EPYC CPU the float64 span check above measured a relative error of
+    1.392e-15 where plain torch's was 0, above the former floor sqrt(30) u = 1.216e-15 (k was Q R's 30
+    columns, not the Gram matrix's 400 rows, and sqrt(k) is no bound). The floor is now gamma_400(eps),
+    which holds for every summation order (tests/helpers.py)."""
+    eps = torch.finfo(torch.float64).eps
+    assert math.sqrt(30) * eps < 1.392e-15 <= 400 * eps / (1 - 400 * eps)
+    ref = torch.ones(100, dtype=torch.float64)
+    out = ref.clone()
+    out[0] += 10 * 1.392e-15  # ||out - ref|| / ||ref|| = 1.392e-15, up to the rounding of the sum
+    assert rel_err(out, ref) >= 1.392e-15
+    assert_within_torch_error(out, ref, ref, "the EPYC span error", k=400)
+    with pytest.raises(AssertionError, match="relative error"):  # a floor below the error fails the check
+        assert_within_torch_error(out, ref, ref, "the EPYC span error", k=5)  # gamma_5(eps) = 1.11e-15
+
+
 @pytest.mark.parametrize("Y", [torch.zeros(9, 4), torch.ones(9, 4), torch.eye(9, 4)[:, [0, 1, 1, 2]]],
                          ids=["zero", "rank1", "repeated_column"])
 def test_cholesky_qr2_singular_input(Y):
