@@ -149,7 +149,9 @@ def finite(op: str, arg: str, t: torch.Tensor) -> None:
         raise error(op, arg, "finite", f"a tensor with {bad} NaN/Inf entries")
 
 
-def index_range(op: str, indices: torch.Tensor, dim: int) -> None:
-    """Every index in [0, dim). Reads the values (a device sync); skipped where they cannot be read."""
+def index_range(op: str, indices: torch.Tensor, dim: int, what: str = "") -> None:
+    """Every index in [0, dim); `what` says where dim comes from, for the message (e.g. " (the projected
+    dimension of G)"). Reads the values (a device sync); skipped where they cannot be read."""
     if has_values(indices) and indices.numel() and (indices.min() < 0 or indices.max() >= dim):
-        raise error(op, "indices", f"values in [0, {dim})", f"values in [{int(indices.min())}, {int(indices.max())}]")
+        raise error(op, "indices", f"values in [0, {dim}){what}",
+                    f"values in [{int(indices.min())}, {int(indices.max())}]")

@@ -16,7 +16,8 @@ one or two variants each. A case is run on every backend; what counts as correct
 
 Run by tests/test_bad_inputs.py in a subprocess per family (a segfault then fails that test instead of
 killing pytest): `python tests/bad_inputs.py FAMILY EXAMPLES` prints one JSON line with the counts per op
-and the failures. `python tests/bad_inputs.py --counts` prints the table of cases per op for every family."""
+and the failures. `python tests/bad_inputs.py --counts [EXAMPLES]` prints the table of cases per op and
+backend, silent acceptances, failures and crashes for every family (the counts of a closing note)."""
 
 import contextlib
 import dataclasses
@@ -136,6 +137,20 @@ def _selected_scores(idx, kw):
     return scores[idx.long()].sort().values
 
 
+def _dct_rows(p: Problem) -> torch.Tensor:
+    """r distinct basis rows of [0, d), spread over the spectrum (int64)."""
+    return torch.arange(p.r) * (p.d // p.r)
+
+
+def _dct_signs(p: Problem):
+    """The sr_dct signs (+-1, one per entry of the projected dimension) for the seeded kinds, else None (the
+    plain "dct" rows), so that both forms of dct_project / dct_unproject are drawn."""
+    if p.kind not in ("rademacher", "gaussian"):
+        return None
+    g = torch.Generator().manual_seed(p.seed)
+    return torch.where(torch.rand(p.d, generator=g) < 0.5, -1.0, 1.0).to(p.dtype)
+
+
 def _quant_outputs(qw, kwargs):
     return [getattr(qw, f.name) for f in dataclasses.fields(qw) if isinstance(getattr(qw, f.name), torch.Tensor)]
 
@@ -158,8 +173,15 @@ SPECS = [
     Spec("dct_topk", "dct", "dct_topk", lambda p: dict(G=_randn(p, p.m, p.n), rank=p.r, side=p.side, norm="l2"),
          outputs=lambda idx, kw: [idx, _selected_scores(idx, kw)], compared=(1, )),
     Spec("dct_basis", "dct", "dct_basis",
-         lambda p: dict(dim=p.d, indices=torch.arange(p.r) * (p.d // p.r), dtype=p.dtype, device=None),
+         lambda p: dict(dim=p.d, indices=_dct_rows(p), dtype=p.dtype, device=None),
          costly=("dim",), kinds={"device": "device", "indices": "indices"}),
+    Spec("dct_project", "dct", "dct_project",
+         lambda p: dict(G=_randn(p, p.m, p.n), indices=_dct_rows(p), side=p.side, signs=_dct_signs(p), out_dtype=None,
+                        method="auto"), kinds={"indices": "indices"}),
+    Spec("dct_unproject", "dct", "dct_unproject",
+         lambda p: dict(R=_randn(p, *((p.r, p.n) if p.side == "left" else (p.m, p.r))), indices=_dct_rows(p), dim=p.d,
+                        side=p.side, signs=_dct_signs(p), out_dtype=None, method="auto"),
+         costly=("dim",), kinds={"indices": "indices"}),
     Spec("lowrank_adamw_step_", "lowrank_adam", "lowrank_adamw_step_", _step_kwargs,
          outputs=lambda result, kw: [kw["W"], kw["exp_avg"], kw["exp_avg_sq"]],
          aliases={"projection": ("left_matrix", "right_matrix", "projection")}),
@@ -460,7 +482,8 @@ VARIANTS = {
     "device": [Variant("an unknown device", "error", _set("nonsense")), Variant("a float", "error", _set(1.5)),
                Variant("meta", "either", _set("meta"), device_change=True)],
     "backend": [Variant("an unknown name", "error", _set("gpu")), Variant("an int", "error", _set(1)),
-                Variant("cuda on CPU tensors", "error", _set("cuda"))],
+                Variant("cuda on CPU tensors", "error", _set("cuda")),
+                Variant("triton", "either", _set("triton"))],  # a clear error where the op has no Triton kernel
     "projection": [
         Variant("a string", "error", _set("gaussian")),
         Variant("a rank of True", "error", _set(_side_changed(SEEDED, rank=lambda r: True))),
@@ -591,8 +614,9 @@ def _close(a: torch.Tensor, b: torch.Tensor, rtol: float) -> bool:
     return bool(((a[ok] - b[ok]).abs() <= rtol * scale + 1e-30).all())
 
 
-def evaluate(spec: Spec, problem: Problem, changes, backend_names) -> tuple[str, str | None]:
-    """(outcome, failure): outcome "error", "ok" or "skip" (the variant does not apply to this problem)."""
+def evaluate(spec: Spec, problem: Problem, changes, backend_names, ran: list | None = None) -> tuple[str, str | None]:
+    """(outcome, failure): outcome "error", "ok" or "skip" (the variant does not apply to this problem); the
+    backends that ran the case are appended to `ran`."""
     names = [n for _, n in changes]
     if "*" in names:  # a change of every tensor: any argument may be named
         names = list(spec.build(problem)) + [n for a in spec.aliases.values() for n in a]
@@ -606,6 +630,8 @@ def evaluate(spec: Spec, problem: Problem, changes, backend_names) -> tuple[str,
         if backend == "triton" and out[0] == "error" and "Triton interpreter" in str(out[1]):
             continue  # what the interpreter cannot run (float64 scalars), not what Triton on a GPU does
         results[backend] = out
+        if ran is not None:
+            ran.append(backend)
         if out[0] == "unclear":
             return "fail", f"{what} [{backend}]: unclear error {type(out[1]).__name__}: {str(out[1])[:300]}"
         if out[0] == "error":
@@ -707,19 +733,25 @@ def _drawn_cases(spec: Spec, examples: int, check: Callable):
 
 
 def run_family(family: str, examples: int, with_triton: bool, progress: Path | None) -> dict:
-    """Counts per op {cases, errors, results, skipped, failures} and the failures."""
+    """Counts per op {cases, errors, results, skipped, failures, silent (failures that accepted what the
+    contract refuses), runs (per backend: the cases it ran)} and the failures."""
     counts, failures = {}, []
 
     def record(spec, backend_names, problem, changes):
         if progress is not None:
             progress.write_text(f"{spec.name} {[(v.name, n) for v, n in changes]} {problem}\n")
-        outcome, failure = evaluate(spec, problem, changes, backend_names)
-        c = counts.setdefault(spec.name, {"cases": 0, "errors": 0, "results": 0, "skipped": 0, "failures": 0})
+        ran = []
+        outcome, failure = evaluate(spec, problem, changes, backend_names, ran)
+        c = counts.setdefault(spec.name, {"cases": 0, "errors": 0, "results": 0, "skipped": 0, "failures": 0,
+                                          "silent": 0, "runs": dict.fromkeys(backend_names, 0)})
         if outcome == "skip":
             c["skipped"] += 1
             return None
         c["cases"] += 1
         c["errors" if outcome == "error" else "results" if outcome == "ok" else "failures"] += 1
+        c["silent"] += failure is not None and failure.endswith("silently accepted")
+        for backend in ran:
+            c["runs"][backend] += 1
         return failure
 
     for spec in (s for s in SPECS if s.family == family):
@@ -755,20 +787,37 @@ def run_in_subprocess(family: str, examples: int, with_triton: bool, timeout: fl
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def print_counts(examples: int) -> None:
+    """The table for a closing note: per op, the cases and how many of them each backend ran, the clear
+    errors and checked results, the silent acceptances and other failures; per family, crashes (a worker
+    that died or hung)."""
+    total = dict.fromkeys(("cases", "errors", "results", "silent", "failures", "crashes"), 0)
+    runs = dict.fromkeys(BACKENDS, 0)
+    print(f"{'op':22} {'cases':>6} {'cpu':>5} {'ref':>5} {'triton':>6} {'errors':>7} {'results':>8} {'silent':>7} "
+          f"{'failures':>9}")
+    for family in FAMILIES:
+        out = run_in_subprocess(family, examples, True, 3600)
+        crashes = [f for f in out["failures"] if f.startswith(f"{family}: the worker died") or
+                   f.startswith(f"{family}: hung")]
+        total["crashes"] += len(crashes)
+        for op, c in out["counts"].items():
+            r = [c["runs"].get(b, 0) for b in BACKENDS]
+            print(f"{op:22} {c['cases']:6} {r[0]:5} {r[1]:5} {r[2]:6} {c['errors']:7} {c['results']:8} "
+                  f"{c['silent']:7} {c['failures']:9}")
+            for key in ("cases", "errors", "results", "silent", "failures"):
+                total[key] += c[key]
+            for b in BACKENDS:
+                runs[b] += c["runs"].get(b, 0)
+        for f in out["failures"]:
+            print("FAILURE:", f[:1000])
+    print(f"{'total':22} {total['cases']:6} {runs['cpu']:5} {runs['reference']:5} {runs['triton']:6} "
+          f"{total['errors']:7} {total['results']:8} {total['silent']:7} {total['failures']:9}")
+    print(f"crashes (a worker that died or hung): {total['crashes']}")
+
+
 def main(argv) -> None:
     if argv[:1] == ["--counts"]:
-        examples = int(argv[1]) if len(argv) > 1 else 40
-        total = {"cases": 0, "failures": 0}
-        print(f"{'op':22} {'cases':>6} {'errors':>7} {'results':>8} {'failures':>9}")
-        for family in FAMILIES:
-            out = run_in_subprocess(family, examples, True, 3600)
-            for op, c in out["counts"].items():
-                print(f"{op:22} {c['cases']:6} {c['errors']:7} {c['results']:8} {c['failures']:9}")
-                total["cases"] += c["cases"]
-                total["failures"] += c["failures"]
-            for f in out["failures"]:
-                print("FAILURE:", f)
-        print(f"{'total':22} {total['cases']:6} {'':7} {'':8} {total['failures']:9}")
+        print_counts(int(argv[1]) if len(argv) > 1 else 40)
         return
     family, examples, triton, progress = argv
     if family == "selftest-crash":  # tests/test_bad_inputs.py: a segfault must fail the family's test

@@ -1,5 +1,7 @@
 """Shared test utilities: the backends to compare and the tolerance rule of DESIGN.md §5."""
 
+import os
+
 import pytest
 import torch
 
@@ -26,9 +28,11 @@ def backends(op: str, device_type: str = "cpu"):
 def one_thread():
     """One intra-op thread for the duration of a test. The machine is shared: with two OpenMP threads on a
     loaded two-core machine tiny tensors stall on oversubscription (LAPACK's small SVDs were measured at
-    1.5 s for 129 x 33 against 0.4 ms on one thread). Autouse in the test modules that import it."""
+    1.5 s for 129 x 33 against 0.4 ms on one thread). Autouse in the test modules that import it.
+    LOWRANK_OPS_TEST_THREADS=N sets another count, so that the tolerance bounds can be checked under the
+    summation orders of other thread counts (scripts/test_variations.sh)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("LOWRANK_OPS_TEST_THREADS", "1")))
     yield
     torch.set_num_threads(threads)
 
@@ -53,10 +57,12 @@ def assert_within_torch_error(out, ref64, torch_out, what="", k=1, entry_tol=0.0
     For float64 outputs the reference has the op's own precision and plain torch's measured error can be 0
     (the same BLAS call on both sides), so the floor becomes Higham's deterministic bound for a length-k
     float64 summation in any order, gamma_k = k u / (1 - k u) (Higham, Accuracy and Stability of Numerical
-    Algorithms, 2nd ed., Lemma 3.1): a probabilistic sqrt(k) u is exceeded by correct summation orders
-    that another CPU's BLAS path takes. `k` is the longest summation the computation performs. `entry_tol`
-    is the spec's allowed relative variation of the operator's entries (GAUSSIAN_ENTRY_TOL for Gaussian
-    sketches)."""
+    Algorithms, 2nd ed., Lemma 3.1), taken for both sides: ours and the float64 reference each err by up to
+    gamma_k(u) against the exact result, and 2 gamma_k(u) <= gamma_k(2u) = gamma_k(eps), eps = 2u being
+    torch.finfo's eps. A probabilistic sqrt(k) u is exceeded by correct summation orders that another CPU's
+    BLAS path takes. `k` is the longest chain of sums the computation performs (a sum of sums: their lengths
+    added, e.g. m + n for a norm of the rows of D G). `entry_tol` is the spec's allowed relative variation of
+    the operator's entries (GAUSSIAN_ENTRY_TOL for Gaussian sketches)."""
     ours, theirs = rel_err(out, ref64), rel_err(torch_out, ref64)
     unit = torch.finfo(out.dtype).eps
     floor = k * unit / (1 - k * unit) if out.dtype == torch.float64 else unit

@@ -193,20 +193,53 @@ def test_torch_compile_fullgraph_matches_eager(rng):
      "argument 'indices' must be an int16, int32 or int64 tensor"),
     (lambda: ops.dct_project(torch.randn(3, 4), torch.tensor([], dtype=torch.int64), "left"),
      "argument 'indices' must be a non-empty 1-D tensor"),
-    (lambda: ops.dct_project(torch.randn(3, 4), torch.tensor([3]), "left"), "values in [0, 3), got values in [3, 3]"),
+    (lambda: ops.dct_project(torch.randn(3, 4), torch.tensor([3]), "left"),
+     "values in [0, 3) (the projected dimension of G, side 'left'), got values in [3, 3]"),
     (lambda: ops.dct_project(torch.randn(3, 4), torch.tensor([0]), "up"), "argument 'side' must be 'left' or 'right'"),
     (lambda: ops.dct_project(torch.randn(3, 4), torch.tensor([0]), "left", torch.ones(4)),
      "argument 'signs' must be None or a 1-D float tensor of length d = 3"),
     (lambda: ops.dct_project(torch.randn(3, 4), torch.tensor([0]), "left", method="dft"),
      "argument 'method' must be 'auto' or 'gemm' or 'fft'"),
     (lambda: ops.dct_unproject(torch.randn(2, 4), torch.tensor([0]), 3, "left"),
-     "argument 'R' must be 1 rows (one per index; side 'left')"),
+     "argument 'R' must be a matrix with 1 rows, one per entry of 'indices' (side 'left')"),
     (lambda: ops.dct_unproject(torch.randn(1, 4), torch.tensor([0]), 0, "left"), "argument 'dim' must be >= 1"),
+    (lambda: ops.dct_project(torch.randn(1, 4), torch.tensor([1]), "left"),
+     "argument 'indices' must be values in [0, 1) (the projected dimension of G, side 'left'), got values in [1, 1]"),
+    (lambda: ops.dct_unproject(torch.randn(1, 4), torch.tensor([4]), 3, "left"),
+     "argument 'indices' must be values in [0, 3) (dim, side 'left')"),
+    (lambda: ops.dct_unproject(torch.randn(1, 4, device="meta"), torch.tensor([0]), 3, "left"),
+     "argument 'indices' must be on R's device meta, got cpu"),
+    (lambda: ops.dct_project(torch.randn(3, 4), torch.tensor([0]).to_sparse(), "left"),
+     "argument 'indices' must be a dense (strided) tensor"),
+    (lambda: ops.dct_project(torch.randn(3, 4), torch.tensor([0]), "left", torch.ones(3).to_sparse()),
+     "argument 'signs' must be a dense (strided) tensor"),
     (lambda: ops.dct_unproject(torch.randn(1, 4), torch.tensor([0]), 3, "left", out_dtype=torch.int32),
      "argument 'out_dtype' must be float32"),
 ])
 def test_bad_arguments_raise_clear_errors(call, message):
     assert_clear_error(call, ValueError, message)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("bad", (float("nan"), float("inf")))
+def test_nonfinite_input_spoils_only_its_column_or_row(backend, method, side, bad, rng):
+    """The documented NaN/Inf behaviour (lowrank_ops/ops/dct.py): a NaN/Inf at (i, j) of G or R makes the
+    result's column j (left) or row i (right) non-finite and leaves every other entry finite."""
+    idx = torch.tensor([0, 2, 3])
+    G, R = torch.randn(6, 7, generator=rng), torch.randn(*((3, 7) if side == "left" else (6, 3)), generator=rng)
+    G[4, 5] = bad
+    R[2 if side == "left" else 4, 2 if side == "left" else 1] = bad
+    for out, (i, j) in ((ops.dct_project(G, idx, side, method=method, backend=backend), (4, 5)),
+                        (ops.dct_unproject(R, idx, 6 if side == "left" else 7, side, method=method, backend=backend),
+                         (2, 2) if side == "left" else (4, 1))):
+        expected = torch.ones_like(out, dtype=torch.bool)
+        if side == "left":
+            expected[:, j] = False
+        else:
+            expected[i, :] = False
+        assert torch.equal(torch.isfinite(out), expected), (backend, method, side, bad)
 
 
 def test_cpu_kernels_reject_bad_input_too():

@@ -18,7 +18,10 @@ Scores, top-k and basis are not differentiable (selection is piecewise constant;
 differentiates the scores); dct_project and dct_unproject are linear in G / R, each the other's backward.
 NaN/Inf in G: dct_scores returns non-finite scores (NaN or Inf, depending on the backend's order of
 summation), every score, since each basis row meets every entry of G; dct_topk refuses G with a NaN/Inf
-entry (ValueError), since a selection among non-finite scores means nothing.
+entry (ValueError), since a selection among non-finite scores means nothing. dct_project / dct_unproject
+take NaN/Inf and return non-finite entries (NaN or Inf, by the backend's and method's order of summation)
+where the sums meet them: with side "left" the whole column j of the result for a NaN/Inf in column j of
+the input, with side "right" the whole row i for one in row i; every other entry stays finite.
 
 Backends (scores): "cpu" computes in float64 and rounds the scores once (so its float32 scores are the float64
 reference's, rounded), by an FFT for d > 64 and a GEMM on generated basis tiles below (csrc/cpu/dct.cpp
@@ -101,26 +104,25 @@ def dct_basis(dim: int, indices, dtype: torch.dtype = torch.float32, device=None
     return torch.ops.lowrank_ops.dct_basis(indices, dim, dtype, backends.check(op, backend, indices.device))
 
 
-def _transform_args(op: str, X, indices, dim: int, side: str, signs, out_dtype, method) -> None:
-    """The checks shared by dct_project and dct_unproject, for the input X (G or R) whose side acts on a
-    dimension of size `dim`: indices a non-empty 1-D int16/int32/int64 tensor on X's device with values in
-    [0, dim), signs None or a float tensor [dim] there, and the options."""
-    if not isinstance(indices, torch.Tensor) or indices.dtype not in INDEX_DTYPES:
-        got = indices.dtype if isinstance(indices, torch.Tensor) else type(indices).__name__
-        raise _checks.error(op, "indices", "an int16, int32 or int64 tensor", got)
+def _transform_args(op: str, arg: str, X, indices, dim: int, side: str, signs, out_dtype, method) -> None:
+    """The checks shared by dct_project and dct_unproject, for the input X (argument `arg`: G or R) whose
+    side acts on a dimension of size `dim`: indices a non-empty 1-D int16/int32/int64 dense tensor on X's
+    device with values in [0, dim), signs None or a dense float tensor [dim] there, and the options."""
+    _checks.tensor(op, "indices", indices)
+    if indices.dtype not in INDEX_DTYPES:
+        raise _checks.error(op, "indices", "an int16, int32 or int64 tensor", indices.dtype)
     if indices.dim() != 1 or indices.numel() < 1:
         raise _checks.error(op, "indices", "a non-empty 1-D tensor", f"shape {list(indices.shape)}")
-    if indices.device != X.device:
-        raise _checks.error(op, "indices", f"on the device of the data ({X.device})", indices.device)
+    _checks.on_device(op, "indices", indices, X.device, arg)
     if not torch.compiler.is_compiling():  # traced, the value check runs inside the kernels
-        _checks.index_range(op, indices, dim)
+        where = f"the projected dimension of {arg}" if arg == "G" else "dim"
+        _checks.index_range(op, indices, dim, f" ({where}, side {side!r})")
     if signs is not None:
-        if not isinstance(signs, torch.Tensor) or signs.dtype not in FLOAT_DTYPES or signs.dim() != 1 \
-                or signs.shape[0] != dim:
-            got = f"{signs.dtype} of shape {list(signs.shape)}" if isinstance(signs, torch.Tensor) else signs
-            raise _checks.error(op, "signs", f"None or a 1-D float tensor of length d = {dim}", got)
-        if signs.device != X.device:
-            raise _checks.error(op, "signs", f"on the device of the data ({X.device})", signs.device)
+        _checks.tensor(op, "signs", signs)
+        if signs.dtype not in FLOAT_DTYPES or signs.dim() != 1 or signs.shape[0] != dim:
+            raise _checks.error(op, "signs", f"None or a 1-D float tensor of length d = {dim}",
+                                f"{signs.dtype} of shape {list(signs.shape)}")
+        _checks.on_device(op, "signs", signs, X.device, arg)
     _checks.float_dtype(op, "out_dtype", out_dtype)
     _checks.choice(op, "method", method, DCT_METHODS)
 
@@ -130,10 +132,11 @@ def dct_project(G: torch.Tensor, indices: torch.Tensor, side: str, signs: torch.
     """P G (side "left", d = G.shape[0], result r x n) or G P^T (side "right", d = G.shape[1], result m x r)
     for P[i, t] = signs[t] D[indices[i], t] (r = len(indices); signs None: all 1), without materializing P
     on the CPU. Computed in float32 (float64 for float64 G); the result has `out_dtype` (default G's dtype).
-    `method` ("auto", "gemm", "fft") picks the CPU kernel's way. Differentiable in G."""
+    `method` ("auto", "gemm", "fft") picks the CPU kernel's way. Differentiable in G. NaN/Inf in G make the
+    result's column (left) or row (right) that they belong to non-finite (module docstring)."""
     op = "dct_project"
     d = _projected_dim(op, G, side)
-    _transform_args(op, G, indices, d, side, signs, out_dtype, method)
+    _transform_args(op, "G", G, indices, d, side, signs, out_dtype, method)
     return torch.ops.lowrank_ops.dct_project(G, indices, side, signs, out_dtype, method,
                                              backends.check(op, backend, G.device))
 
@@ -141,16 +144,15 @@ def dct_project(G: torch.Tensor, indices: torch.Tensor, side: str, signs: torch.
 def dct_unproject(R: torch.Tensor, indices: torch.Tensor, dim: int, side: str, signs: torch.Tensor | None = None,
                   *, out_dtype: torch.dtype | None = None, method: str = "auto", backend=None) -> torch.Tensor:
     """P^T R (side "left", R r x n, result dim x n) or R P (side "right", R m x r, result m x dim) for the P of
-    dct_project (P is r x dim). Differentiable in R."""
+    dct_project (P is r x dim). Differentiable in R. NaN/Inf in R propagate like dct_project's."""
     op = "dct_unproject"
     _checks.float_matrix(op, "R", R)
     _checks.choice(op, "side", side, SIDES)
     dim = _checks.positive_int(op, "dim", dim)
-    rank = R.shape[0 if side == "left" else 1]
-    if isinstance(indices, torch.Tensor) and indices.dim() == 1 and rank != indices.shape[0]:
+    _transform_args(op, "R", R, indices, dim, side, signs, out_dtype, method)
+    if R.shape[0 if side == "left" else 1] != indices.shape[0]:
         which = "rows" if side == "left" else "columns"
-        raise _checks.error(op, "R", f"{indices.shape[0]} {which} (one per index; side {side!r})",
+        raise _checks.error(op, "R", f"a matrix with {indices.shape[0]} {which}, one per entry of 'indices' (side {side!r})",
                             f"shape {list(R.shape)}")
-    _transform_args(op, R, indices, dim, side, signs, out_dtype, method)
     return torch.ops.lowrank_ops.dct_unproject(R, indices, dim, side, signs, out_dtype, method,
                                                backends.check(op, backend, R.device))
