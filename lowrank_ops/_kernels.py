@@ -56,6 +56,10 @@ def _triton_lowrank_adamw_step_(*args):
     _triton("lowrank_adam").lowrank_adamw_step_(*args)
 
 
+def _triton_lowrank_adamw_multi_step_(*args):
+    _triton("lowrank_adam_multi").lowrank_adamw_multi_step_(*args)
+
+
 def _triton_quantize_weight(W, format, group_size):
     return _triton("quant").quantize(W, format, group_size)
 
@@ -85,6 +89,7 @@ PURE_TORCH = {
     "dct_project": dct.dct_project,
     "dct_unproject": dct.dct_unproject,
     "lowrank_adamw_step_": lowrank_adam.lowrank_adamw_step_,
+    "lowrank_adamw_multi_step_": lowrank_adam.lowrank_adamw_multi_step_,
     "quantize_weight": quant.quantize_weight,
     "dequantize_weight": quant.dequantize_weight,
     "dequant_matmul": quant.dequant_matmul,
@@ -99,6 +104,7 @@ TRITON = {
     "dct_topk": _triton_dct_topk,
     "dct_basis": _triton_dct_basis,
     "lowrank_adamw_step_": _triton_lowrank_adamw_step_,
+    "lowrank_adamw_multi_step_": _triton_lowrank_adamw_multi_step_,
     "quantize_weight": _triton_quantize_weight,
     "dequantize_weight": _triton_dequantize_weight,
     "dequant_matmul": _triton_dequant_matmul,

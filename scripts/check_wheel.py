@@ -296,6 +296,28 @@ def case_lowrank_adamw_step_(device):
     return [W, m, v], verify
 
 
+def case_lowrank_adamw_multi_step_(device):
+    """Two matrices in one call, step 1 from zero moments: a left rank-3 Rademacher sketch (exp_avg = (1 - beta1)
+    P G) and a right rank-2 Gaussian one (exp_avg = (1 - beta1) G P^T)."""
+    W, G = [randn(9, 6, device=device), randn(5, 8, device=device)], [randn(9, 6, device=device),
+                                                                        randn(5, 8, device=device)]
+    W0 = [w.clone() for w in W]
+    m = [torch.zeros(3, 6, device=device), torch.zeros(5, 2, device=device)]
+    v = [torch.zeros_like(x) for x in m]
+    call("lowrank_adamw_multi_step_", W=W, G=G, exp_avg=m, exp_avg_sq=v, delta=[],
+         left_kind=["rademacher", "none"], left_seed=[SEED, 0], left_rank=[3, 0], left_matrix=[None, None],
+         right_kind=["none", "gaussian"], right_seed=[0, SEED], right_rank=[0, 2], right_matrix=[None, None],
+         lr=[1e-2] * 2, beta1=[0.9] * 2, beta2=[0.999] * 2, eps=[1e-8] * 2, weight_decay=[0.0] * 2, step=[1, 1],
+         scale=[1.0] * 2, wd_mode=["full"] * 2)
+
+    def verify():
+        close(m[0], 0.1 * (sketch_matrix(3, 9, "rademacher", device) @ G[0]), "lowrank_adamw_multi_step_ exp_avg[0]")
+        close(m[1], 0.1 * (G[1] @ sketch_matrix(2, 8, "gaussian", device).T), "lowrank_adamw_multi_step_ exp_avg[1]")
+        expect(all(bool(torch.isfinite(w).all()) and not torch.equal(w, w0) for w, w0 in zip(W, W0)),
+               "lowrank_adamw_multi_step_: W not updated")
+    return [*W, *m, *v], verify
+
+
 def case_range_finder(device):
     G = randn(12, 8, device=device)
     Q, S, sqnorm, fallbacks = call("range_finder", G=G, rank=3, oversample=2, power_iters=1, seed=SEED,
