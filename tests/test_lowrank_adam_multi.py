@@ -258,6 +258,31 @@ def test_two_threads_schedule(rng):
         assert_matrix_parity(i, two, exact, plain, Ws[i], f"two threads matrix {i}", tol)
 
 
+@pytest.mark.skipif(not _extension.LOADED, reason="compiled extension not loaded")
+@pytest.mark.parametrize("wd_mode", ["full", "adapter"])
+def test_matrices_run_alone_share_one_moment_pass(wd_mode, rng):
+    """On two threads, two equal large matrices and a half-size one all run alone (none balances the others):
+    the equal pair through the driver's grouped form (run_adam_steps_grouped: one moment pass over the stacked
+    group, the form the CUDA kernel runs), which is lowrank_adamw_step_'s arithmetic per element, so bit-identical
+    to it on the same thread count; the odd one out through lowrank_adamw_step_'s kernel."""
+    shapes = [(300, 200), (300, 200), (300, 100)]
+    projections = [Projection(None, seeded("rademacher", 16, 1)), Projection(None, seeded("rademacher", 16, 2)),
+                   Projection(None, seeded("rademacher", 16, 3))]
+    hypers = [dict(lr=0.01, weight_decay=0.1, scale=0.5, wd_mode=wd_mode, **BETAS)] * 3
+    modes = [wd_mode] * 3
+    Ws = [torch.randn(s, generator=rng) for s in shapes]
+    Gs = [torch.randn(s, generator=rng) for s in shapes]
+    torch.set_num_threads(2)  # the autouse one_thread fixture restores the count
+    multi, single = State(Ws, projections, modes, [2] * 3), State(Ws, projections, modes, [2] * 3)
+    for _ in range(2):
+        multi.multi_step(Gs, projections, hypers, "cpu")
+        single.single_steps(ops.lowrank_adamw_step_, Gs, projections, hypers, backend="cpu")
+    for i in range(3):
+        for name in ("W", "m", "v", "delta"):
+            got, want = getattr(multi, name)[i], getattr(single, name)[i]
+            assert got is None or torch.equal(got, want), f"matrix {i} {name}"
+
+
 @pytest.mark.parametrize("backend", [p for p in CPU_BACKENDS if p.values[0] != "reference"])
 def test_no_m_by_n_temporary(backend, rng):
     """The step allocates no m x n temporary: the CPU kernel holds per thread P (r x d) and blocks of at most

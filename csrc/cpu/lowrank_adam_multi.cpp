@@ -6,7 +6,8 @@
 // and runs single-threaded BLAS on them: no fork/join per GEMM, which on few cores costs more than a GEMM of
 // an LLM layer (bench/results/sketch_cpu.json). A matrix too large for that to balance (the greedy
 // largest-first makespan would exceed the even share by kBalanceSlack: one large layer, or two layers on
-// three threads) runs first, alone, on all threads through lowrank_adamw_step_'s kernel.
+// three threads) runs first, alone, on all threads through lowrank_adamw_step_'s kernel (the driver's grouped
+// form, run_adam_steps_grouped, for several of them).
 //
 // One matrix, one-sided (the blocked path). With P (r x d) materialized once per matrix in a per-thread
 // buffer (generated, or the explicit matrix itself; r/other of G's bytes, 1/4 for a 512 x 512 layer at
@@ -349,7 +350,11 @@ void lowrank_adamw_multi_step_(
       total -= rest[alone++];
     }
   }
-  for (size_t i = 0; i < alone; ++i) run_adam_step(kAdamDevice, matrices[order[i]]);
+  // (grouped: matrices of one shape, kinds and step scalars share one moment pass, the driver's form that the
+  // CUDA kernel runs for every matrix)
+  std::vector<AdamMatrix> large;
+  for (size_t i = 0; i < alone; ++i) large.push_back(matrices[order[i]]);
+  run_adam_steps_grouped(kAdamDevice, large);
 
   std::atomic<size_t> next{alone};
   at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
