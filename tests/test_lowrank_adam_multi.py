@@ -395,12 +395,12 @@ def test_written_tensors_must_not_share_memory():
 @pytest.mark.parametrize("override,message", [
     (dict(G=[torch.randn(6, 5)]), "argument 'G' must have one entry per matrix (2, as 'W'), got 1"),
     (dict(lr=[1e-3]), "argument 'lr' must have one entry per matrix (2, as 'W'), got 1"),
-    (dict(delta=[torch.zeros(6, 2)]), "argument 'delta' must hold one adapter per matrix in wd_mode \"adapter\" "
-                                      "(0), got 1"),
+    (dict(delta=[torch.zeros(6, 2)]), ("argument 'delta' must hold one adapter per matrix in wd_mode \"adapter\" "
+                                       "(0), got 1")),
     (dict(right_kind=["gaussian", "uniform"]), "matrix 1: argument 'right_kind' must be \"none\", \"rademacher\""),
     (dict(step=[1, 0]), "matrix 1: argument 'step' must be >= 1"),
-    (dict(exp_avg=[torch.zeros(6, 2), torch.zeros(6, 2)]), "matrix 1: argument 'exp_avg' must be a float32 tensor "
-                                                           "of the projected shape [2, 6]"),
+    (dict(exp_avg=[torch.zeros(6, 2), torch.zeros(6, 2)]), ("matrix 1: argument 'exp_avg' must be a float32 "
+                                                            "tensor of the projected shape [2, 6]")),
 ])
 def test_cpp_op_rejects_bad_arguments(override, message):
     """The C++ op checks its lists and each matrix itself, for C++ and torch.ops callers."""

@@ -143,9 +143,9 @@ class LowRankParamStep:
         projection = self.projection() if projection is None else projection
         group = self.group
         beta1, beta2 = group["betas"]
-        keywords = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
-                        step=moments["step"], scale=group["scale"], wd_mode=group["wd_mode"],
-                        delta=moments.get("delta"))
+        keywords = {"lr": group["lr"], "beta1": beta1, "beta2": beta2, "eps": group["eps"],
+                    "weight_decay": group["weight_decay"], "step": moments["step"], "scale": group["scale"],
+                    "wd_mode": group["wd_mode"], "delta": moments.get("delta")}
         return moments["exp_avg"], moments["exp_avg_sq"], projection, keywords
 
     def run(self) -> None:

@@ -22,9 +22,23 @@ import triton.language as tl
 
 from ._common import INTERPRETED as _INTERPRETED
 from ._common import tile_of
-from .lowrank_adam import (ADAM, DCT, MATRIX, PROJECT_SCALARS, STORE, UPDATE, _adam_epilogue, _config,
-                           _operator_gemm, _Side, _update_epilogue, _working, adam_scalars, project_dot_type,
-                           unproject_dot_type)
+from .lowrank_adam import (
+    ADAM,
+    DCT,
+    MATRIX,
+    PROJECT_SCALARS,
+    STORE,
+    UPDATE,
+    _adam_epilogue,
+    _config,
+    _operator_gemm,
+    _Side,
+    _update_epilogue,
+    _working,
+    adam_scalars,
+    project_dot_type,
+    unproject_dot_type,
+)
 from .sketch import _TRITON_TYPES, AOT_RANK
 
 # Columns of the tables (one row per problem).
