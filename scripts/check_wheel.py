@@ -219,6 +219,19 @@ def case_dct_basis(device):
     return [D], lambda: close(D @ D.T, torch.eye(12), "dct_basis: D D^T vs I")
 
 
+def case_dct_project(device):
+    G, indices = randn(12, 5, device=device), torch.tensor([1, 3, 4], device=device)
+    signs = torch.tensor([1.0, -1.0] * 6, device=device)
+    out = call("dct_project", G=G, indices=indices, side="left", signs=signs, method="auto")
+    return [out], lambda: close(out, (dct_matrix(12, device)[[1, 3, 4]] * signs) @ G, "dct_project vs (D S) G")
+
+
+def case_dct_unproject(device):
+    R, indices = randn(7, 3, device=device), torch.tensor([0, 2, 9], device=device)
+    out = call("dct_unproject", R=R, indices=indices, dim=10, side="right", signs=None, method="auto")
+    return [out], lambda: close(out, R @ dct_matrix(10, device)[[0, 2, 9]], "dct_unproject vs R P")
+
+
 def case_dct_scores(device):
     G = randn(12, 5, device=device)
     scores = call("dct_scores", G=G, side="left", norm="l1", method="auto")
