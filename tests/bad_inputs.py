@@ -89,6 +89,13 @@ def _step_kwargs(p: Problem) -> dict:
                 eps=1e-8, weight_decay=0.1, step=3, scale=1.0, wd_mode="full", delta=None)
 
 
+def _signs(p: Problem) -> torch.Tensor | None:
+    """sr_dct's random signs D of length d (None, all ones, for the Gaussian problems)."""
+    if p.kind == "gaussian":
+        return None
+    return torch.randint(0, 2, (p.d,), generator=torch.Generator().manual_seed(p.seed)).float() * 2 - 1
+
+
 def _multi_step_kwargs(p: Problem) -> dict:
     """Two matrices in one call: the problem's step, and one of W's transposed shape through a Rademacher sketch
     on the other side (a second group)."""
@@ -156,6 +163,15 @@ SPECS = [
     Spec("dct_basis", "dct", "dct_basis",
          lambda p: dict(dim=p.d, indices=torch.arange(p.r) * (p.d // p.r), dtype=p.dtype, device=None),
          costly=("dim",), kinds={"device": "device", "indices": "indices"}),
+    Spec("dct_project", "dct", "dct_project",
+         lambda p: dict(G=_randn(p, p.m, p.n), indices=torch.arange(p.r) * (p.d // p.r), side=p.side,
+                        signs=_signs(p), out_dtype=None, method="gemm" if p.kind == "dct" else "fft"),
+         kinds={"indices": "indices"}, aliases={"G": ("indices",)}),  # a G that indices do not fit: either named
+    Spec("dct_unproject", "dct", "dct_unproject",
+         lambda p: dict(R=_randn(p, *((p.r, p.n) if p.side == "left" else (p.m, p.r))),
+                        indices=torch.arange(p.r) * (p.d // p.r), dim=p.d, side=p.side, signs=_signs(p),
+                        out_dtype=None, method="fft" if p.kind == "dct" else "auto"),
+         costly=("dim",), kinds={"indices": "indices"}, aliases={"R": ("indices",), "indices": ("R",)}),
     Spec("lowrank_adamw_step_", "lowrank_adam", "lowrank_adamw_step_", _step_kwargs,
          outputs=lambda result, kw: [kw["W"], kw["exp_avg"], kw["exp_avg_sq"]],
          aliases={"projection": ("left_matrix", "right_matrix", "projection")}),

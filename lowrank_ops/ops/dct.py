@@ -105,9 +105,9 @@ def _transform_args(op: str, X, indices, dim: int, side: str, signs, out_dtype, 
     """The checks shared by dct_project and dct_unproject, for the input X (G or R) whose side acts on a
     dimension of size `dim`: indices a non-empty 1-D int16/int32/int64 tensor on X's device with values in
     [0, dim), signs None or a float tensor [dim] there, and the options."""
-    if not isinstance(indices, torch.Tensor) or indices.dtype not in INDEX_DTYPES:
-        got = indices.dtype if isinstance(indices, torch.Tensor) else type(indices).__name__
-        raise _checks.error(op, "indices", "an int16, int32 or int64 tensor", got)
+    _checks.tensor(op, "indices", indices)  # dense (a sparse one reached aten::min: an unclear error)
+    if indices.dtype not in INDEX_DTYPES:
+        raise _checks.error(op, "indices", "an int16, int32 or int64 tensor", indices.dtype)
     if indices.dim() != 1 or indices.numel() < 1:
         raise _checks.error(op, "indices", "a non-empty 1-D tensor", f"shape {list(indices.shape)}")
     if indices.device != X.device:
@@ -115,10 +115,10 @@ def _transform_args(op: str, X, indices, dim: int, side: str, signs, out_dtype, 
     if not torch.compiler.is_compiling():  # traced, the value check runs inside the kernels
         _checks.index_range(op, indices, dim)
     if signs is not None:
-        if not isinstance(signs, torch.Tensor) or signs.dtype not in FLOAT_DTYPES or signs.dim() != 1 \
-                or signs.shape[0] != dim:
-            got = f"{signs.dtype} of shape {list(signs.shape)}" if isinstance(signs, torch.Tensor) else signs
-            raise _checks.error(op, "signs", f"None or a 1-D float tensor of length d = {dim}", got)
+        _checks.tensor(op, "signs", signs)
+        if signs.dtype not in FLOAT_DTYPES or signs.dim() != 1 or signs.shape[0] != dim:
+            raise _checks.error(op, "signs", f"None or a 1-D float tensor of length d = {dim}",
+                                f"{signs.dtype} of shape {list(signs.shape)}")
         if signs.device != X.device:
             raise _checks.error(op, "signs", f"on the device of the data ({X.device})", signs.device)
     _checks.float_dtype(op, "out_dtype", out_dtype)
