@@ -17,6 +17,8 @@
 #include <c10/core/DeviceGuard.h>
 
 #include <algorithm>
+#include <string>
+#include <vector>
 
 #include "lowrank_adam_args.h"
 #include "lowrank_adam_impl.h"
@@ -103,46 +105,124 @@ void write_back(const at::Tensor& work, const at::Tensor& state) {
   if (!work.is_same(state)) state.copy_(work);
 }
 
-// The whole step (arguments already checked by check_adam_args).
-void step_on(const AdamDevice& device, const at::Tensor& W, const at::Tensor& G, const at::Tensor& exp_avg,
-             const at::Tensor& exp_avg_sq, const std::optional<at::Tensor>& delta, const SideOp& left,
-             const SideOp& right, const AdamArgs& args) {
-  const at::ScalarType compute = compute_dtype(W.scalar_type());
-  const double m = static_cast<double>(W.size(0)), n = static_cast<double>(W.size(1));
-  const bool two_sided = left.present() && right.present();
+}  // namespace
+
+namespace {
+
+// R = L G R^T of one matrix in the compute dtype (two sides: the GEMM order with fewer flops).
+at::Tensor project_matrix(const AdamDevice& device, const AdamMatrix& matrix, at::ScalarType compute) {
+  const SideOp &left = matrix.left, &right = matrix.right;
+  const double m = static_cast<double>(matrix.W.size(0)), n = static_cast<double>(matrix.W.size(1));
   const double r1 = static_cast<double>(left.rank), r2 = static_cast<double>(right.rank);
-
-  at::Tensor R;
-  if (two_sided) {
+  if (left.present() && right.present()) {
     const bool right_first = m * n * r2 + r1 * m * r2 <= r1 * m * n + r1 * n * r2;
-    R = right_first ? project(device, left, true, project(device, right, false, G, compute), compute)
-                    : project(device, right, false, project(device, left, true, G, compute), compute);
-  } else {
-    R = left.present() ? project(device, left, true, G, compute) : project(device, right, false, G, compute);
+    return right_first ? project(device, left, true, project(device, right, false, matrix.G, compute), compute)
+                       : project(device, right, false, project(device, left, true, matrix.G, compute), compute);
   }
+  return left.present() ? project(device, left, true, matrix.G, compute)
+                        : project(device, right, false, matrix.G, compute);
+}
 
-  at::Tensor m_work = working_copy(exp_avg, compute), v_work = working_copy(exp_avg_sq, compute);
-  at::Tensor d_work = args.adapter ? working_copy(*delta, compute) : at::Tensor();
-  device.moments(R, m_work, v_work, args.adapter ? &d_work : nullptr, args);
-  write_back(m_work, exp_avg);
-  write_back(v_work, exp_avg_sq);
-  if (args.adapter) write_back(d_work, *delta);
-
-  if (two_sided) {
+// W <- update(W, L^T D R) for the direction D (the projected shape, compute dtype).
+void unproject_update_matrix(const AdamDevice& device, const AdamMatrix& matrix, const at::Tensor& D) {
+  const SideOp &left = matrix.left, &right = matrix.right;
+  const double m = static_cast<double>(matrix.W.size(0)), n = static_cast<double>(matrix.W.size(1));
+  const double r1 = static_cast<double>(left.rank), r2 = static_cast<double>(right.rank);
+  if (left.present() && right.present()) {
     const bool via_left = r1 * r2 * n + m * n * r1 <= m * r1 * r2 + m * n * r2;
     if (via_left) {
-      device.unproject_update(left, true, unproject(device, right, false, R), W, args);
+      device.unproject_update(left, true, unproject(device, right, false, D), matrix.W, matrix.args);
     } else {
-      device.unproject_update(right, false, unproject(device, left, true, R), W, args);
+      device.unproject_update(right, false, unproject(device, left, true, D), matrix.W, matrix.args);
     }
   } else if (left.present()) {
-    device.unproject_update(left, true, R, W, args);
+    device.unproject_update(left, true, D, matrix.W, matrix.args);
   } else {
-    device.unproject_update(right, false, R, W, args);
+    device.unproject_update(right, false, D, matrix.W, matrix.args);
   }
 }
 
+bool same_side(const SideOp& a, const SideOp& b) { return a.kind == b.kind && a.rank == b.rank; }
+
+bool same_args(const AdamArgs& a, const AdamArgs& b) {
+  return a.lr == b.lr && a.beta1 == b.beta1 && a.beta2 == b.beta2 && a.eps == b.eps &&
+         a.weight_decay == b.weight_decay && a.scale == b.scale && a.step == b.step && a.adapter == b.adapter;
+}
+
+// Whether two matrices can share one moment pass: the same shapes, dtypes, side kinds and ranks, and the same
+// step scalars (kernels/adam.h's AdamStep is one per pass).
+bool same_group(const AdamMatrix& a, const AdamMatrix& b) {
+  return a.W.sizes() == b.W.sizes() && a.W.scalar_type() == b.W.scalar_type() &&
+         a.G.scalar_type() == b.G.scalar_type() && a.exp_avg.scalar_type() == b.exp_avg.scalar_type() &&
+         a.exp_avg_sq.scalar_type() == b.exp_avg_sq.scalar_type() &&
+         (!a.args.adapter || a.delta->scalar_type() == b.delta->scalar_type()) && same_side(a.left, b.left) &&
+         same_side(a.right, b.right) && same_args(a.args, b.args);
+}
+
+// The states of a group stacked into one [B, ...] tensor of the compute dtype (written back by unstack_into).
+at::Tensor stacked(const std::vector<at::Tensor>& states, at::ScalarType compute) {
+  return at::stack(states).to(compute).contiguous();
+}
+
+void unstack_into(const at::Tensor& work, const std::vector<at::Tensor>& states) {
+  for (size_t b = 0; b < states.size(); ++b) states[b].copy_(work[static_cast<int64_t>(b)]);
+}
+
+// One group (same_group): the projections per matrix into one [B, r1, r2] buffer, ONE moment pass over the
+// whole group, then each matrix's unprojection with the weight update.
+void run_group(const AdamDevice& device, const std::vector<AdamMatrix>& matrices, const std::vector<size_t>& group) {
+  const AdamMatrix& first = matrices[group[0]];
+  const at::ScalarType compute = compute_dtype(first.W.scalar_type());
+  std::vector<at::Tensor> Rs, ms, vs, ds;
+  for (size_t i : group) {
+    const AdamMatrix& x = matrices[i];
+    Rs.push_back(project_matrix(device, x, compute));
+    ms.push_back(x.exp_avg);
+    vs.push_back(x.exp_avg_sq);
+    if (x.args.adapter) ds.push_back(*x.delta);
+  }
+  at::Tensor R = at::stack(Rs), m_work = stacked(ms, compute), v_work = stacked(vs, compute);
+  at::Tensor d_work = first.args.adapter ? stacked(ds, compute) : at::Tensor();
+  device.moments(R, m_work, v_work, first.args.adapter ? &d_work : nullptr, first.args);
+  unstack_into(m_work, ms);
+  unstack_into(v_work, vs);
+  if (first.args.adapter) unstack_into(d_work, ds);
+  for (size_t b = 0; b < group.size(); ++b) unproject_update_matrix(device, matrices[group[b]], R[static_cast<int64_t>(b)]);
+}
+
 }  // namespace
+
+void run_adam_step(const AdamDevice& device, const AdamMatrix& matrix) {
+  const at::ScalarType compute = compute_dtype(matrix.W.scalar_type());
+  at::Tensor R = project_matrix(device, matrix, compute);
+  at::Tensor m_work = working_copy(matrix.exp_avg, compute), v_work = working_copy(matrix.exp_avg_sq, compute);
+  at::Tensor d_work = matrix.args.adapter ? working_copy(*matrix.delta, compute) : at::Tensor();
+  device.moments(R, m_work, v_work, matrix.args.adapter ? &d_work : nullptr, matrix.args);
+  write_back(m_work, matrix.exp_avg);
+  write_back(v_work, matrix.exp_avg_sq);
+  if (matrix.args.adapter) write_back(d_work, *matrix.delta);
+  unproject_update_matrix(device, matrix, R);
+}
+
+void run_adam_steps_grouped(const AdamDevice& device, const std::vector<AdamMatrix>& matrices) {
+  std::vector<std::vector<size_t>> groups;
+  for (size_t i = 0; i < matrices.size(); ++i) {
+    auto found = std::find_if(groups.begin(), groups.end(),
+                              [&](const std::vector<size_t>& g) { return same_group(matrices[g[0]], matrices[i]); });
+    if (found == groups.end()) {
+      groups.push_back({i});
+    } else {
+      found->push_back(i);
+    }
+  }
+  for (const std::vector<size_t>& group : groups) {
+    if (group.size() == 1) {
+      run_adam_step(device, matrices[group[0]]);
+    } else {
+      run_group(device, matrices, group);
+    }
+  }
+}
 
 void lowrank_adamw_step_(const AdamDevice& device, const at::Tensor& W, const at::Tensor& G,
                          const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
@@ -155,7 +235,82 @@ void lowrank_adamw_step_(const AdamDevice& device, const at::Tensor& W, const at
                                      right_kind, right_seed, right_rank, right_matrix, step, wd_mode);
   const AdamArgs args{lr, beta1, beta2, eps, weight_decay, scale, step, wd_mode == "adapter"};
   const c10::DeviceGuard guard(W.device());
-  step_on(device, W, G, exp_avg, exp_avg_sq, delta, sides.first, sides.second, args);
+  run_adam_step(device, AdamMatrix{W, G, exp_avg, exp_avg_sq, delta, sides.first, sides.second, args});
+}
+
+namespace {
+
+constexpr char kMultiOp[] = "lowrank_adamw_multi_step_";
+
+template <typename T>
+void check_length(const char* name, const std::vector<T>& list, size_t count) {
+  TORCH_CHECK(list.size() == count, "lowrank_ops.", kMultiOp, ": argument '", name,
+              "' must have one entry per matrix (", count, ", as 'W'), got ", list.size());
+}
+
+// A single-matrix check's message ("lowrank_ops.lowrank_adamw_step_: argument ...") for matrix i of the
+// multi-tensor op: "lowrank_ops.lowrank_adamw_multi_step_: matrix i: argument ...".
+[[noreturn]] void rethrow_for_matrix(const c10::Error& error, size_t i) {
+  std::string message = error.what_without_backtrace();
+  const std::string prefix = std::string("lowrank_ops.") + kAdamOp + ": ";
+  if (message.rfind(prefix, 0) == 0) message = message.substr(prefix.size());
+  TORCH_CHECK(false, "lowrank_ops.", kMultiOp, ": matrix ", i, ": ", message);
+}
+
+}  // namespace
+
+std::vector<AdamMatrix> check_multi_step_args(
+    const std::vector<at::Tensor>& W, const std::vector<at::Tensor>& G, const std::vector<at::Tensor>& exp_avg,
+    const std::vector<at::Tensor>& exp_avg_sq, const std::vector<at::Tensor>& delta,
+    const std::vector<std::string>& left_kind, const std::vector<int64_t>& left_seed,
+    const std::vector<int64_t>& left_rank, const std::vector<std::optional<at::Tensor>>& left_matrix,
+    const std::vector<std::string>& right_kind, const std::vector<int64_t>& right_seed,
+    const std::vector<int64_t>& right_rank, const std::vector<std::optional<at::Tensor>>& right_matrix,
+    const std::vector<double>& lr, const std::vector<double>& beta1, const std::vector<double>& beta2,
+    const std::vector<double>& eps, const std::vector<double>& weight_decay, const std::vector<int64_t>& step,
+    const std::vector<double>& scale, const std::vector<std::string>& wd_mode) {
+  const size_t count = W.size();
+  check_length("G", G, count);
+  check_length("exp_avg", exp_avg, count);
+  check_length("exp_avg_sq", exp_avg_sq, count);
+  check_length("left_kind", left_kind, count);
+  check_length("left_seed", left_seed, count);
+  check_length("left_rank", left_rank, count);
+  check_length("left_matrix", left_matrix, count);
+  check_length("right_kind", right_kind, count);
+  check_length("right_seed", right_seed, count);
+  check_length("right_rank", right_rank, count);
+  check_length("right_matrix", right_matrix, count);
+  check_length("lr", lr, count);
+  check_length("beta1", beta1, count);
+  check_length("beta2", beta2, count);
+  check_length("eps", eps, count);
+  check_length("weight_decay", weight_decay, count);
+  check_length("step", step, count);
+  check_length("scale", scale, count);
+  check_length("wd_mode", wd_mode, count);
+  const size_t adapters = static_cast<size_t>(std::count(wd_mode.begin(), wd_mode.end(), "adapter"));
+  TORCH_CHECK(delta.size() == adapters, "lowrank_ops.", kMultiOp, ": argument 'delta' must hold one adapter per ",
+              "matrix in wd_mode \"adapter\" (", adapters, "), got ", delta.size());
+  std::vector<AdamMatrix> matrices;
+  matrices.reserve(count);
+  size_t next_adapter = 0;
+  for (size_t i = 0; i < count; ++i) {
+    const bool adapter = wd_mode[i] == "adapter";
+    const std::optional<at::Tensor> d = adapter ? std::optional<at::Tensor>(delta[next_adapter++]) : std::nullopt;
+    try {
+      TORCH_CHECK(W[i].device() == W[0].device(), "lowrank_ops.", kAdamOp, ": argument 'W' must be on the device ",
+                  "of W[0] (", W[0].device(), "), got ", W[i].device());
+      const auto sides = check_adam_args(W[i], G[i], exp_avg[i], exp_avg_sq[i], d, left_kind[i], left_seed[i],
+                                         left_rank[i], left_matrix[i], right_kind[i], right_seed[i], right_rank[i],
+                                         right_matrix[i], step[i], wd_mode[i]);
+      const AdamArgs args{lr[i], beta1[i], beta2[i], eps[i], weight_decay[i], scale[i], step[i], adapter};
+      matrices.push_back(AdamMatrix{W[i], G[i], exp_avg[i], exp_avg_sq[i], d, sides.first, sides.second, args});
+    } catch (const c10::Error& error) {
+      rethrow_for_matrix(error, i);
+    }
+  }
+  return matrices;
 }
 
 }  // namespace lowrank_ops

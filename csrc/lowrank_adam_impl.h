@@ -7,6 +7,8 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "../kernels/adam.h"
 #include "lowrank_adam_args.h"
@@ -39,5 +41,37 @@ struct AdamDevice {
   SketchKernel sketch_project;
   SketchKernel sketch_unproject;
 };
+
+// One matrix of a step with its arguments checked (check_adam_args): what lowrank_adamw_step_ takes, parsed.
+struct AdamMatrix {
+  at::Tensor W, G, exp_avg, exp_avg_sq;
+  std::optional<at::Tensor> delta;  // the adapter, in wd_mode "adapter"
+  SideOp left, right;
+  AdamArgs args;
+};
+
+// lowrank_adamw_step_ on a checked matrix, with `device`'s parts (csrc/lowrank_adam.cpp); the caller holds
+// the device guard.
+void run_adam_step(const AdamDevice& device, const AdamMatrix& matrix);
+
+// run_adam_step for every matrix, grouped: matrices of one shape, dtypes, side kinds and ranks and step
+// scalars share one moment pass over their stacked projected gradients (one elementwise kernel per group on
+// CUDA); projections and unprojections run per matrix on the device's GEMMs (csrc/lowrank_adam.cpp). The
+// caller holds the device guard.
+void run_adam_steps_grouped(const AdamDevice& device, const std::vector<AdamMatrix>& matrices);
+
+// The arguments of lowrank_adamw_multi_step_ (csrc/lowrank_ops.h), checked: one entry per matrix in every list,
+// `delta` one adapter per matrix in wd_mode "adapter" (in order), every W on W[0]'s device, and each matrix as
+// check_adam_args checks it (its errors read "lowrank_ops.lowrank_adamw_multi_step_: matrix i: argument ...").
+std::vector<AdamMatrix> check_multi_step_args(
+    const std::vector<at::Tensor>& W, const std::vector<at::Tensor>& G, const std::vector<at::Tensor>& exp_avg,
+    const std::vector<at::Tensor>& exp_avg_sq, const std::vector<at::Tensor>& delta,
+    const std::vector<std::string>& left_kind, const std::vector<int64_t>& left_seed,
+    const std::vector<int64_t>& left_rank, const std::vector<std::optional<at::Tensor>>& left_matrix,
+    const std::vector<std::string>& right_kind, const std::vector<int64_t>& right_seed,
+    const std::vector<int64_t>& right_rank, const std::vector<std::optional<at::Tensor>>& right_matrix,
+    const std::vector<double>& lr, const std::vector<double>& beta1, const std::vector<double>& beta2,
+    const std::vector<double>& eps, const std::vector<double>& weight_decay, const std::vector<int64_t>& step,
+    const std::vector<double>& scale, const std::vector<std::string>& wd_mode);
 
 }  // namespace lowrank_ops

@@ -10,7 +10,9 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <string>
 #include <tuple>
+#include <vector>
 
 namespace lowrank_ops {
 
@@ -54,8 +56,20 @@ void lowrank_adamw_step_(const AdamDevice& device, const at::Tensor& W, const at
                             const std::optional<at::Tensor>& bias);                                            \
   at::Tensor dequant_matmul_t(const at::Tensor& dY, const at::Tensor& codes, const at::Tensor& scales,         \
                               c10::string_view format, int64_t group_size, int64_t rows, int64_t cols);        \
-  /* lowrank_adam family: pass kAdamDevice to lowrank_ops::lowrank_adamw_step_ */                              \
-  extern const AdamDevice kAdamDevice;
+  /* lowrank_adam family: pass kAdamDevice to lowrank_ops::lowrank_adamw_step_; the multi-tensor step: entry */ \
+  /* i of every list is matrix i's argument of lowrank_adamw_step_, `delta` the adapters of the matrices in */   \
+  /* wd_mode "adapter", in order */                                                                            \
+  extern const AdamDevice kAdamDevice;                                                                         \
+  void lowrank_adamw_multi_step_(                                                                              \
+      const std::vector<at::Tensor>& W, const std::vector<at::Tensor>& G, const std::vector<at::Tensor>& exp_avg, \
+      const std::vector<at::Tensor>& exp_avg_sq, const std::vector<at::Tensor>& delta,                         \
+      const std::vector<std::string>& left_kind, const std::vector<int64_t>& left_seed,                        \
+      const std::vector<int64_t>& left_rank, const std::vector<std::optional<at::Tensor>>& left_matrix,         \
+      const std::vector<std::string>& right_kind, const std::vector<int64_t>& right_seed,                      \
+      const std::vector<int64_t>& right_rank, const std::vector<std::optional<at::Tensor>>& right_matrix,       \
+      const std::vector<double>& lr, const std::vector<double>& beta1, const std::vector<double>& beta2,       \
+      const std::vector<double>& eps, const std::vector<double>& weight_decay, const std::vector<int64_t>& step, \
+      const std::vector<double>& scale, const std::vector<std::string>& wd_mode);
 
 namespace cpu {
 LOWRANK_OPS_DECLARE_DEVICE_OPS

@@ -54,6 +54,7 @@ void def_lowrank_adam(py::module_& m, const AdamDevice& device) {
     def(m, "dequant_matmul", &device::dequant_matmul);                       \
     def(m, "dequant_matmul_t", &device::dequant_matmul_t);                   \
     def_lowrank_adam(m, device::kAdamDevice);                                \
+    def(m, "lowrank_adamw_multi_step_", &device::lowrank_adamw_multi_step_); \
   } while (false)
 
 PYBIND11_MODULE(_C, m) {

@@ -34,6 +34,12 @@ def _full_args(op: str, args: tuple) -> tuple:
     return (*args, *DEFAULTS[op][len(args):])
 
 
+def _device(first) -> torch.device:
+    """The device an op runs on: that of its first argument, a tensor or (multi-tensor ops) a non-empty list
+    of tensors."""
+    return first[0].device if isinstance(first, (list, tuple)) else first.device
+
+
 def _kernel(op: str, default):
     """The kernel of `op` for one dispatch key: the implementation its `backend` argument names (checked,
     for torch.ops callers that did not go through lowrank_ops.ops), else the one `default(op)` names."""
@@ -42,7 +48,7 @@ def _kernel(op: str, default):
     def kernel(*args):
         *inputs, backend = _full_args(op, args)
         RULES[op].check_and_bump(inputs)
-        chosen = default(op) if backend is None else backends.check(op, backend, inputs[0].device)
+        chosen = default(op) if backend is None else backends.check(op, backend, _device(inputs[0]))
         with torch.no_grad():  # a kernel records no autograd history: an op's gradient is its registered formula
             return table[chosen](*inputs)
 
@@ -58,7 +64,7 @@ def _composite_kernel(op: str):
         *inputs, backend = _full_args(op, args)
         RULES[op].check_and_bump(inputs)
         with torch.no_grad():
-            return implementation(*inputs, backends.check(op, backend, inputs[0].device))
+            return implementation(*inputs, backends.check(op, backend, _device(inputs[0])))
 
     kernel.__name__ = f"{op}_kernel"
     return kernel
@@ -231,6 +237,17 @@ _define("lowrank_apollo_step_",
         "str kind, int seed, int rank, Tensor? matrix, float proj_scale, float lr, float beta1, float beta2, "
         "float eps, float weight_decay, int step, float scale, str scale_type, bool limiter, bool correct_bias, "
         "str? backend=None) -> ()",
+        lambda *args, **kwargs: None)
+
+# The same step for a list of matrices in one call (lowrank_ops/ops/lowrank_adam_multi.py): entry i of every
+# list is matrix i's argument of lowrank_adamw_step_, hyperparameters included (so one call serves several
+# parameter groups and per-matrix step counts). `delta` holds the adapters of the matrices whose wd_mode is
+# "adapter", in order (a list of optional mutable tensors does not functionalize in torch.compile).
+_define("lowrank_adamw_multi_step_",
+        "(Tensor(a!)[] W, Tensor[] G, Tensor(b!)[] exp_avg, Tensor(c!)[] exp_avg_sq, Tensor(d!)[] delta, "
+        "str[] left_kind, int[] left_seed, int[] left_rank, Tensor?[] left_matrix, str[] right_kind, "
+        "int[] right_seed, int[] right_rank, Tensor?[] right_matrix, float[] lr, float[] beta1, float[] beta2, "
+        "float[] eps, float[] weight_decay, int[] step, float[] scale, str[] wd_mode, str? backend=None) -> ()",
         lambda *args, **kwargs: None)
 
 # --------------------------------------------------------------------------------------------------------

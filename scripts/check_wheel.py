@@ -219,6 +219,19 @@ def case_dct_basis(device):
     return [D], lambda: close(D @ D.T, torch.eye(12), "dct_basis: D D^T vs I")
 
 
+def case_dct_project(device):
+    G, indices = randn(12, 5, device=device), torch.tensor([1, 3, 4], device=device)
+    signs = torch.tensor([1.0, -1.0] * 6, device=device)
+    out = call("dct_project", G=G, indices=indices, side="left", signs=signs, method="auto")
+    return [out], lambda: close(out, (dct_matrix(12, device)[[1, 3, 4]] * signs) @ G, "dct_project vs (D S) G")
+
+
+def case_dct_unproject(device):
+    R, indices = randn(7, 3, device=device), torch.tensor([0, 2, 9], device=device)
+    out = call("dct_unproject", R=R, indices=indices, dim=10, side="right", signs=None, method="auto")
+    return [out], lambda: close(out, R @ dct_matrix(10, device)[[0, 2, 9]], "dct_unproject vs R P")
+
+
 def case_dct_scores(device):
     G = randn(12, 5, device=device)
     scores = call("dct_scores", G=G, side="left", norm="l1", method="auto")
@@ -311,6 +324,28 @@ def case_lowrank_apollo_step_(device):
         expect(bool(norm > 0), "lowrank_apollo_step_: the limiter's norm not set")
         expect(bool(torch.isfinite(W).all()) and not torch.equal(W, W0), "lowrank_apollo_step_: W not updated")
     return [W, m, v, norm], verify
+
+
+def case_lowrank_adamw_multi_step_(device):
+    """Two matrices in one call, step 1 from zero moments: a left rank-3 Rademacher sketch (exp_avg = (1 - beta1)
+    P G) and a right rank-2 Gaussian one (exp_avg = (1 - beta1) G P^T)."""
+    W, G = [randn(9, 6, device=device), randn(5, 8, device=device)], [randn(9, 6, device=device),
+                                                                        randn(5, 8, device=device)]
+    W0 = [w.clone() for w in W]
+    m = [torch.zeros(3, 6, device=device), torch.zeros(5, 2, device=device)]
+    v = [torch.zeros_like(x) for x in m]
+    call("lowrank_adamw_multi_step_", W=W, G=G, exp_avg=m, exp_avg_sq=v, delta=[],
+         left_kind=["rademacher", "none"], left_seed=[SEED, 0], left_rank=[3, 0], left_matrix=[None, None],
+         right_kind=["none", "gaussian"], right_seed=[0, SEED], right_rank=[0, 2], right_matrix=[None, None],
+         lr=[1e-2] * 2, beta1=[0.9] * 2, beta2=[0.999] * 2, eps=[1e-8] * 2, weight_decay=[0.0] * 2, step=[1, 1],
+         scale=[1.0] * 2, wd_mode=["full"] * 2)
+
+    def verify():
+        close(m[0], 0.1 * (sketch_matrix(3, 9, "rademacher", device) @ G[0]), "lowrank_adamw_multi_step_ exp_avg[0]")
+        close(m[1], 0.1 * (G[1] @ sketch_matrix(2, 8, "gaussian", device).T), "lowrank_adamw_multi_step_ exp_avg[1]")
+        expect(all(bool(torch.isfinite(w).all()) and not torch.equal(w, w0) for w, w0 in zip(W, W0)),
+               "lowrank_adamw_multi_step_: W not updated")
+    return [*W, *m, *v], verify
 
 
 def case_range_finder(device):

@@ -105,6 +105,17 @@ def _apollo_kwargs(p: Problem) -> dict:
                 proj_scale=1.5)
 
 
+def _multi_step_kwargs(p: Problem) -> dict:
+    """Two matrices in one call: the problem's step, and one of W's transposed shape through a Rademacher sketch
+    on the other side (a second group)."""
+    other = dataclasses.replace(p, m=p.n, n=p.m, side="right" if p.side == "left" else "left", kind="rademacher",
+                                seed=p.seed + 1)
+    first, second = _step_kwargs(p), _step_kwargs(other)
+    lists = {name: [first[name], second[name]] for name in ("W", "G", "exp_avg", "exp_avg_sq")}
+    return dict(**lists, projections=[first["projection"], second["projection"]], lr=1e-2, beta1=0.9, beta2=0.999,
+                eps=1e-8, weight_decay=0.1, step=3, scale=1.0, wd_mode="full", delta=None)
+
+
 def _qw(p: Problem, fmt: str = "int8") -> QuantizedWeight:
     return ops.quantize(_randn(p, p.m, p.n, dtype=torch.float32), fmt, 4, backend="reference")
 
@@ -188,6 +199,13 @@ SPECS = [
     Spec("lowrank_apollo_step_", "apollo", "lowrank_apollo_step_", _apollo_kwargs,
          outputs=lambda result, kw: [kw["W"], kw["exp_avg"], kw["exp_avg_sq"], kw["limiter_norm"]],
          aliases={"projection": ("matrix", "projection")}),
+    Spec("lowrank_adamw_multi_step_", "lowrank_adam", "lowrank_adamw_multi_step_", _multi_step_kwargs,
+         outputs=lambda result, kw: [*kw["W"], *kw["exp_avg"], *kw["exp_avg_sq"]],
+         aliases={"projections": ("projection", "left_matrix", "right_matrix")},
+         kinds={"W": "written tensor list", "G": "tensor list", "exp_avg": "written tensor list",
+                "exp_avg_sq": "written tensor list", "delta": "written tensor list", "projections": "projection list",
+                **dict.fromkeys(("lr", "beta1", "beta2", "eps", "weight_decay", "scale"), "float"), "step": "int",
+                "wd_mode": "str"}),
     Spec("quantize", "quant", "quantize_weight",
          lambda p: dict(W=_randn(p, p.m, p.n), format="nf4" if p.kind == "dct" else "int8", group_size=4,
                         double_quant=p.kind == "gaussian"), outputs=_quant_outputs, costly=("group_size",)),
@@ -515,6 +533,37 @@ VARIANTS = {
 }
 
 
+def _in_entry(apply):
+    """`apply` on entry 0 of a list argument, with the entries of every list argument visible to it by name
+    (W[1], G[0], ...: the variants that alias another argument pick among them)."""
+
+    def wrapped(kw, name):
+        if not isinstance(kw[name], (list, tuple)) or not kw[name]:
+            return False
+        flat = {}
+        for k, v in kw.items():
+            flat.update({f"{k}[{i}]": x for i, x in enumerate(v)} if isinstance(v, (list, tuple)) else {k: v})
+        if apply(flat, f"{name}[0]") is False:
+            return False
+        for k, v in kw.items():
+            kw[k] = [flat[f"{k}[{i}]"] for i in range(len(v))] if isinstance(v, (list, tuple)) else flat[k]
+
+    return wrapped
+
+
+def _list_of(kind: str) -> list:
+    """The variants of a list argument (a multi-tensor op's one entry per matrix): each variant of `kind` on
+    its first entry, and the list itself replaced."""
+    return [Variant(f"{v.name} in entry 0", v.expect, _in_entry(v.apply), v.same_values, v.device_change)
+            for v in VARIANTS[kind]] + [
+        Variant("one entry short", "error", _set(lambda v: v[:1])),
+        Variant("not a list", "error", _set(lambda v: v[0])),
+        Variant("a tuple", "either", _set(tuple), same_values=True),
+    ]
+
+
+VARIANTS.update({f"{kind} list": _list_of(kind) for kind in ("tensor", "written tensor", "projection")})
+
 NONE = Variant("None", "error", _set(None))
 
 
@@ -546,7 +595,10 @@ def _as_tensor(x):
 
 
 def _tensors_in(value) -> list:
-    """The tensors an argument holds: itself, or those of a QuantizedWeight or a Projection."""
+    """The tensors an argument holds: itself, those of a QuantizedWeight or a Projection, or (a multi-tensor
+    op's list) those of its entries."""
+    if isinstance(value, (list, tuple)):
+        return [t for entry in value for t in _tensors_in(entry)]
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, QuantizedWeight):

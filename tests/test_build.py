@@ -107,6 +107,13 @@ def run_every_op() -> dict:
     L.lowrank_apollo_step_(W, G.flip(1), m, v, norm, "left", "rademacher", -9, 5, None, 2.7, 0.1, 0.9, 0.99, 1e-6, 0.1,
                            2, 4.0, "channel", True, True)
     out["lowrank_apollo_step_"] = (W, m, v, norm)
+    Ws = [G.clone(), G.t().contiguous()]  # float64: a one-sided right and a one-sided left matrix
+    ms = [torch.zeros(37, 4, dtype=torch.float64), torch.zeros(3, 37, dtype=torch.float64)]
+    vs = [torch.zeros_like(x) for x in ms]
+    L.lowrank_adamw_multi_step_(Ws, [G.flip(0), G.t().flip(1)], ms, vs, [], ["none", "rademacher"], [0, 12], [0, 3],
+                                [None, None], ["gaussian", "none"], [11, 0], [4, 0], [None, None], [0.1, 0.2],
+                                [0.9] * 2, [0.99] * 2, [1e-8] * 2, [0.1, 0.0], [1, 2], [1.0, 0.5], ["full"] * 2)
+    out["lowrank_adamw_multi_step_"] = (*Ws, *ms, *vs)
     Wq = torch.randn(7, 300, generator=gen)
     for fmt, group in (("int8", 64), ("nf4", 32)):
         codes, scales = L.quantize_weight(Wq, fmt, group)
@@ -155,7 +162,8 @@ def test_every_op_runs_without_the_extension_and_agrees_with_it(tmp_path):
             if not g.is_floating_point() or key.split()[0] in ("quantize_weight", "dequantize_weight"):
                 assert torch.equal(g, w), key
             else:  # sums of at most 300 terms; Gaussian entries may differ by a few float32 ulp (spec v1)
-                gaussian = key in ("sketch_fill_", "sketch_unproject", "lowrank_adamw_step_", "range_finder")
+                gaussian = key in ("sketch_fill_", "sketch_unproject", "lowrank_adamw_step_", "lowrank_adamw_multi_step_",
+                                "range_finder")
                 assert_within_torch_error(g, w, w, key, k=300, entry_tol=GAUSSIAN_ENTRY_TOL if gaussian else 0.0)
 
 

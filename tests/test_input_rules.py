@@ -130,7 +130,8 @@ def test_the_rules_come_from_the_schemas_and_cover_direct_calls():
     """Every op whose schema writes an argument gets the rules, also when called through torch.ops."""
     written = {op: [rules.names[i] for i in rules.mutated] for op, rules in _ops.RULES.items() if rules.mutated}
     assert written == {"sketch_fill_": ["out"], "lowrank_adamw_step_": ["W", "exp_avg", "exp_avg_sq", "delta"],
-                       "lowrank_apollo_step_": ["W", "exp_avg", "exp_avg_sq", "limiter_norm"]}
+                       "lowrank_apollo_step_": ["W", "exp_avg", "exp_avg_sq", "limiter_norm"],
+                       "lowrank_adamw_multi_step_": ["W", "exp_avg", "exp_avg_sq", "delta"]}
     out = torch.empty(3, 7)
     version = out._version
     LIB.sketch_fill_(out, 1, "gaussian")
@@ -141,6 +142,17 @@ def test_the_rules_come_from_the_schemas_and_cover_direct_calls():
     expanded = torch.empty(1, 7).expand(3, 7)
     assert_clear_error(lambda: LIB.sketch_fill_(expanded, 1, "gaussian", "reference"), ValueError,
                        "argument 'out' is written in place, but some of its elements share memory")
+    # list arguments: every entry, named by its index
+    W, m = [torch.randn(5, 4), torch.randn(5, 4, requires_grad=True)], [torch.zeros(2, 4), torch.zeros(2, 4)]
+    multi_args = ([torch.randn(5, 4)] * 2, m, [torch.zeros(2, 4), torch.zeros(2, 4)], [], ["rademacher"] * 2, [1, 2],
+                  [2, 2], [None, None], ["none"] * 2, [0, 0], [0, 0], [None, None], [0.1] * 2, [0.9] * 2, [0.99] * 2,
+                  [1e-8] * 2, [0.0] * 2, [1, 1], [1.0] * 2, ["full"] * 2)
+    assert_clear_error(lambda: LIB.lowrank_adamw_multi_step_(W, *multi_args), RuntimeError,
+                       "lowrank_ops.lowrank_adamw_multi_step_: argument 'W[1]' requires grad")
+    W[1] = W[1].detach()
+    version = m[1]._version
+    LIB.lowrank_adamw_multi_step_(W, *multi_args)
+    assert m[1]._version > version
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@
 #include "../../kernels/dct.h"
 #include "../lowrank_adam_impl.h"
 #include "../lowrank_ops.h"
+#include "adam_epilogues.h"
 #include "sketch_impl.h"
 
 namespace lowrank_ops {
@@ -33,36 +34,14 @@ void moments(at::Tensor& r, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, at::Ten
                  const AdamArgs& args) {
   AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "lowrank_adamw_step_ moments", [&] {
     const lro::AdamStep<scalar_t> s = adam_step<scalar_t>(args);
-    scalar_t* __restrict__ rp = r.data_ptr<scalar_t>();
-    scalar_t* __restrict__ mp = exp_avg.data_ptr<scalar_t>();
-    scalar_t* __restrict__ vp = exp_avg_sq.data_ptr<scalar_t>();
-    scalar_t* __restrict__ dp = delta != nullptr ? delta->data_ptr<scalar_t>() : nullptr;
+    scalar_t* rp = r.data_ptr<scalar_t>();
+    scalar_t* mp = exp_avg.data_ptr<scalar_t>();
+    scalar_t* vp = exp_avg_sq.data_ptr<scalar_t>();
+    scalar_t* dp = delta != nullptr ? delta->data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, r.numel(), kMomentsGrain, [&](int64_t begin, int64_t end) {
-      if (dp != nullptr) {
-        for (int64_t i = begin; i < end; ++i)
-          rp[i] = lro::adam_adapter_direction(lro::adam_moments(rp[i], mp + i, vp + i, s), dp + i, s);
-      } else {
-        for (int64_t i = begin; i < end; ++i) rp[i] = lro::adam_moments(rp[i], mp + i, vp + i, s);
-      }
+      adam_moments_run(rp + begin, mp + begin, vp + begin, dp != nullptr ? dp + begin : nullptr, end - begin, s);
     });
   });
-}
-
-// w[i * s0 + j * s1] <- adam_weight_update(w, u[i * cols + j]) for a rows x cols block; one rounding to W_t.
-template <typename W_t, typename T>
-void update_rows(W_t* w, int64_t s0, int64_t s1, int64_t rows, int64_t cols, const T* __restrict__ u,
-                 const lro::AdamStep<T>& s) {
-  for (int64_t i = 0; i < rows; ++i) {
-    W_t* __restrict__ wr = w + i * s0;
-    const T* __restrict__ ur = u + i * cols;
-    if (s1 == 1) {
-      for (int64_t j = 0; j < cols; ++j)
-        wr[j] = static_cast<W_t>(lro::adam_weight_update(static_cast<T>(wr[j]), ur[j], s));
-    } else {
-      for (int64_t j = 0; j < cols; ++j)
-        wr[j * s1] = static_cast<W_t>(lro::adam_weight_update(static_cast<T>(wr[j * s1]), ur[j], s));
-    }
-  }
 }
 
 // rows i of P[:, k0 : k0 + width] of a "dct" side (P[i, :] = D[indices[i], :]), written into `tile`

@@ -14,6 +14,12 @@
 
 namespace lowrank_ops {
 
+// out[t] = scale * P_unscaled(row, j0 + t) for t < len: kernels/sketch.h's sketch_fill_segment in loops the
+// compiler vectorizes (csrc/cpu/sketch_fill.cpp): Rademacher bit for bit, Gaussian within spec v1's entry bound
+// (computed as the oracle computes it). T is float or double.
+template <typename T>
+void fill_sketch_segment(int kind, uint64_t seed, uint32_t row, int64_t j0, int64_t len, T scale, T* out);
+
 // Rows [row0, row0 + rows) of P[:, k0 : k0 + kb] (the rank x d sketch) into `dst` (row stride ld),
 // on the calling thread. scale = 1/sqrt(d) rounded to scalar_t, as on every backend.
 template <typename scalar_t>
@@ -21,7 +27,7 @@ void fill_sketch_rows(int kind, uint64_t seed, int64_t d, int64_t row0, int64_t 
                       scalar_t* dst, int64_t ld) {
   const scalar_t scale = static_cast<scalar_t>(1.0 / std::sqrt(static_cast<double>(d)));
   for (int64_t i = 0; i < rows; ++i)
-    lro::sketch_fill_segment<scalar_t>(kind, seed, static_cast<uint32_t>(row0 + i), k0, kb, scale, dst + i * ld);
+    fill_sketch_segment<scalar_t>(kind, seed, static_cast<uint32_t>(row0 + i), k0, kb, scale, dst + i * ld);
 }
 
 // The rows of P[:, k0 : k0 + kb] matching `tile`'s rows, starting at P's row `row0`, written into `tile`

@@ -3,10 +3,13 @@
 // sketch and DCT basis tiles, the moment epilogue and the weight-update epilogue are the launchers of
 // kernels/lowrank_adam.cuh, whose per-element math (kernels/adam.h, kernels/sketch.h) the CPU tests
 // exercise. U = P^T Y or Y P is formed one tile of P's columns at a time (at most 1/8 of W), never as an
-// m x n temporary.
+// m x n temporary. The multi-tensor step (lowrank_adamw_multi_step_) runs the driver's grouped form: one
+// moment kernel over each group of matrices of one shape, kinds and step scalars (run_adam_steps_grouped).
 #include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
 
 #include <string>
+#include <vector>
 
 #include "../../kernels/lowrank_adam.cuh"
 #include "../lowrank_adam_impl.h"
@@ -102,6 +105,27 @@ void unproject_update(const SideOp& side, bool left, const at::Tensor& Y, const 
 }  // namespace
 
 const AdamDevice kAdamDevice{&moments, &unproject_update, &fill_dct, &sketch_project, &sketch_unproject};
+
+void lowrank_adamw_multi_step_(
+    const std::vector<at::Tensor>& W, const std::vector<at::Tensor>& G, const std::vector<at::Tensor>& exp_avg,
+    const std::vector<at::Tensor>& exp_avg_sq, const std::vector<at::Tensor>& delta,
+    const std::vector<std::string>& left_kind, const std::vector<int64_t>& left_seed,
+    const std::vector<int64_t>& left_rank, const std::vector<std::optional<at::Tensor>>& left_matrix,
+    const std::vector<std::string>& right_kind, const std::vector<int64_t>& right_seed,
+    const std::vector<int64_t>& right_rank, const std::vector<std::optional<at::Tensor>>& right_matrix,
+    const std::vector<double>& lr, const std::vector<double>& beta1, const std::vector<double>& beta2,
+    const std::vector<double>& eps, const std::vector<double>& weight_decay, const std::vector<int64_t>& step,
+    const std::vector<double>& scale, const std::vector<std::string>& wd_mode) {
+  const std::vector<AdamMatrix> matrices =
+      check_multi_step_args(W, G, exp_avg, exp_avg_sq, delta, left_kind, left_seed, left_rank, left_matrix, right_kind,
+                            right_seed, right_rank, right_matrix, lr, beta1, beta2, eps, weight_decay, step, scale,
+                            wd_mode);
+  if (matrices.empty()) return;
+  TORCH_CHECK(matrices[0].W.is_cuda(), "lowrank_ops.lowrank_adamw_multi_step_: the CUDA kernel takes CUDA tensors, "
+              "got ", matrices[0].W.device());
+  const c10::DeviceGuard guard(matrices[0].W.device());
+  run_adam_steps_grouped(kAdamDevice, matrices);
+}
 
 }  // namespace cuda
 }  // namespace lowrank_ops

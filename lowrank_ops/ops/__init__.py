@@ -8,6 +8,7 @@ from .._dlpack import accept_dlpack as _accept_dlpack
 from .apollo import lowrank_apollo_step_
 from .dct import dct_basis, dct_project, dct_scores, dct_topk, dct_unproject
 from .lowrank_adam import lowrank_adamw_step_
+from .lowrank_adam_multi import lowrank_adamw_multi_step_
 from .projection import Projection, SideOperator
 from .quant import QuantizedWeight, dequant_matmul, dequantize, quantize
 from .range_finder import adaptive_rank, range_finder
@@ -25,6 +26,7 @@ __all__ = [
     "dct_unproject",
     "dequant_matmul",
     "dequantize",
+    "lowrank_adamw_multi_step_",
     "lowrank_adamw_step_",
     "lowrank_apollo_step_",
     "philox4x32",

@@ -10,6 +10,7 @@ import warnings
 import torch
 
 from .. import projections
+from .multi_step import FusedSteps, lowrank_step
 from .nonfinite import finite_flags
 from .plain_adamw import IMPLEMENTATION_KEYS
 from .resume import check_group, check_param_state, param_label
@@ -22,7 +23,8 @@ GUARD_KEYS = ("skip_nonfinite", "skipped_steps")
 
 
 class PerParamOptimizer(torch.optim.Optimizer):
-    """Subclasses implement `_step_group(group, params)` for the params of one group that have a finite
+    """Subclasses set `_backend` (the fused op's backend) and `_multi_tensor` (collect the low-rank steps of
+    a `step()` into one multi-tensor call) before calling this __init__, and implement `_step_group(group, params)` for the params of one group that have a finite
     grad (when the group guards), `_check_group(group, where)` and `_lowrank_layout(group, p, state)`, and
     name their settings in LAYOUT_KEYS, KEPT_KEYS and REFRESH_KEYS. Low-rank state is marked by the int key
     "layer"."""
@@ -42,6 +44,7 @@ class PerParamOptimizer(torch.optim.Optimizer):
         ] = {}  # param -> index of its group (groups are replaced on load)
         self._applied: list[dict] = []  # per group: the settings its state was built with (_settings)
         self._warned: set[str] = set()
+        self._collector: FusedSteps | None = None  # set during step() when multi_tensor (multi_step.py)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
@@ -86,10 +89,23 @@ class PerParamOptimizer(torch.optim.Optimizer):
             self._check_dense(index, params)
         for index, _ in work:
             self._sync_settings(index)
-        for index, params in self._finite_only(work):
-            if params:
-                self._step_group(self.param_groups[index], params)
+        # The low-rank steps of every group are collected and run as one multi-tensor call per device (the
+        # per-layer mode's step_param runs each at once).
+        self._collector = FusedSteps(self._backend) if self._multi_tensor else None
+        try:
+            for index, params in self._finite_only(work):
+                if params:
+                    self._step_group(self.param_groups[index], params)
+        finally:
+            collector, self._collector = self._collector, None
+            if collector is not None:
+                collector.run()
         return loss
+
+    def _lowrank_step(self, *args, **kwargs) -> None:
+        """lowrank_ops.ops.lowrank_adamw_step_(*args, **kwargs) on the optimizer's backend: collected into
+        the step's multi-tensor call inside step() with multi_tensor, else run at once."""
+        lowrank_step(self._collector, self._backend, *args, **kwargs)
 
     @torch.no_grad()
     def step_param(self, param: torch.Tensor) -> None:

@@ -30,7 +30,6 @@ that collapses after them).
 import math
 
 from .. import projections
-from ..ops.lowrank_adam import lowrank_adamw_step_
 from ..projections import Layout
 from ._base import (
     PerParamOptimizer,
@@ -71,7 +70,9 @@ class GaLoreAdamW(PerParamOptimizer):
     accepted for signature compatibility and has no effect (there is no deprecation to warn about).
     `foreach`, `fused` (keyword-only; galore-torch has neither): torch.optim.AdamW's arguments, choosing
     the implementation of the plain params' AdamW (hf_adamw.py; both None: torch's fused kernel where it
-    has one; both True: RuntimeError, as torch's).
+    has one; both True: RuntimeError, as torch's). `multi_tensor` (default True): `step()` runs the low-rank
+    steps as one lowrank_adamw_multi_step_ call per device (optim/multi_step.py); False: one
+    lowrank_adamw_step_ call per parameter, as the per-layer mode does.
 
     Guards, as LowRankAdamW's (lowrank_ops.optim.lowrank_adamw): sparse gradients are refused before any
     work; `skip_nonfinite=True` (constructor or param-group key) skips the step of each parameter whose
@@ -98,8 +99,10 @@ class GaLoreAdamW(PerParamOptimizer):
         fused=None,
         skip_nonfinite=False,
         backend=None,
+        multi_tensor=True,
     ):
         self._backend = backend
+        self._multi_tensor = bool(multi_tensor)
         defaults = dict(
             lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, correct_bias=correct_bias
         )
@@ -152,7 +155,7 @@ class GaLoreAdamW(PerParamOptimizer):
         wd = max(0.0, group["weight_decay"])
         bc1, bc2 = 1.0 - beta1**t, 1.0 - beta2**t
         scale = group["scale"] * (1.0 - lr * wd) * (1.0 if group["correct_bias"] else bc1 / math.sqrt(bc2))
-        lowrank_adamw_step_(
+        self._lowrank_step(
             p,
             G,
             state["exp_avg"],
@@ -166,5 +169,4 @@ class GaLoreAdamW(PerParamOptimizer):
             step=t,
             scale=scale,
             wd_mode="full",
-            backend=self._backend,
         )

@@ -66,7 +66,10 @@ class LowRankAdamW(PerParamOptimizer):
     projection kinds declare (ProjectionKind.options, e.g. "adaptive"'s `energy`, `max_rank`, `min_rank`,
     `converge_tol`, `min_gap`, `max_gap`); `ranks()` reports the rank in use per low-rank parameter.
     `skip_nonfinite` (bool, default False): a parameter whose gradient has a NaN/Inf skips its step,
-    counted in `skipped_steps()` (module docstring, "Non-finite gradients").
+    counted in `skipped_steps()` (module docstring, "Non-finite gradients"). `multi_tensor` (bool, default
+    True): `step()` runs the low-rank steps of all groups as one lowrank_adamw_multi_step_ call per device
+    (optim/multi_step.py); False: one lowrank_adamw_step_ call per parameter, as the per-layer mode and
+    registered per-parameter steps always do.
 
     Settings changed mid-run (param_groups[i][key] = value once the group's parameters have state) are
     checked at the next step, before any work (a bad value raises there), and:
@@ -105,6 +108,7 @@ class LowRankAdamW(PerParamOptimizer):
         fused=None,
         skip_nonfinite=False,
         backend=None,
+        multi_tensor=True,
         **options,
     ):
         unknown = sorted(set(options) - set(projections.option_names()))
@@ -114,6 +118,7 @@ class LowRankAdamW(PerParamOptimizer):
                 f"takes the param-group keys of the projection kinds: {list(projections.option_names())}"
             )
         self._backend = backend
+        self._multi_tensor = bool(multi_tensor)
         defaults = dict(
             lr=lr,
             betas=tuple(betas),
@@ -216,7 +221,8 @@ class LowRankAdamW(PerParamOptimizer):
         plain_adamw.adamw_step(group, params, states, chosen)
 
     def _step_lowrank(self, p, group, kind):
-        step = LowRankParamStep(p, group, kind, self.state[p], self.layer_index(p), self._warn, self._backend)
+        step = LowRankParamStep(p, group, kind, self.state[p], self.layer_index(p), self._warn, self._backend,
+                                self._collector)
         step_fn = registered_param_step(p)
         if step_fn is None:
             step.run()

@@ -23,10 +23,10 @@ from collections.abc import Callable
 
 import torch
 
-from ..ops.lowrank_adam import lowrank_adamw_step_
 from ..ops.projection import Projection
 from ..projections import Layout, ProjectionKind
 from ._base import lowrank_state, refresh_if_due
+from .multi_step import FusedSteps, lowrank_step
 
 _STEPS: dict[type, Callable] = {}  # tensor subclass -> its step function
 
@@ -77,10 +77,11 @@ class LowRankParamStep:
         layer: int,
         warn: Callable[[str, str], None],
         backend,
+        collector: FusedSteps | None = None,
     ):
         self.param, self.group, self.kind, self.state, self.layer = param, group, kind, state, layer
         self.layout: Layout = kind.layout(param.shape, group["rank"], group["side"], group.get("block"))
-        self._warn, self._backend = warn, backend
+        self._warn, self._backend, self._collector = warn, backend, collector
 
     @property
     def current_layout(self) -> Layout:
@@ -129,31 +130,23 @@ class LowRankParamStep:
         return self.kind.projection(self.state, self.current_layout)
 
     def fused_step(self, W: torch.Tensor, G: torch.Tensor, moments=None, projection=None) -> None:
-        """lowrank_ops.ops.lowrank_adamw_step_ on W (in place) with gradient G, the group's hyperparameters
-        and the optimizer's backend, on the moments exp_avg / exp_avg_sq (and delta) and the step count of
-        `moments` (default `state`; a step function passes e.g. the local tensors of wrapped state) through
-        `projection` (default `projection()`)."""
+        """lowrank_ops.ops.lowrank_adamw_step_ on W (in place, at once) with gradient G, the group's
+        hyperparameters and the optimizer's backend, on the moments exp_avg / exp_avg_sq (and delta) and the
+        step count of `moments` (default `state`; a step function passes e.g. the local tensors of wrapped
+        state) through `projection` (default `projection()`)."""
+        exp_avg, exp_avg_sq, projection, keywords = self._step_arguments(moments, projection)
+        lowrank_step(None, self._backend, W, G, exp_avg, exp_avg_sq, projection, **keywords)
+
+    def _step_arguments(self, moments, projection) -> tuple:
+        """(exp_avg, exp_avg_sq, projection, keywords) of lowrank_adamw_step_ (fused_step's defaults)."""
         moments = self.state if moments is None else moments
         projection = self.projection() if projection is None else projection
         group = self.group
         beta1, beta2 = group["betas"]
-        lowrank_adamw_step_(
-            W,
-            G,
-            moments["exp_avg"],
-            moments["exp_avg_sq"],
-            projection,
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            step=moments["step"],
-            scale=group["scale"],
-            wd_mode=group["wd_mode"],
-            delta=moments.get("delta"),
-            backend=self._backend,
-        )
+        keywords = {"lr": group["lr"], "beta1": beta1, "beta2": beta2, "eps": group["eps"],
+                    "weight_decay": group["weight_decay"], "step": moments["step"], "scale": group["scale"],
+                    "wd_mode": group["wd_mode"], "delta": moments.get("delta")}
+        return moments["exp_avg"], moments["exp_avg_sq"], projection, keywords
 
     def run(self) -> None:
         """The step LowRankAdamW takes for a plain tensor: the calls above on `param` and its grad. A tensor
@@ -169,5 +162,6 @@ class LowRankParamStep:
             )
         if not self.state:
             self.init_state(self.current_layout.projected_shape, like=p)
-        if self.advance(p.grad):
-            self.fused_step(p, p.grad)
+        if self.advance(p.grad):  # into the optimizer's multi-tensor call when it collects (multi_step.py)
+            exp_avg, exp_avg_sq, projection, keywords = self._step_arguments(None, None)
+            lowrank_step(self._collector, self._backend, p, p.grad, exp_avg, exp_avg_sq, projection, **keywords)

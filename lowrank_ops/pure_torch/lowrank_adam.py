@@ -60,3 +60,16 @@ def lowrank_adamw_step_(W, G, exp_avg, exp_avg_sq, delta, left_kind, left_seed, 
     if wd_mode == "full":
         W32 = W32 - lr * weight_decay * W32
     W.copy_(W32 - lr * scale * U)
+
+
+def lowrank_adamw_multi_step_(W, G, exp_avg, exp_avg_sq, delta, left_kind, left_seed, left_rank, left_matrix,
+                              right_kind, right_seed, right_rank, right_matrix, lr, beta1, beta2, eps, weight_decay,
+                              step, scale, wd_mode) -> None:
+    """The op lowrank_ops::lowrank_adamw_multi_step_: lowrank_adamw_step_ above for each matrix i, with entry i
+    of every list; `delta` holds the adapters of the matrices in wd_mode "adapter", in order."""
+    adapters = iter(delta)
+    for i in range(len(W)):
+        lowrank_adamw_step_(W[i], G[i], exp_avg[i], exp_avg_sq[i], next(adapters) if wd_mode[i] == "adapter" else None,
+                            left_kind[i], left_seed[i], left_rank[i], left_matrix[i], right_kind[i], right_seed[i],
+                            right_rank[i], right_matrix[i], lr[i], beta1[i], beta2[i], eps[i], weight_decay[i], step[i],
+                            scale[i], wd_mode[i])

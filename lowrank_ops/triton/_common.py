@@ -20,15 +20,21 @@ def tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, M_FASTEST: tl.c
     cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N) programs computes. M_FASTEST: the row-block index runs fastest,
     else the column-block index. The GEMM kernels make the index along their generated operand (sketch,
     basis, projection) run fastest, so programs that read the same block of the data matrix run together."""
-    pid = tl.program_id(0)
+    return tile_of(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, M_FASTEST)
+
+
+@triton.jit
+def tile_of(tile, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, M_FASTEST: tl.constexpr):
+    """(pid_m, pid_n) of tile number `tile` of an M x N output in the order of tile_ids (the persistent
+    kernels, which walk the tiles of several problems, number them themselves)."""
     if M_FASTEST:
         num_m = tl.cdiv(M, BLOCK_M)
-        pid_m = pid % num_m
-        pid_n = pid // num_m
+        pid_m = tile % num_m
+        pid_n = tile // num_m
     else:
         num_n = tl.cdiv(N, BLOCK_N)
-        pid_n = pid % num_n
-        pid_m = pid // num_n
+        pid_n = tile % num_n
+        pid_m = tile // num_n
     return pid_m, pid_n
 
 

@@ -29,8 +29,8 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-MODULES = ("lowrank_ops.triton.sketch", "lowrank_ops.triton.lowrank_adam", "lowrank_ops.triton.quant",
-           "lowrank_ops.triton.dct", "lowrank_ops.triton.apollo")
+MODULES = ("lowrank_ops.triton.sketch", "lowrank_ops.triton.lowrank_adam", "lowrank_ops.triton.lowrank_adam_multi",
+           "lowrank_ops.triton.quant", "lowrank_ops.triton.dct", "lowrank_ops.triton.apollo")
 DEFAULT_ARCHS = (80, 90)
 
 

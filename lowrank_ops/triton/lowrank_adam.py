@@ -168,6 +168,58 @@ def _program_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, P_IS_A: tl
     return pid_m * BLOCK_M, pid_n * BLOCK_N
 
 
+@triton.constexpr_function
+def project_dot_type(x_type, acc_type):
+    """The operand dtype of a projection GEMM: a 16-bit data matrix multiplies in its own dtype (P rounded to
+    it; tensor cores) when the accumulation is float32, else everything is in the accumulation dtype."""
+    if acc_type == tl.float32 and (x_type == tl.bfloat16 or x_type == tl.float16):
+        return x_type
+    return acc_type
+
+
+@triton.constexpr_function
+def unproject_dot_type(out_type, acc_type, epilogue):
+    """The operand dtype of an unprojection GEMM: bfloat16 when it updates a bfloat16 W, else the
+    accumulation dtype (module docstring)."""
+    if epilogue == 2 and out_type == tl.bfloat16:
+        return tl.bfloat16
+    return acc_type
+
+
+@triton.jit
+def _adam_epilogue(acc, idx, mask, exp_avg_ptr, exp_avg_sq_ptr, delta_ptr, beta1_weight, beta2, one_minus_beta2,
+                   bias1, bias2_sqrt, eps, lr, adapter_decay, ADAPTER: tl.constexpr):
+    """The moment update of the projected tile `acc` (compute dtype ACC) on the states at offsets idx (mask),
+    in kernels/adam.h's order: m <- m + (1 - b1)(acc - m); v <- b2 v + (1 - b2) acc^2;
+    N = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps); returns N, or (ADAPTER) N + wd D with D <- D - lr (N + wd D).
+    The float64 scalars are rounded to ACC here, as the C++ backends round them on the host."""
+    ACC: tl.constexpr = acc.dtype
+    STATE: tl.constexpr = exp_avg_ptr.dtype.element_ty
+    m = tl.load(exp_avg_ptr + idx, mask=mask, other=0.0).to(ACC)
+    v = tl.load(exp_avg_sq_ptr + idx, mask=mask, other=0.0).to(ACC)
+    m = m + _scalar(beta1_weight, ACC) * (acc - m)
+    v = v * _scalar(beta2, ACC) + _scalar(one_minus_beta2, ACC) * acc * acc
+    denom = tl.div_rn(tl.sqrt_rn(v), _scalar(bias2_sqrt, ACC)) + _scalar(eps, ACC)
+    out = tl.div_rn(tl.div_rn(m, _scalar(bias1, ACC)), denom)
+    tl.store(exp_avg_ptr + idx, m.to(STATE), mask=mask)
+    tl.store(exp_avg_sq_ptr + idx, v.to(STATE), mask=mask)
+    if ADAPTER:
+        delta = tl.load(delta_ptr + idx, mask=mask, other=0.0).to(ACC)
+        out = out + _scalar(adapter_decay, ACC) * delta
+        tl.store(delta_ptr + idx, (delta - _scalar(lr, ACC) * out).to(STATE), mask=mask)
+    return out
+
+
+@triton.jit
+def _update_epilogue(acc, ptrs, mask, weight_multiplier, update_scale, INTERPRETED: tl.constexpr):
+    """W <- W * (1 - lr wd) - (lr scale) acc on the W tile at ptrs (mask), computed in acc's dtype and rounded
+    once to W's dtype (weight_multiplier = 1 in the adapter mode; kernels/adam.h adam_weight_update)."""
+    ACC: tl.constexpr = acc.dtype
+    w = tl.load(ptrs, mask=mask, other=0.0).to(ACC)
+    w = w * _scalar(weight_multiplier, ACC) - _scalar(update_scale, ACC) * acc
+    tl.store(ptrs, _cast(w, ptrs.dtype.element_ty, INTERPRETED), mask=mask)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------------------------
@@ -187,11 +239,7 @@ def _project_kernel(x_ptr, p_ptr, out_ptr, exp_avg_ptr, exp_avg_sq_ptr, delta_pt
              out = N, or (ADAPTER) out = N + wd D and D <- D - lr out   (kernels/adam.h, same order).
     The float64 scalars are rounded to the compute dtype here, as the C++ backends round them on the host."""
     ACC: tl.constexpr = out_ptr.dtype.element_ty
-    X_TYPE: tl.constexpr = x_ptr.dtype.element_ty
-    if ACC == tl.float32 and (X_TYPE == tl.bfloat16 or X_TYPE == tl.float16):
-        DOT: tl.constexpr = X_TYPE
-    else:
-        DOT: tl.constexpr = ACC
+    DOT: tl.constexpr = project_dot_type(x_ptr.dtype.element_ty, ACC)
     m0, n0 = _program_tile(M, N, BLOCK_M, BLOCK_N, LEFT)
     acc = _operator_gemm(x_ptr, stride_x0, stride_x1, p_ptr, stride_p0, stride_p1, seed, M, N, K, rank, d, m0, n0,
                          KIND, LEFT, not LEFT, DOT, ACC, INTERPRETED, BLOCK_M, BLOCK_N, BLOCK_K)
@@ -200,19 +248,8 @@ def _project_kernel(x_ptr, p_ptr, out_ptr, exp_avg_ptr, exp_avg_sq_ptr, delta_pt
     idx = (offs_m.to(tl.int64) * N)[:, None] + offs_n[None, :]
     mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
     if EPILOGUE == 1:
-        STATE: tl.constexpr = exp_avg_ptr.dtype.element_ty
-        m = tl.load(exp_avg_ptr + idx, mask=mask, other=0.0).to(ACC)
-        v = tl.load(exp_avg_sq_ptr + idx, mask=mask, other=0.0).to(ACC)
-        m = m + _scalar(beta1_weight, ACC) * (acc - m)
-        v = v * _scalar(beta2, ACC) + _scalar(one_minus_beta2, ACC) * acc * acc
-        denom = tl.div_rn(tl.sqrt_rn(v), _scalar(bias2_sqrt, ACC)) + _scalar(eps, ACC)
-        out = tl.div_rn(tl.div_rn(m, _scalar(bias1, ACC)), denom)
-        tl.store(exp_avg_ptr + idx, m.to(STATE), mask=mask)
-        tl.store(exp_avg_sq_ptr + idx, v.to(STATE), mask=mask)
-        if ADAPTER:
-            delta = tl.load(delta_ptr + idx, mask=mask, other=0.0).to(ACC)
-            out = out + _scalar(adapter_decay, ACC) * delta
-            tl.store(delta_ptr + idx, (delta - _scalar(lr, ACC) * out).to(STATE), mask=mask)
+        out = _adam_epilogue(acc, idx, mask, exp_avg_ptr, exp_avg_sq_ptr, delta_ptr, beta1_weight, beta2,
+                             one_minus_beta2, bias1, bias2_sqrt, eps, lr, adapter_decay, ADAPTER)
     else:
         out = acc
     tl.store(out_ptr + idx, out, mask=mask)
@@ -230,10 +267,7 @@ def _unproject_kernel(y_ptr, p_ptr, out_ptr, seed: tl.uint64, M, N, K, rank, d, 
               W's dtype (weight_multiplier = 1 in the adapter mode; kernels/adam.h adam_weight_update).
     For a bfloat16 W the product runs on Y and P rounded to bfloat16 (module docstring)."""
     ACC: tl.constexpr = y_ptr.dtype.element_ty
-    if EPILOGUE == 2 and out_ptr.dtype.element_ty == tl.bfloat16:
-        DOT: tl.constexpr = tl.bfloat16
-    else:
-        DOT: tl.constexpr = ACC
+    DOT: tl.constexpr = unproject_dot_type(out_ptr.dtype.element_ty, ACC, EPILOGUE)
     m0, n0 = _program_tile(M, N, BLOCK_M, BLOCK_N, LEFT)
     acc = _operator_gemm(y_ptr, stride_y0, stride_y1, p_ptr, stride_p0, stride_p1, seed, M, N, K, rank, d, m0, n0,
                          KIND, LEFT, LEFT, DOT, ACC, INTERPRETED, BLOCK_M, BLOCK_N, BLOCK_K)
@@ -242,9 +276,7 @@ def _unproject_kernel(y_ptr, p_ptr, out_ptr, seed: tl.uint64, M, N, K, rank, d, 
     ptrs = out_ptr + (offs_m.to(tl.int64) * stride_o0)[:, None] + (offs_n.to(tl.int64) * stride_o1)[None, :]
     mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
     if EPILOGUE == 2:
-        w = tl.load(ptrs, mask=mask, other=0.0).to(ACC)
-        w = w * _scalar(weight_multiplier, ACC) - _scalar(update_scale, ACC) * acc
-        tl.store(ptrs, _cast(w, out_ptr.dtype.element_ty, INTERPRETED), mask=mask)
+        _update_epilogue(acc, ptrs, mask, weight_multiplier, update_scale, INTERPRETED)
     else:
         tl.store(ptrs, acc, mask=mask)
 

@@ -1,0 +1,49 @@
+"""The optimizers' low-rank steps collected over one `step()` and run as ONE multi-tensor call per device
+(lowrank_ops.ops.lowrank_adamw_multi_step_, issue 15), instead of one lowrank_adamw_step_ call per matrix.
+
+Each collected step carries its own hyperparameters and step count (parameter groups, GaLoreAdamW's folded
+eps and scale), so the call computes what the per-matrix calls would: the same arithmetic on the reference
+and Triton backends, and on the C++ CPU backend the same math in other GEMM summation orders (within the
+tolerance rule, docs/DESIGN.md §5; csrc/cpu/lowrank_adam_multi.cpp). Steps run at `run()`: nothing may read a
+collected weight or its state in between (the optimizers only advance step counts and refresh bases of other
+parameters there)."""
+
+import torch
+
+from ..ops.lowrank_adam import lowrank_adamw_step_
+from ..ops.lowrank_adam_multi import lowrank_adamw_multi_step_
+
+ARGS = ("lr", "beta1", "beta2", "eps", "weight_decay", "step", "scale", "wd_mode")
+
+
+class FusedSteps:
+    """lowrank_adamw_step_ calls, collected (`add`) and run together (`run`) on `backend`."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.calls: list[tuple] = []
+
+    def add(self, W: torch.Tensor, G: torch.Tensor, exp_avg, exp_avg_sq, projection, *, delta=None, **hyper):
+        """Records lowrank_adamw_step_(W, G, exp_avg, exp_avg_sq, projection, delta=delta, **hyper)."""
+        self.calls.append((W, G, exp_avg, exp_avg_sq, projection, delta, hyper))
+
+    def run(self) -> None:
+        """Every recorded step, one multi-tensor call per device (in the order recorded within a device)."""
+        calls, self.calls = self.calls, []
+        by_device: dict[torch.device, list] = {}
+        for call in calls:
+            by_device.setdefault(call[0].device, []).append(call)
+        for group in by_device.values():
+            lists = list(zip(*(call[:6] for call in group)))
+            hyper = {name: [call[6][name] for call in group] for name in ARGS}
+            delta = None if all(d is None for d in lists[5]) else list(lists[5])
+            lowrank_adamw_multi_step_(*(list(x) for x in lists[:5]), delta=delta, backend=self.backend, **hyper)
+
+
+def lowrank_step(collector: FusedSteps | None, backend, *args, **kwargs) -> None:
+    """One low-rank step: recorded in `collector` when the optimizer collects (its `step()`), else run at once
+    through the single-matrix op (the per-layer mode, per-matrix optimizers)."""
+    if collector is None:
+        lowrank_adamw_step_(*args, backend=backend, **kwargs)
+    else:
+        collector.add(*args, **kwargs)
