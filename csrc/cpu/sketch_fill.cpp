@@ -8,7 +8,7 @@
 // of the word (a constant per lane: no variable shift, so even the baseline SSE2 build vectorizes it). The
 // values are bit-identical to kernels/sketch.h's.
 //
-// Gaussian: many column groups at once: the Philox words of a batch of groups, then Box-Muller on all their
+// Gaussian (float32 sketches; float64 ones keep kernels/sketch.h's code): many column groups at once: the Philox words of a batch of groups, then Box-Muller on all their
 // pairs. Box-Muller of one pair of words (a, b), as spec v1 defines it in float32:
 //   u1 = max(1e-7, U(a)),  theta = 6.283185307179586f * U(b)     (float32, exactly as the spec rounds them)
 //   z = (rho cos theta, rho sin theta),  rho = sqrt(-2 ln u1)
@@ -30,6 +30,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "../../kernels/philox.h"
 #include "../../kernels/sketch.h"
@@ -204,7 +205,11 @@ void rademacher_fill_segment(uint64_t seed, uint32_t row, int64_t j0, int64_t le
 
 template <typename T>
 void fill_sketch_segment(int kind, uint64_t seed, uint32_t row, int64_t j0, int64_t len, T scale, T* out) {
-  if (kind == lro::kGaussian) {
+  if (kind == lro::kGaussian && std::is_same<T, double>::value) {
+    // float64 (the testing precision): kernels/sketch.h's code, whose Gaussian entries carry float64 precision
+    // as the CUDA kernels' do; the batch above rounds z to float32, which a float64 sketch must not
+    lro::sketch_fill_segment<T>(kind, seed, row, j0, len, scale, out);
+  } else if (kind == lro::kGaussian) {
     gaussian_fill_segment(seed, row, j0, len, scale, out);
   } else {
     rademacher_fill_segment(seed, row, j0, len, scale, out);
