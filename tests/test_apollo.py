@@ -2,7 +2,6 @@
 (lowrank_ops/reference/apollo.py), opcheck, lowrank_ops.optim.APOLLO against apollo-torch's APOLLOAdamW
 driven with our P on a tiny Llama, and resume bit-identity with weights_only loading."""
 
-import io
 import math
 
 import pytest

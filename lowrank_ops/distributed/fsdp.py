@@ -87,7 +87,7 @@ def _sharded_zeros(local: torch.Tensor, p: DTensor, placements, global_shape) ->
 def lowrank_step(step: LowRankParamStep) -> None:
     """One LowRankAdamW step of the sharded low-rank parameter step.param (a DTensor): the step function
     this module registers for DTensor (lowrank_ops.optim.register_param_step)."""
-    p, group, kind, layout = step.param, step.group, step.kind, step.layout
+    p, kind, layout = step.param, step.kind, step.layout
     if kind.uses_gradient:
         raise NotImplementedError(
             f"{WHERE}: projection {kind.name!r} needs the SVD of the full gradient, which no rank holds for a "

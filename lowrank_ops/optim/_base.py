@@ -24,8 +24,9 @@ GUARD_KEYS = ("skip_nonfinite", "skipped_steps")
 
 class PerParamOptimizer(torch.optim.Optimizer):
     """Subclasses set `_backend` (the fused op's backend) and `_multi_tensor` (collect the low-rank steps of
-    a `step()` into one multi-tensor call) before calling this __init__, and implement `_step_group(group, params)` for the params of one group that have a finite
-    grad (when the group guards), `_check_group(group, where)` and `_lowrank_layout(group, p, state)`, and
+    a `step()` into one multi-tensor call) before calling this __init__, and implement
+    `_step_group(group, params)` for the params of one group that have a finite grad (when the group
+    guards), `_check_group(group, where)` and `_lowrank_layout(group, p, state)`, and
     name their settings in LAYOUT_KEYS, KEPT_KEYS and REFRESH_KEYS. Low-rank state is marked by the int key
     "layer"."""
 

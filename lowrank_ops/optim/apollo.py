@@ -74,6 +74,7 @@ class APOLLO(PerParamOptimizer):
             raise TypeError(f"lowrank_ops.optim.APOLLO: unexpected keyword arguments {unknown}; the param-group "
                             f"keys it takes as defaults: {sorted(GROUP_DEFAULTS)}")
         self._backend = backend
+        self._multi_tensor = False  # its fused op (lowrank_apollo_step_) has no multi-tensor form yet
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, correct_bias=correct_bias,
                         disable_nl=disable_nl, rank=rank, seed=seed, **{**GROUP_DEFAULTS, **group_defaults},
                         foreach=foreach, fused=fused, skip_nonfinite=skip_nonfinite)

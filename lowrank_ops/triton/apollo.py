@@ -22,7 +22,7 @@ import triton.language as tl
 
 from ..pure_torch.apollo import GROWTH, NORM_EPS
 from ._common import INTERPRETED as _INTERPRETED
-from ._common import check_device, compute_type, dot_acc
+from ._common import check_device, dot_acc
 from .sketch import _TRITON_TYPES, AOT_RANK, KIND_IDS, _cast, _sketch_tile
 
 MATRIX = 2  # the KIND of an explicit P (KIND_IDS numbers the seeded kinds)
