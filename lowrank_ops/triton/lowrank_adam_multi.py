@@ -179,7 +179,7 @@ def _grouped_project(xs: list, sides: list, left: bool, out: torch.Tensor, state
         rows.append([x.data_ptr(), p, m.data_ptr(), v.data_ptr(), (delta if delta is not None else m).data_ptr(),
                      _signed(sides[b].seed), x.stride(0), x.stride(1), sp0, sp1])
     state_type = _TL_TYPES[states[0][0].dtype] if states is not None else _TL_TYPES[out.dtype]
-    cfg = _config("project", left, side.rank, xs[0].dtype, side.kind)
+    cfg = _grouped_config("project", left, side.rank, xs[0].dtype, side.kind)
     tiles = triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"])
     _grouped_project_kernel[(_programs(out.device, B * tiles), )](
         _table(rows, torch.int64, out.device), scalars if scalars is not None else out, out, B, M, N, side.dim,
@@ -201,12 +201,28 @@ def _grouped_unproject(y: torch.Tensor, sides: list, left: bool, outs: list, sca
         rows.append([y[b].data_ptr(), p, out.data_ptr(), _signed(sides[b].seed), y.stride(1), y.stride(2), sp0, sp1,
                      out.stride(0), out.stride(1)])
     update = scalars is not None
-    cfg = _config("unproject", left, side.rank, outs[0].dtype if update else y.dtype, side.kind)
+    cfg = _grouped_config("unproject", left, side.rank, outs[0].dtype if update else y.dtype, side.kind)
     tiles = triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"])
     _grouped_unproject_kernel[(_programs(y.device, len(outs) * tiles), )](
         _table(rows, torch.int64, y.device), scalars if update else y, len(outs), M, N, side.rank, side.rank,
         side.dim, Y_TYPE=_TL_TYPES[y.dtype], P_TYPE=p_type, OUT_TYPE=_TL_TYPES[outs[0].dtype], KIND=side.kind,
         LEFT=left, EPILOGUE=UPDATE if update else STORE, INTERPRETED=_INTERPRETED, **cfg)
+
+
+def _grouped_config(op: str, left: bool, rank: int, dtype: torch.dtype, kind: int) -> dict:
+    """The single-matrix kernel's configuration (lowrank_adam._config) with the output tile capped at 64 x 64:
+    the persistent loop keeps the problem's table row (pointers, strides, seed, scalars) live beside the
+    accumulator and the state tiles, and with the single kernel's 64 x 128 / 128 x 64 tiles the ADAM epilogue
+    spilled 120-200 bytes at the 255-register cap on sm_80 and sm_90 (python -m lowrank_ops.triton.aot).
+    BLOCK_K, the dot type and the K loop are unchanged, so every output entry sums its terms in the single
+    kernel's order."""
+    cfg = _config(op, left, rank, dtype, kind)
+    cfg["BLOCK_M"], cfg["BLOCK_N"] = min(cfg["BLOCK_M"], 64), min(cfg["BLOCK_N"], 64)
+    if op == "unproject" and left and dtype in (torch.bfloat16, torch.float16):
+        cfg["num_warps"] = 4
+    elif op == "unproject" and kind == DCT:
+        cfg["num_warps"], cfg["num_stages"] = 8, 1
+    return cfg
 
 
 def _signed(seed: int) -> int:
@@ -320,7 +336,7 @@ def aot_entries() -> list:
         for kind, kind_id in SIDE_KIND_IDS.items():
             for g_dtype, epilogue in ((torch.bfloat16, ADAM), (torch.float32, ADAM), (torch.float32, STORE)):
                 ty = _TRITON_TYPES[g_dtype]
-                cfg = _config("project", left, AOT_RANK, g_dtype, kind_id)
+                cfg = _grouped_config("project", left, AOT_RANK, g_dtype, kind_id)
                 entries.append(AotEntry(
                     f"lowrank_adam_multi project/{side} {kind} G {ty} {'adam' if epilogue == ADAM else 'store'}",
                     _grouped_project_kernel,
@@ -333,7 +349,7 @@ def aot_entries() -> list:
                     divisible_by_16=("meta_ptr", "scalars_ptr", "out_ptr", "M", "N", "K", "d")))
             for w_dtype, epilogue in ((torch.float32, UPDATE), (torch.bfloat16, UPDATE), (torch.float32, STORE)):
                 ty = _TRITON_TYPES[w_dtype]
-                cfg = _config("unproject", left, AOT_RANK, w_dtype, kind_id)
+                cfg = _grouped_config("unproject", left, AOT_RANK, w_dtype, kind_id)
                 entries.append(AotEntry(
                     f"lowrank_adam_multi unproject/{side} {kind} W {ty} {'update' if epilogue == UPDATE else 'store'}",
                     _grouped_unproject_kernel, signature={"meta_ptr": "*i64", "scalars_ptr": "*fp64", **sizes},
