@@ -1,4 +1,4 @@
-"""Shared machinery of the microbenchmarks (DESIGN.md §6): timing, peak extra memory, the machine a
+"""Shared machinery of the microbenchmarks (docs/DESIGN.md §6): timing, peak extra memory, the machine a
 result came from, device ceilings, and the writer of bench/results/<name>.json and .csv.
 
 Benchmarks measure; they never assert and never gate CI. Every row a benchmark writes names the machine,

@@ -1,4 +1,4 @@
-// CUDA launchers of the DCT family (DESIGN.md §3): a plain C++ API (raw pointers, sizes, a stream; no
+// CUDA launchers of the DCT family (docs/DESIGN.md §3): a plain C++ API (raw pointers, sizes, a stream; no
 // torch) implemented in kernels/dct.cu. Every launcher runs asynchronously on `stream` and returns the
 // launch's cudaError_t; cudaErrorInvalidValue means an argument is out of range.
 //

@@ -1,4 +1,4 @@
-// The orthonormal DCT-II basis (DESIGN.md §3, as scipy.fft.dct(norm="ortho")): the N x N matrix
+// The orthonormal DCT-II basis (docs/DESIGN.md §3, as scipy.fft.dct(norm="ortho")): the N x N matrix
 //   D[k, t] = c_k cos(pi k (2t + 1) / (2N)),   c_0 = sqrt(1/N),  c_k = sqrt(2/N) for k >= 1,
 // whose rows are the basis vectors. Shared by the CPU backend, the CUDA kernels and the host unit tests,
 // so that every backend evaluates the same formula and the fused kernels can regenerate selected rows

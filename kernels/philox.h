@@ -1,5 +1,5 @@
 // Philox4x32 counter-based generator (Salmon et al., "Parallel Random Numbers: As Easy as 1, 2, 3",
-// SC'11): the Random123 / cuRAND / Triton round function. Sketch spec v1 (DESIGN.md §3) uses 10 rounds
+// SC'11): the Random123 / cuRAND / Triton round function. Sketch spec v1 (docs/DESIGN.md §3) uses 10 rounds
 // with key (seed & 0xffffffff, seed >> 32).
 #pragma once
 #include "common.h"

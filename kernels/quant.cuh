@@ -1,4 +1,4 @@
-// CUDA launchers of the quant family (INT8 / NF4 weights, DESIGN.md §3): a plain C++ API (raw pointers,
+// CUDA launchers of the quant family (INT8 / NF4 weights, docs/DESIGN.md §3): a plain C++ API (raw pointers,
 // sizes, a stream; no torch) implemented in kernels/quant.cu. The per-element math is kernels/quant.h, the
 // storage layout that of lro::QuantMatrix. Every launcher runs asynchronously on `stream` and returns the
 // launch's cudaError_t; cudaErrorInvalidValue means an argument is out of range (see each launcher).

@@ -1,4 +1,4 @@
-// Per-element math of the quant family (DESIGN.md §3 "Quantized weights"), shared by the CPU backend and
+// Per-element math of the quant family (docs/DESIGN.md §3 "Quantized weights"), shared by the CPU backend and
 // the CUDA kernels, so that the CPU tests test the arithmetic the GPU runs.
 //
 // INT8 (symmetric absmax per group of g consecutive elements of a row of W [out, in]):

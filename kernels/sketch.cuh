@@ -1,4 +1,4 @@
-// CUDA launchers of the sketch family (spec v1, DESIGN.md §3): a plain C++ API (raw pointers, sizes,
+// CUDA launchers of the sketch family (spec v1, docs/DESIGN.md §3): a plain C++ API (raw pointers, sizes,
 // strides, a stream; no torch) implemented in kernels/sketch.cu. Every launcher runs asynchronously on
 // `stream` and returns the launch's cudaError_t; cudaErrorInvalidValue means an argument is out of range
 // (the comment of each launcher says which ranges it accepts).

@@ -1,4 +1,4 @@
-// Entries of the seeded sketch P (r x d), spec v1 (DESIGN.md §3). Shared by the CPU backend, the CUDA
+// Entries of the seeded sketch P (r x d), spec v1 (docs/DESIGN.md §3). Shared by the CPU backend, the CUDA
 // kernels and the host unit tests, so the per-entry math is tested on machines without a GPU.
 //   Rademacher (i, j): w = philox((j / 128, i, 0, 0), key); bit (j % 32) of word (j % 128) / 32;
 //                      value (bit ? +1 : -1) * scale.

@@ -1,4 +1,4 @@
-"""Shared test utilities: the backends to compare and the tolerance rule of DESIGN.md §5."""
+"""Shared test utilities: the backends to compare and the tolerance rule of docs/DESIGN.md §5."""
 
 import os
 

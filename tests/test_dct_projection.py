@@ -45,7 +45,7 @@ GPU_BACKENDS = backends("lowrank_adamw_step_", "cuda")
 
 
 def explicit_dct(d: int, indices) -> torch.Tensor:
-    """D[indices, :] of the orthonormal DCT-II basis in float64, from the definition (DESIGN.md §3):
+    """D[indices, :] of the orthonormal DCT-II basis in float64, from the definition (docs/DESIGN.md §3):
     D[k, t] = c_k cos(pi k (2t + 1) / (2d)), c_0 = sqrt(1/d), c_k = sqrt(2/d). The angle is formed from the
     exact integer k (2t + 1) mod 4d (float64 holds it exactly for the sizes tested here)."""
     k = torch.as_tensor(indices).to(torch.int64)[:, None]
@@ -386,7 +386,7 @@ def test_memory_estimate_counts_the_index_bytes():
 
 def transcribed_dct_adamw(W0, X, Y, steps, dtype, *, rank, gap, lr, betas, eps, wd, scale):
     """LowRankAdamW with the "dct" kind (side right), transcribed in `dtype`: at each refresh the rows are
-    the float64 reference's top-k of the current gradient (DESIGN.md §3), P built from the definition."""
+    the float64 reference's top-k of the current gradient (docs/DESIGN.md §3), P built from the definition."""
     W, X, Y = W0.to(dtype), X.to(dtype), Y.to(dtype)
     b1, b2 = betas
     mom = vel = P = None

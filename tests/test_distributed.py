@@ -1,7 +1,7 @@
 """lowrank_ops.distributed on K local gloo ranks (127.0.0.1, hard timeouts: lowrank_ops.distributed.run_local):
 distributed-orthogonal worker bases, DiLoCo against a single-process simulation of the same algorithm and
 its exact resume, LowRankAdamW on FSDP2-sharded parameters against single-process LowRankAdamW (the
-tolerance rule of DESIGN.md §5) and its plain (DTensor) params against torch.optim.AdamW (bit for bit),
+tolerance rule of docs/DESIGN.md §5) and its plain (DTensor) params against torch.optim.AdamW (bit for bit),
 DCP save/restore on the same and a different number of ranks, and the low-rank DDP comm hook against
 uncompressed DDP. Single-process: the FSDP2 step of a shard given the
 all-reduced projected gradient against the fused op on the whole parameter, projections.side_matrix

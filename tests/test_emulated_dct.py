@@ -1,4 +1,4 @@
-"""kernels/dct.cu executed on the CPU by the CUDA emulation (tests/emulated; DESIGN.md §5): launch_dct_rows
+"""kernels/dct.cu executed on the CPU by the CUDA emulation (tests/emulated; docs/DESIGN.md §5): launch_dct_rows
 with production's grid and block sizes against the CPU backend's basis rows (ops.dct_basis), in every output
 dtype. Each entry is c_k cos(pi p / (2N)) with p reduced exactly (kernels/dct.h), so it carries the error of
 one cos/sin evaluation: within 4 ulp of the compute type (CUDA's cosf/sinf are within 2 ulp, libm's within

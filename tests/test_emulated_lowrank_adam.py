@@ -1,4 +1,4 @@
-"""kernels/lowrank_adam.cu executed on the CPU by the CUDA emulation (tests/emulated; DESIGN.md §5): each
+"""kernels/lowrank_adam.cu executed on the CPU by the CUDA emulation (tests/emulated; docs/DESIGN.md §5): each
 launcher with production's grid and block sizes. The sketch and DCT windows against the CPU backend's
 operators (Rademacher bit-exact, Gaussian and DCT entries within their few-ulp bounds, as in
 test_emulated_sketch.py and test_emulated_dct.py); the moment and weight-update epilogues, which no CPU op

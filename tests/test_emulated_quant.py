@@ -1,4 +1,4 @@
-"""kernels/quant.cu executed on the CPU by the CUDA emulation (tests/emulated; DESIGN.md §5): launch_quantize
+"""kernels/quant.cu executed on the CPU by the CUDA emulation (tests/emulated; docs/DESIGN.md §5): launch_quantize
 (one warp per group, absmax by a __shfl_xor_sync reduction) and launch_dequantize with production's grid and
 block sizes, against the CPU backend. Both are bit-exact: an INT8 code is rint of one correctly rounded
 quotient, an NF4 code compares one rounded product with fixed midpoints, a scale is absmax / 127, and a

@@ -1,4 +1,4 @@
-"""The CUDA emulation itself (tests/emulated, DESIGN.md §5): the built-in variables, __shared__ memory and
+"""The CUDA emulation itself (tests/emulated, docs/DESIGN.md §5): the built-in variables, __shared__ memory and
 __syncthreads, the warp exchange of __shfl_xor_sync, CUDA's launch-configuration checks and the exact 16-bit
 conversions are right; a broken kernel fails with a clear message, never a hang (a thread that skips a
 barrier, lanes that skip a shuffle, an endless loop); the sanitizers are really on (a heap overflow, a

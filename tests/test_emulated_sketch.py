@@ -1,4 +1,4 @@
-"""kernels/sketch.cu executed on the CPU by the CUDA emulation (tests/emulated; DESIGN.md §5): each
+"""kernels/sketch.cu executed on the CPU by the CUDA emulation (tests/emulated; docs/DESIGN.md §5): each
 launcher with the grid and block sizes production computes, on the CPU backend's inputs. Philox words and
 Rademacher entries bit-exact against the CPU backend, Gaussian entries within spec v1's few float32 ulp, the
 fused GEMM within the tolerance rule (tests/helpers.py) against the float64 reference. Shapes: size 1,

@@ -123,7 +123,7 @@ def _check_against_float64(module, dtype, rng):
     dA64 = _project(L, R, dy64.T @ x64)
     dx64 = dy64 @ W64
 
-    # Plain torch in `dtype` on the same effective weight: the error the rule of DESIGN.md §5 allows twice of.
+    # Plain torch in `dtype` on the same effective weight: the error the rule of docs/DESIGN.md §5 allows twice of.
     Wt, xt, dyt = W64.to(dtype), x64.to(dtype), dy64.to(dtype)
     Lt, Rt = (None if L is None else L.to(dtype)), (None if R is None else R.to(dtype))
     k = shape[1]

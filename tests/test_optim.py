@@ -1,5 +1,5 @@
 """The optimizer layer (lowrank_ops.optim): LowRankAdamW and GaLoreAdamW against independent
-transcriptions of their formulas (tolerance rule of DESIGN.md §5), bit-identical resume, per-layer stepping
+transcriptions of their formulas (tolerance rule of docs/DESIGN.md §5), bit-identical resume, per-layer stepping
 under gradient accumulation, the tiny-model training run of every kind, and the training-loop features
 (refresh robustness, params without grads, tied params, GradScaler, torch.compile). Their plain AdamW
 (torch.optim.AdamW identity, fused and foreach) is in test_optim_plain.py."""
@@ -42,11 +42,11 @@ ONE_SIDED = ("gaussian", "rademacher", "orthogonal", "svd")
 
 
 # ---------------------------------------------------------------------------------------------------
-# LowRankAdamW against a transcription of its formulas (DESIGN.md §3, lowrank_ops.projections docs)
+# LowRankAdamW against a transcription of its formulas (docs/DESIGN.md §3, lowrank_ops.projections docs)
 
 
 def transcribed_basis(kind, G, shape, rank, seed, dtype):
-    """(L, R) of `kind` at a refresh, as DESIGN.md §3 and the duality paper's Table 1 state them, with side
+    """(L, R) of `kind` at a refresh, as docs/DESIGN.md §3 and the duality paper's Table 1 state them, with side
     "auto" (right when m >= n) for one-sided kinds."""
     m, n = shape
     right = m >= n

@@ -295,7 +295,7 @@ def galore_plain_run(b0, grads, dtype, lr, wd, correct_bias, **keys):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", ["default", "fused", "foreach", "single"])
 def test_galore_adamw_plain_groups_are_hf_adamw(name, dtype, correct_bias, rng):
-    """Against the float64 transcription, within the tolerance rule (DESIGN.md §5), the single-tensor loop
+    """Against the float64 transcription, within the tolerance rule (docs/DESIGN.md §5), the single-tensor loop
     (galore-torch's ops: test_galore_torch.py) as plain torch's error; foreach is that loop bit for bit in
     float32."""
     b0 = torch.randn(37, generator=rng).to(dtype)

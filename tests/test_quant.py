@@ -1,4 +1,4 @@
-"""The quant family (INT8 / NF4 weights, DESIGN.md §3) on every available backend: NF4 byte-identical to
+"""The quant family (INT8 / NF4 weights, docs/DESIGN.md §3) on every available backend: NF4 byte-identical to
 bitsandbytes 0.50, INT8 round trips within half a step, bit-identical decoding across backends, odd shapes,
 dequant_matmul against the float64 reference under the tolerance rule, autograd, opcheck, gradcheck,
 torch.compile, double quantization, weights_only state dicts and argument errors.

@@ -44,7 +44,7 @@ def test_rows_are_blocks_of_the_order_in_the_index_dtype():
     for k, block in enumerate(blocks):
         assert block.dtype == torch.int16 and block.tolist() == full[k * rank : (k + 1) * rank]
     assert sr_dct.rows(rank, dim, seed).tolist() == full[:rank]  # block (0, 1): the first rank
-    assert sr_dct.rows(3, 40000, seed).dtype == torch.int32  # d > 32767 (DESIGN.md §3 index dtype rule)
+    assert sr_dct.rows(3, 40000, seed).dtype == torch.int32  # d > 32767 (docs/DESIGN.md §3 index dtype rule)
 
 
 @pytest.mark.parametrize("dim,rank,block", [(1, 1, None), (7, 3, None), (129, 20, (2, 5)), (300, 300, None)])

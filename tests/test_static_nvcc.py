@@ -1,4 +1,4 @@
-"""Tier-3 static GPU checks without a GPU (DESIGN.md §5): every kernels/*.cu compiles with nvcc for sm_80 and
+"""Tier-3 static GPU checks without a GPU (docs/DESIGN.md §5): every kernels/*.cu compiles with nvcc for sm_80 and
 sm_90a, warnings as errors (nvcc's own kinds and the host compiler's -Wall -Wextra), and ptxas reports no
 register spills (0 bytes spill stores and loads) for any kernel; and the CUDA bindings csrc/cuda/*.cpp
 compile against torch's headers.

@@ -1,4 +1,4 @@
-"""Tier-3 static GPU check without a GPU (DESIGN.md §5): every Triton kernel compiles ahead of time for
+"""Tier-3 static GPU check without a GPU (docs/DESIGN.md §5): every Triton kernel compiles ahead of time for
 GPUTarget("cuda", 80, 32) and GPUTarget("cuda", 90, 32) with Triton's bundled ptxas, without register spills,
 and the GEMM-shaped kernels on 16-bit inputs use Hopper's warpgroup MMA (wgmma) on sm_90.
 

@@ -1,4 +1,4 @@
-"""Tier 2 (DESIGN.md §5): the Triton sketch kernels against the spec-v1 reference.
+"""Tier 2 (docs/DESIGN.md §5): the Triton sketch kernels against the spec-v1 reference.
 
 Without a GPU the kernels run in Triton's interpreter on CPU tensors, so shapes are small but odd (sizes 1,
 non-multiples of every block size, several programs and K-steps). On a GPU the same tests run on CUDA.

@@ -4,7 +4,7 @@ For a CPU-only lowrank_ops wheel on a GPU box, or CuPy/JAX users without torch's
 kernels/ are compiled at first use with NVRTC (`cupy.RawModule`, options -std=c++17, kernels/ and the CUDA
 headers on the include path, the architecture of the current device chosen by CuPy), cached per process
 (and on disk by CuPy), and launched on CuPy arrays. The kernels are the very ones the torch CUDA backend
-launches (kernels/sketch.cu), so results follow spec v1 (DESIGN.md §3) like every other backend.
+launches (kernels/sketch.cu), so results follow spec v1 (docs/DESIGN.md §3) like every other backend.
 
     philox4x32(counters, seed, rounds=10)                  int64 [..., 4] -> int64 [..., 4]
     sketch(rows, cols, seed, kind, dtype)                  P (rows x cols)

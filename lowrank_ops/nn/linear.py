@@ -1,7 +1,7 @@
 """LowRankLinear: the adapter view of a low-rank-projected linear layer (duality paper, Thm. 1, Prop. 2,
 Cor. 3): the effective weight is
 
-    W = deq(W0) + L^T A R          (DESIGN.md §3 shapes: W, W0 [out, in] = m x n)
+    W = deq(W0) + L^T A R          (docs/DESIGN.md §3 shapes: W, W0 [out, in] = m x n)
 
 with W0 frozen (dense, or INT8/NF4 through lowrank_ops.ops.quantize), L (r1 x m) and R (r2 x n) the sides
 of a frozen projection of any kind of lowrank_ops.projections (a one-sided "left" kind has R = I: W0 + P^T A

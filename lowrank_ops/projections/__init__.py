@@ -1,5 +1,5 @@
 """Projection kinds for the low-rank optimizers: how each layer's basis is chosen at a refresh and what
-of it is persisted (the duality paper's Table 1; conventions in DESIGN.md §3).
+of it is persisted (the duality paper's Table 1; conventions in docs/DESIGN.md §3).
 
     kind                 basis at each refresh                                 persisted per layer
     "gaussian"           seeded Gaussian sketch, E[P P^T] = I (Flora)          one int seed

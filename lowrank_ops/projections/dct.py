@@ -1,5 +1,5 @@
 """SVD-free projection "dct" (Modoranu et al., "SVD-Free Low-Rank Adaptive Gradient Optimization for Large
-Language Models", arXiv:2505.17967; conventions in DESIGN.md §3 "DCT"): at each refresh, P = D[idx, :], the
+Language Models", arXiv:2505.17967; conventions in docs/DESIGN.md §3 "DCT"): at each refresh, P = D[idx, :], the
 r rows of the fixed d x d orthonormal DCT-II basis D best aligned with the current gradient on the projected
 side (lowrank_ops.ops.dct_topk: the largest l1 norms of the rows of D G or columns of G D^T; ascending,
 ties to the lower index). One transform and a selection per refresh instead of an SVD.

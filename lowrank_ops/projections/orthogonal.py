@@ -21,7 +21,7 @@ def semi_orthogonal(
 ) -> torch.Tensor:
     """P (rank x dim, rank <= dim) with orthonormal rows: the orthonormalized seeded Gaussian sketch.
     With `block` = (k, K): rows [k rank, (k+1) rank) of the orthonormalized (K rank) x dim sketch, so the
-    K blocks of one seed are mutually orthogonal, P_i P_j^T = 0 (distributed-orthogonal, DESIGN.md §3)."""
+    K blocks of one seed are mutually orthogonal, P_i P_j^T = 0 (distributed-orthogonal, docs/DESIGN.md §3)."""
     index, count = block or (0, 1)
     if not 1 <= rank * count <= dim or not 0 <= index < count:
         raise ValueError(

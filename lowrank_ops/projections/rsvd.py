@@ -1,6 +1,6 @@
 """Randomized-SVD projection "rsvd": GaLore with the randomized range finder (lowrank_ops.ops.range_finder,
 Halko, Martinsson & Tropp 2011, Alg. 4.4 + 5.1) in place of the full SVD. One-sided: on the projected side
-(DESIGN.md §3) P = Q^T, Q (d x r) the range finder's estimate of the top-r left (side "left") or right
+(docs/DESIGN.md §3) P = Q^T, Q (d x r) the range finder's estimate of the top-r left (side "left") or right
 (side "right") singular vectors of the current gradient, from a Gaussian sketch with the refresh seed
 derive_seed(seed, layer, refresh) (oversample 8, one power iteration: the op's defaults), cast to G's
 dtype. Persisted: the matrix state["proj_left"] / ["proj_right"] and the refresh seed state["proj_seed"]

@@ -1,4 +1,4 @@
-"""Per-layer, per-refresh seeds derived from one user seed (DESIGN.md §3).
+"""Per-layer, per-refresh seeds derived from one user seed (docs/DESIGN.md §3).
 
 splitmix64 (Steele, Lea & Flood, "Fast splittable pseudorandom number generators", OOPSLA 2014; the
 finalizer of Java's SplittableRandom) of x, all arithmetic mod 2^64:

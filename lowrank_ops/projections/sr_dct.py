@@ -1,6 +1,6 @@
 """Subsampled randomized DCT projection "sr_dct" (the subsampled randomized trigonometric transform of
 Woolfe, Liberty, Rokhlin & Tygert 2008; Halko, Martinsson & Tropp 2011 §4.6): a random semi-orthogonal
-P (r x d) defined by one seed, DESIGN.md §3 "Subsampled randomized DCT":
+P (r x d) defined by one seed, docs/DESIGN.md §3 "Subsampled randomized DCT":
 
     P = S C D,   P P^T = S C D D^T C^T S^T = S S^T = I_r   (exactly, in exact arithmetic)
 

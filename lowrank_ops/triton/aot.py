@@ -1,4 +1,4 @@
-"""Ahead-of-time compile check of the Triton kernels (DESIGN.md §5, tier 3): no GPU needed.
+"""Ahead-of-time compile check of the Triton kernels (docs/DESIGN.md §5, tier 3): no GPU needed.
 
 Every kernel module of lowrank_ops/triton is listed in MODULES and defines `aot_entries()`, a list of
 AotEntry: one specialization of a kernel as its launcher would run it (argument types, constexprs, warps,

@@ -1,4 +1,4 @@
-"""Triton backend of the DCT family (DESIGN.md §3): basis tiles generated inside the kernels.
+"""Triton backend of the DCT family (docs/DESIGN.md §3): basis tiles generated inside the kernels.
 
 D is the d x d orthonormal DCT-II matrix, D[k, t] = c_k cos(pi k (2t + 1) / (2d)) (c_0 = sqrt(1/d),
 c_k = sqrt(2/d)). The scores are a GEMM whose D operand never touches memory, with the norm reduction in

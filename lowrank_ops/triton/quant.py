@@ -1,4 +1,4 @@
-"""Triton backend of the quant family: INT8 / NF4 weights (DESIGN.md §3; the formulas of kernels/quant.h).
+"""Triton backend of the quant family: INT8 / NF4 weights (docs/DESIGN.md §3; the formulas of kernels/quant.h).
 
   quantize       per group: absmax, then every element encoded against it
                  int8: scale = absmax / 127, code = clamp(rint(w / scale), -127, 127) (scale 0 -> code 0)

@@ -1,4 +1,4 @@
-"""Triton backend of the sketch family: spec v1 (DESIGN.md §3) generated inside the kernels.
+"""Triton backend of the sketch family: spec v1 (docs/DESIGN.md §3) generated inside the kernels.
 
 P is the r x d sketch. Its entry (i, j) comes from the Philox4x32-10 words of counter (g, i, 0, 0) under
 key (seed & 0xffffffff, seed >> 32). That is exactly what Triton's built-in tl.randint4x(seed, offset)
