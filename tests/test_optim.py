@@ -392,22 +392,12 @@ def test_per_layer_flush_and_errors():
 TINY_CASES = [(k, s) for k in ONE_SIDED for s in ("left", "right")] + [(k, "auto") for k in ALL_KINDS[4:]]
 
 
-def test_tiny_model_every_kind_decreases_the_loss(capsys):
+def test_tiny_model_every_kind_decreases_the_loss():
     rows = [("adamw (no projection)", "-")] + TINY_CASES
     results = {}
     for kind, side in rows:
         for dtype in (torch.float32, torch.bfloat16):
             results[kind, side, dtype] = train_mlp(None if side == "-" else kind, side, dtype)
-    lines = [f"{'projection':<24}{'side':<7}{'initial':>10}{'final fp32':>12}{'final bf16':>12}"]
-    for kind, side in rows:
-        initial = results[kind, side, torch.float32][0]
-        lines.append(
-            f"{kind:<24}{side:<7}{initial:>10.4f}{results[kind, side, torch.float32][1]:>12.5f}"
-            f"{results[kind, side, torch.bfloat16][1]:>12.5f}"
-        )
-    with capsys.disabled():
-        print("\nTiny MLP 32-64-16, rank 8, update_gap 25, lr 1e-2, 200 full-batch steps (MSE):")
-        print("\n".join(lines))
     for (kind, side, dtype), (initial, final) in results.items():
         assert final < 0.5 * initial, f"{kind} {side} {dtype}: loss {initial:.4f} -> {final:.4f}"
 
