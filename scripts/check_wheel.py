@@ -9,9 +9,9 @@ lowrank_ops imported from anywhere but that venv's site-packages. It checks, in 
      the extension's embedded GPU code (cuobjdump, e.g. the one in triton's package) holds a cubin for each
      architecture of every kernels/*.cu the wheel ships;
   3. dispatcher: every public op of torch.ops.lowrank_ops has a kernel for both CPU and CUDA and the
-     extension compiled a C++ function for it on both devices (_C.cpu.<op>, _C.cuda.<op>; the CUDA kernel
-     is registered even without CUDA sources, since Triton can serve it), or is device-independent (only
-     a composite kernel, no per-device one);
+     extension compiled its C++ CPU function (_C.cpu.<op>), or is device-independent (only a composite
+     kernel, no per-device one). On CUDA the op's kernel runs the compiled C++ CUDA function where the
+     extension has one (_C.cuda.<op>), else Triton or the pure-torch kernel: the check lists which;
   4. CPU smoke: every public op runs on small CPU inputs and satisfies an identity that holds for
      any correct implementation (Random123's Philox known answers, P G against the materialized P, the DCT
      basis orthonormal, quantization round trips, the first Adam moment, an orthonormal range basis);
@@ -114,17 +114,26 @@ def has_kernel(name: str, key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"lowrank_ops::{name}", key)
 
 
-def check_dispatcher(names: list[str]) -> tuple[list[str], list[str]]:
-    """(ops with CPU and CUDA kernels, device-independent ops). Fails for an op with a kernel for one
-    device but not the other, without a compiled C++ function for either device, or with no kernel at all."""
+def check_dispatcher(names: list[str]) -> tuple[list[str], list[str], dict[str, list[str]]]:
+    """(ops with CPU and CUDA kernels, device-independent ops, {what serves CUDA: ops} for the per-device
+    ops: "C++" where the extension compiled a CUDA function, else "Triton" or "pure torch"). Fails for an op
+    with a kernel for one device but not the other, without the compiled C++ CPU function, in a build
+    without CUDA sources, or with no kernel at all."""
     from lowrank_ops import _extension
+    from lowrank_ops._kernels import IMPLEMENTATIONS
 
     per_device, composite, bad = [], [], []
+    served: dict[str, list[str]] = {"C++": [], "Triton": [], "pure torch": []}
+    cuda_module = _extension.compiled("cuda")  # None in a build without CUDA sources
     for name in names:
         cpu = has_kernel(name, "CPU") and hasattr(_extension.compiled("cpu"), name)
-        cuda = has_kernel(name, "CUDA") and hasattr(_extension.compiled("cuda"), name)
+        cuda = has_kernel(name, "CUDA") and cuda_module is not None
         if cpu and cuda:
             per_device.append(name)
+            if hasattr(cuda_module, name):
+                served["C++"].append(name)
+            else:
+                served["Triton" if "triton" in IMPLEMENTATIONS.get(name, ()) else "pure torch"].append(name)
         elif not cpu and not cuda and any(has_kernel(name, k) for k in ("CompositeExplicitAutograd",
                                                                          "CompositeImplicitAutograd")):
             composite.append(name)
@@ -132,7 +141,7 @@ def check_dispatcher(names: list[str]) -> tuple[list[str], list[str]]:
             bad.append(f"{name} (CPU kernel: {cpu}, CUDA kernel: {cuda})")
     expect(not bad, "ops without a kernel for both CPU and CUDA: " + "; ".join(bad))
     expect(per_device, f"no op has CPU and CUDA kernels (ops: {names})")
-    return per_device, composite
+    return per_device, composite, served
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -402,9 +411,10 @@ def main(argv=None) -> int:
               f"C++{info['cxx_standard']}; running torch {info['torch']}, GPU visible: {torch.cuda.is_available()}")
         print(f"cubins: {check_cubins(lowrank_ops, args.cuda_arch_list)}")
         names = public_ops()
-        per_device, composite = check_dispatcher(names)
+        per_device, composite, served = check_dispatcher(names)
         print(f"dispatcher: CPU and CUDA kernels for {len(per_device)} ops ({', '.join(per_device)})"
               + (f"; device-independent: {', '.join(composite)}" if composite else ""))
+        print("dispatcher: on CUDA, " + "; ".join(f"{how}: {', '.join(ops) or '-'}" for how, ops in served.items()))
         check_ops(names)
         print(f"smoke: {len(names)} ops pass on CPU and trace on meta tensors")
     except CheckFailed as failure:
