@@ -12,7 +12,7 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 # bitsandbytes: the NF4 byte-compatibility tests and the dequantize baseline (a CPU-capable wheel whose torch
 # requirement the torch above already meets, so it pulls no other torch)
-"$PY" -m pip install -q setuptools wheel ninja numpy scipy pytest expecttest tqdm "triton>=3.2" "bitsandbytes==0.50.2"
+"$PY" -m pip install -q setuptools wheel ninja numpy scipy pytest "hypothesis==6.170.27" expecttest tqdm "triton>=3.2" "bitsandbytes==0.50.2"
 # The frameworks the integration tests run for real (HF Trainer, Lightning), the main job's plot, and NVRTC
 # (the CPU-side compile test of kernels/ for the CuPy path; needs no GPU). Their torch requirement is met.
 "$PY" -m pip install -q "transformers==5.23.0" "accelerate==1.15.0" "pytorch-lightning==2.6.6" matplotlib nvidia-cuda-nvrtc
