@@ -155,3 +155,37 @@ def index_range(op: str, indices: torch.Tensor, dim: int, what: str = "") -> Non
     if has_values(indices) and indices.numel() and (indices.min() < 0 or indices.max() >= dim):
         raise error(op, "indices", f"values in [0, {dim}){what}",
                     f"values in [{int(indices.min())}, {int(indices.max())}]")
+
+
+# The domain of each float hyperparameter of the Adam-style fused steps (lowrank_adamw_step_, its multi-tensor
+# form, lowrank_apollo_step_): (what the message says, the test). beta1 = 1 or beta2 = 1 would divide by the
+# bias correction 1 - beta^t = 0, and eps = 0 gives 0 / 0 wherever a projected gradient entry has been 0 at
+# every step: NaN in W, silently.
+ADAM_DOMAINS = {
+    "lr": (">= 0", lambda x: x >= 0),
+    "beta1": ("in [0, 1)", lambda x: 0 <= x < 1),
+    "beta2": ("in [0, 1)", lambda x: 0 <= x < 1),
+    "eps": ("> 0", lambda x: x > 0),
+    "weight_decay": (">= 0", lambda x: x >= 0),
+    "scale": (">= 0", lambda x: x >= 0),
+}
+
+
+def weight_and_gradient(op: str, W, G) -> None:
+    """A fused step's W (a float32/bfloat16/float64 matrix) and G (a float matrix of W's shape on W's device)."""
+    float_matrix(op, "W", W)
+    float_matrix(op, "G", G)
+    if W.dtype not in (torch.float32, torch.bfloat16, torch.float64):
+        raise error(op, "W", "float32, bfloat16 or float64", W.dtype)
+    if G.shape != W.shape:
+        raise error(op, "G", f"of W's shape {list(W.shape)}", list(G.shape))
+    on_device(op, "G", G, W.device, "W")
+
+
+def adam_step_and_hyperparameters(op: str, step, hyperparameters: dict) -> None:
+    """A fused step's step count (an int >= 1 that stays an int64 after its increment) and the float
+    hyperparameters of ADAM_DOMAINS, from `hyperparameters`."""
+    if int_at_least(op, "step", step, 1) >= 2**63:
+        raise error(op, "step", "< 2^63", step)
+    for name, (domain, inside) in ADAM_DOMAINS.items():
+        real(op, name, hyperparameters[name], domain, inside)

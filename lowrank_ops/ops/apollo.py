@@ -36,23 +36,7 @@ def _check(W, G, exp_avg, exp_avg_sq, limiter_norm, projection, step, scale_type
            proj_scale, **hyperparameters):
     """Every argument of lowrank_apollo_step_, before any kernel runs (the same checks for every backend).
     NaN/Inf in G are not checked (a reduction per step): as in apollo-torch they reach the moments and W."""
-    # beta = 1 divides by the bias correction 1 - beta^t = 0; eps = 0 gives 0 / 0 wherever a projected
-    # gradient entry has been 0 at every step.
-    domains = {
-        "lr": (">= 0", lambda x: x >= 0),
-        "beta1": ("in [0, 1)", lambda x: 0 <= x < 1),
-        "beta2": ("in [0, 1)", lambda x: 0 <= x < 1),
-        "eps": ("> 0", lambda x: x > 0),
-        "weight_decay": (">= 0", lambda x: x >= 0),
-        "scale": (">= 0", lambda x: x >= 0),
-    }
-    _checks.float_matrix(OP, "W", W)
-    _checks.float_matrix(OP, "G", G)
-    if W.dtype not in (torch.float32, torch.bfloat16, torch.float64):
-        raise _checks.error(OP, "W", "float32, bfloat16 or float64", W.dtype)
-    if G.shape != W.shape:
-        raise _checks.error(OP, "G", f"of W's shape {list(W.shape)}", list(G.shape))
-    _checks.on_device(OP, "G", G, W.device, "W")
+    _checks.weight_and_gradient(OP, W, G)
     side, op, dim = _one_side(W, projection)
     _checks.positive_int(OP, "projection.rank", op.rank)
     if op.kind == "matrix":
@@ -73,10 +57,7 @@ def _check(W, G, exp_avg, exp_avg_sq, limiter_norm, projection, step, scale_type
             what = f"of the projected shape {list(want)}" if want else "0-dim (a scalar tensor)"
             raise _checks.error(OP, name, f"a float32 tensor {what}", (list(state.shape), state.dtype))
         _checks.on_device(OP, name, state, W.device, "W")
-    if _checks.int_at_least(OP, "step", step, 1) >= 2**63:  # the step count after increment, an int64
-        raise _checks.error(OP, "step", "< 2^63", step)
-    for name, (domain, inside) in domains.items():
-        _checks.real(OP, name, hyperparameters[name], domain, inside)
+    _checks.adam_step_and_hyperparameters(OP, step, hyperparameters)
     _checks.real(OP, "proj_scale", proj_scale, "> 0", lambda x: x > 0)
     _checks.choice(OP, "scale_type", scale_type, SCALE_TYPES)
     for name, flag in (("limiter", limiter), ("correct_bias", correct_bias)):

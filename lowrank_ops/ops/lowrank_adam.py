@@ -40,24 +40,7 @@ def _check(W, G, exp_avg, exp_avg_sq, projection, step, wd_mode, delta, **hyperp
     """Every argument of lowrank_adamw_step_, before any kernel runs (the same checks for every backend).
     NaN/Inf in G are not checked (that would cost a reduction per step): as in torch.optim.AdamW they reach
     the moments and W. The op layer (lowrank_ops/_guard.py) adds the rules of the arguments it writes."""
-    # The domain of each float hyperparameter: (what the message says, the test). beta1 = 1 or beta2 = 1
-    # would divide by the bias correction 1 - beta^t = 0, and eps = 0 gives 0 / 0 wherever a projected
-    # gradient entry has been 0 at every step: NaN in W, silently.
-    domains = {
-        "lr": (">= 0", lambda x: x >= 0),
-        "beta1": ("in [0, 1)", lambda x: 0 <= x < 1),
-        "beta2": ("in [0, 1)", lambda x: 0 <= x < 1),
-        "eps": ("> 0", lambda x: x > 0),
-        "weight_decay": (">= 0", lambda x: x >= 0),
-        "scale": (">= 0", lambda x: x >= 0),
-    }
-    _checks.float_matrix(OP, "W", W)
-    _checks.float_matrix(OP, "G", G)
-    if W.dtype not in (torch.float32, torch.bfloat16, torch.float64):
-        raise _checks.error(OP, "W", "float32, bfloat16 or float64", W.dtype)
-    if G.shape != W.shape:
-        raise _checks.error(OP, "G", f"of W's shape {list(W.shape)}", list(G.shape))
-    _checks.on_device(OP, "G", G, W.device, "W")
+    _checks.weight_and_gradient(OP, W, G)
     if not isinstance(projection, Projection):
         raise TypeError(f"lowrank_ops.{OP}: argument 'projection' must be a lowrank_ops.ops.Projection, "
                         f"got {type(projection).__name__}")
@@ -93,10 +76,7 @@ def _check(W, G, exp_avg, exp_avg_sq, projection, step, wd_mode, delta, **hyperp
             raise _checks.error(OP, name, f"a float32 tensor of the projected shape {list(shape)}",
                                 (list(state.shape), state.dtype))
         _checks.on_device(OP, name, state, W.device, "W")
-    if _checks.int_at_least(OP, "step", step, 1) >= 2**63:  # the step count after increment, an int64
-        raise _checks.error(OP, "step", "< 2^63", step)
-    for name, (domain, inside) in domains.items():
-        _checks.real(OP, name, hyperparameters[name], domain, inside)
+    _checks.adam_step_and_hyperparameters(OP, step, hyperparameters)
     _checks.choice(OP, "wd_mode", wd_mode, WD_MODES)
     if wd_mode == "adapter" and delta is None:
         raise _checks.error(OP, "delta", "a tensor when wd_mode='adapter'", None)
