@@ -17,8 +17,8 @@ import threading
 import time
 
 import pytest
-import torch
 import test_compare
+import torch
 
 from lowrank_ops.compare import cli, data, files, methods, report, train
 from lowrank_ops.compare.presets import PRESETS

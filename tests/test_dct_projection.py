@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 import torch
+from test_lowrank_adam import HYPER, Run, assert_compiled_step_matches_eager, peak_cpu_bytes, plain_projection
 
 from lowrank_ops import _extension, memory, ops, projections
 from lowrank_ops.ops import Projection, SideOperator
@@ -18,15 +19,14 @@ from lowrank_ops.optim import LowRankAdamW
 from lowrank_ops.projections import dct as dct_kind
 from lowrank_ops.reference import dct as dct_reference
 from lowrank_ops.reference import lowrank_adam as reference
+
 from helpers import (
     GAUSSIAN_ENTRY_TOL,
     assert_clear_error,
     assert_within_torch_error,
     backends,
-    one_thread,  # noqa: F401 (an autouse fixture: one intra-op thread per test)
     random_matrix,
 )
-from test_lowrank_adam import HYPER, Run, assert_compiled_step_matches_eager, peak_cpu_bytes, plain_projection
 from tiny_models import (
     batch,
     lm_loss,

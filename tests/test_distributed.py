@@ -17,17 +17,17 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import (
-    GAUSSIAN_ENTRY_TOL,
-    assert_within_torch_error,
-    one_thread,  # noqa: F401 (an autouse fixture: one intra-op thread per test)
-    rel_err,
-)
 
 from lowrank_ops import projections
 from lowrank_ops.distributed import MODES, DiLoCo, run_local, shard_placement_fn, worker_seed
 from lowrank_ops.optim import LowRankAdamW
 from lowrank_ops.reference import sr_dct as oracle_sr_dct
+
+from helpers import (
+    GAUSSIAN_ENTRY_TOL,
+    assert_within_torch_error,
+    rel_err,
+)
 
 TIMEOUT = 90  # seconds for one multi-process run, start to end
 

@@ -11,10 +11,11 @@ import math
 
 import pytest
 import torch
-from emulated.harness import BIG_STRIDE, KIND_CODES, SEED, assert_entries_close, covers, run
-from helpers import assert_within_torch_error
 
 from lowrank_ops import ops
+
+from emulated.harness import BIG_STRIDE, KIND_CODES, SEED, assert_entries_close, covers, run
+from helpers import assert_within_torch_error
 
 pytestmark = pytest.mark.emulated
 

@@ -11,6 +11,7 @@ import torch
 from lowrank_ops import _extension, ops
 from lowrank_ops.ops import Projection, SideOperator
 from lowrank_ops.reference import lowrank_adam as reference
+
 from helpers import GAUSSIAN_ENTRY_TOL, assert_clear_error, assert_within_torch_error, backends, random_matrix
 
 CPU_BACKENDS = backends("lowrank_adamw_step_")

@@ -21,19 +21,19 @@ two threads (matrices scheduled over threads and one run alone); no m x n tempor
 
 import pytest
 import torch
-from helpers import (  # noqa: F401 (one_thread: an autouse fixture, one intra-op thread per test)
-    GAUSSIAN_ENTRY_TOL,
-    assert_clear_error,
-    assert_within_torch_error,
-    backends,
-    one_thread,
-    random_matrix,
-)
 from test_lowrank_adam import LARGE_SEED, peak_cpu_bytes, plain_projection
 
 from lowrank_ops import _extension, ops
 from lowrank_ops.ops import Projection, SideOperator
 from lowrank_ops.reference import lowrank_adam as reference
+
+from helpers import (
+    GAUSSIAN_ENTRY_TOL,
+    assert_clear_error,
+    assert_within_torch_error,
+    backends,
+    random_matrix,
+)
 
 OP = "lowrank_adamw_multi_step_"
 CPU_BACKENDS = backends(OP)
@@ -249,7 +249,7 @@ def test_two_threads_schedule(rng):
     Gs = [torch.randn(s, generator=rng) for s in shapes]
     two, plain = State(Ws, projections, modes, [1] * 4), State(Ws, projections, modes, [1] * 4)
     exact = State([W.double() for W in Ws], projections, modes, [1] * 4, torch.float64)
-    torch.set_num_threads(2)  # the autouse one_thread fixture restores the count
+    torch.set_num_threads(2)  # the autouse one_thread fixture (conftest.py) restores the count
     two.multi_step(Gs, projections, hypers, "cpu")
     exact.single_steps(reference.lowrank_adamw_step_, [G.double() for G in Gs], projections, hypers)
     plain.single_steps(reference.lowrank_adamw_step_, Gs, projections, hypers)
@@ -272,7 +272,7 @@ def test_matrices_run_alone_share_one_moment_pass(wd_mode, rng):
     modes = [wd_mode] * 3
     Ws = [torch.randn(s, generator=rng) for s in shapes]
     Gs = [torch.randn(s, generator=rng) for s in shapes]
-    torch.set_num_threads(2)  # the autouse one_thread fixture restores the count
+    torch.set_num_threads(2)  # the autouse one_thread fixture (conftest.py) restores the count
     multi, single = State(Ws, projections, modes, [2] * 3), State(Ws, projections, modes, [2] * 3)
     for _ in range(2):
         multi.multi_step(Gs, projections, hypers, "cpu")

@@ -9,13 +9,13 @@ import warnings
 
 import pytest
 import torch
-from helpers import one_thread  # noqa: F401 (an autouse fixture: one intra-op thread per test)
-from tiny_models import batch, lm_loss, make_model, split_groups, state_equal, train, train_mlp
 
 from lowrank_ops import ops, projections
 from lowrank_ops.optim import LowRankAdamW
 from lowrank_ops.optim._base import lowrank_state, refresh_if_due
 from lowrank_ops.projections.adaptive import transform_moments
+
+from tiny_models import batch, lm_loss, make_model, split_groups, state_equal, train, train_mlp
 
 
 def known_spectrum(m, n, singular_values, rng):

@@ -12,7 +12,12 @@ import math
 
 import pytest
 import torch
-from helpers import assert_within_torch_error, one_thread  # noqa: F401 (autouse: one intra-op thread)
+
+from lowrank_ops import memory, projections
+from lowrank_ops.optim import LowRankAdamW
+from lowrank_ops.reference import sr_dct as oracle
+
+from helpers import assert_within_torch_error
 from tiny_models import (
     lowrank_opt,
     make_model,
@@ -22,10 +27,6 @@ from tiny_models import (
     train,
     train_mlp,
 )
-
-from lowrank_ops import memory, projections
-from lowrank_ops.optim import LowRankAdamW
-from lowrank_ops.reference import sr_dct as oracle
 
 KIND = projections.get("sr_dct")
 
