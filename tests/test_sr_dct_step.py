@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import GAUSSIAN_ENTRY_TOL, assert_clear_error, assert_within_torch_error, backends, random_matrix
 from test_dct_projection import check_parity
-from test_lowrank_adam import LARGE_SEED, Run, opcheck_step
+from test_lowrank_adam import HYPER, LARGE_SEED, Run, opcheck_step, plain_projection
 from test_lowrank_adam_multi import check_call
 
 from lowrank_ops import _extension, ops
@@ -80,6 +80,31 @@ def test_two_sided_and_float64_weights(backend, rng):
         assert_within_torch_error(ours.W.double() - W0_64, exact.W - W0_64, theirs.W.double() - W0_64,
                                   f"{backend} {projection} W - W0", k=max(shape), entry_tol=tol)
         assert_within_torch_error(ours.m, exact.m, theirs.m, f"{backend} exp_avg", k=max(shape), entry_tol=tol)
+
+
+@pytest.mark.parametrize("backend", backends(SINGLE, "cuda"))
+@pytest.mark.parametrize("which", ["left", "right"])
+@pytest.mark.parametrize("w_dtype,g_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16)])
+def test_gpu_parity(backend, which, w_dtype, g_dtype, rng):
+    """CUDA and Triton on the GPU against the float64 oracle chain (CPU), on a shape that spans several tiles of
+    every kernel and several 128-column sign groups, with transposed G."""
+    shape = (517, 301)
+    op = side(40, shape[0] if which == "left" else shape[1], LARGE_SEED)
+    projection = Projection.one_sided(op, which)
+    on_gpu = Projection.one_sided(SideOperator("sr_dct", op.rank, seed=op.seed, indices=op.indices.cuda()), which)
+    W0 = torch.randn(shape, generator=rng).to(w_dtype)
+    r = projection.projected_shape(shape)
+    W, m, v = W0.cuda(), torch.zeros(r, device="cuda"), torch.zeros(r, device="cuda")
+    theirs, exact = Run(W0.clone(), r, torch.float32, False), Run(W0.double(), r, torch.float64, False)
+    for t in range(1, 4):
+        G = random_matrix(shape, g_dtype, rng, "transposed")
+        ops.lowrank_adamw_step_(W, G.cuda(), m, v, on_gpu, step=t, **HYPER, backend=backend)
+        theirs.step(reference.lowrank_adamw_step_, G, plain_projection(projection, backend, g_dtype, shape), t, "full")
+        exact.step(reference.lowrank_adamw_step_, G.double(), projection, t, "full")
+    W0_64 = W0.double()
+    assert_within_torch_error(W.cpu().double() - W0_64, exact.W - W0_64, theirs.W.double() - W0_64,
+                              f"{backend} {which} W", k=max(shape))
+    assert_within_torch_error(m.cpu(), exact.m, theirs.m, f"{backend} {which} exp_avg", k=max(shape))
 
 
 def multi_call():
