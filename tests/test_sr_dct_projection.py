@@ -1,11 +1,9 @@
 """The "sr_dct" projection kind (issue 18; lowrank_ops/projections/sr_dct.py): what a refresh persists (the
-seed only), the basis it hands to the fused step (the oracle's P of the refresh seed, row blocks
-included), LowRankAdamW(projection="sr_dct") against a float64 transcription of its formulas on both sides
-and both weight dtypes, the tiny models' training, a state of ints and moments only with a bit-identical
-resume, and the memory estimate (seed-only).
-
-Not here yet: parity of a fused-step side kind with in-kernel signs (the step runs through a "matrix" side
-materialized at each call until the lowrank_adam kernels take a sign seed; see the kind's docstring)."""
+seed only), the basis it hands to the fused step (an "sr_dct" side: the oracle's rows of the refresh seed and
+the seed, row blocks included; its dense form the oracle's P), LowRankAdamW(projection="sr_dct") against a
+float64 transcription of its formulas on both sides and both weight dtypes, the tiny models' training, a state
+of ints and moments only with a bit-identical resume, and the memory estimate (seed-only). The fused steps with
+an "sr_dct" side, on every backend: tests/test_sr_dct_step.py."""
 
 import io
 import math

@@ -19,8 +19,8 @@ else is regenerated from it. `projection()` hands the fused step an "sr_dct" sid
 the r row indices (computed from the seed at every call, on the device of the state's tensors, the
 optimizer's moments; CPU for a state without tensors) and the seed itself, from which the kernels draw the
 signs; they generate P[i, t] = sign_t C[rows[i], t] tile by tile as they generate a "dct" side's rows, so P
-is never materialized (docs/DESIGN.md §4). Code that needs P itself (the adapter view, DiLoCo, FSDP column
-blocks) gets it from lowrank_ops.projections.side_matrix, which calls signed_rows below.
+is never materialized (docs/DESIGN.md §3). Code that needs P itself (the adapter view, DiLoCo, FSDP column
+blocks) gets it from signed_rows below, through its side_matrix (lowrank_ops.projections, lowrank_ops.nn).
 """
 
 import torch
