@@ -88,5 +88,8 @@ NF4_CODE = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453
 
 # --- fused low-rank AdamW step --------------------------------------------------------------------------
 SEEDED_KINDS = SKETCH_KINDS
-SIDE_KINDS = SEEDED_KINDS + ("matrix", "dct")
+# Sides given by an index vector of DCT-II basis rows, generated inside the kernels: "dct" (P = D[indices, :])
+# and "sr_dct" (P[i, t] = sign_t D[indices[i], t], sign_t the sr_dct sign rule above for the side's seed).
+BASIS_KINDS = ("dct", "sr_dct")
+SIDE_KINDS = SEEDED_KINDS + ("matrix", ) + BASIS_KINDS
 WD_MODES = ("full", "adapter")

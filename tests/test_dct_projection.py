@@ -236,7 +236,7 @@ def test_bad_arguments_raise_clear_errors(call, error, message):
 
 @pytest.mark.skipif(not _extension.LOADED, reason="compiled extension not loaded")
 @pytest.mark.parametrize("left_matrix,message", [
-    (None, "argument 'left_matrix' must be the index vector for kind \"dct\", got None"),
+    (None, "argument 'left_matrix' must be the index vector for kinds \"dct\" and \"sr_dct\", got None"),
     (torch.tensor([0, 5]), "argument 'left_matrix' must hold values in [0, 5) (basis rows of the projected "
                            "dimension), got values in [0, 5]"),
     (torch.tensor([0, 1, 2]), "argument 'left_matrix' of kind \"dct\" must be a 1-D int16, int32 or int64 index "

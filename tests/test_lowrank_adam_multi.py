@@ -132,12 +132,20 @@ def test_parity_with_single_op_and_float64_reference(backend, w_dtype, rng):
     the same arithmetic (module docstring)."""
     other_dtype = torch.bfloat16 if w_dtype == torch.float32 else torch.float32
     cases = mixed_call(rng)
+    Ws = [torch.randn(c[0], generator=rng).to(other_dtype if i == 2 else w_dtype) for i, c in enumerate(cases)]
+    check_call(backend, cases, Ws, rng)
+
+
+def check_call(backend, cases, Ws, rng):
+    """One multi-tensor call of `cases` ((shape, projection, cpu_runs_single_kernel) per matrix) on W0 = `Ws`, over
+    STEPS steps with per-matrix hyperparameters, step counts and G dtypes and layouts: each matrix against the
+    float64 oracle with plain torch and with lowrank_adamw_step_ (same backend) as the yardsticks, and
+    bit-identical to lowrank_adamw_step_ where both run the same arithmetic (module docstring)."""
     shapes = [c[0] for c in cases]
     projections = [c[1] for c in cases]
     hypers = [hyper(i) for i in range(len(cases))]
     modes = [h["wd_mode"] for h in hypers]
     first_steps = [1 + i % 3 for i in range(len(cases))]
-    Ws = [torch.randn(s, generator=rng).to(other_dtype if i == 2 else w_dtype) for i, s in enumerate(shapes)]
     G_steps = [[random_matrix(s, G_CONFIGS[(i + t) % len(G_CONFIGS)][0], rng, G_CONFIGS[(i + t) % len(G_CONFIGS)][1])
                 for i, s in enumerate(shapes)] for t in range(STEPS)]
     ours, single, plain = (State(Ws, projections, modes, first_steps) for _ in range(3))
@@ -150,7 +158,7 @@ def test_parity_with_single_op_and_float64_reference(backend, w_dtype, rng):
                            hypers)
         exact.single_steps(reference.lowrank_adamw_step_, [G.double() for G in Gs], projections, hypers)
     for i, (shape, projection, cpu_single_kernel) in enumerate(cases):
-        what = f"{backend} matrix {i} {shape} W {Ws[i].dtype} {hypers[i]['wd_mode']}"
+        what = f"{backend} matrix {i} {shape} W {Ws[i].dtype} {modes[i]}"
         tol = GAUSSIAN_ENTRY_TOL if has_gaussian(projection) else 0.0
         assert_matrix_parity(i, ours, exact, plain, Ws[i], what + " vs plain torch", tol)
         assert_matrix_parity(i, ours, exact, single, Ws[i], what + " vs lowrank_adamw_step_", tol)
