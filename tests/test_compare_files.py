@@ -16,11 +16,12 @@ import threading
 import time
 
 import pytest
-import test_compare
 import torch
 
 from lowrank_ops.compare import cli, data, files, methods, report, train
 from lowrank_ops.compare.presets import PRESETS
+
+import test_compare
 
 ROOT, run = test_compare.ROOT, test_compare.run
 corpus = test_compare.corpus  # the fixture: 40 kB of real text

@@ -11,7 +11,6 @@ import warnings
 
 import pytest
 import torch
-from test_lowrank_adam import HYPER, Run, assert_compiled_step_matches_eager, peak_cpu_bytes, plain_projection
 
 from lowrank_ops import _extension, memory, ops, projections
 from lowrank_ops.ops import Projection, SideOperator
@@ -27,6 +26,7 @@ from helpers import (
     backends,
     random_matrix,
 )
+from test_lowrank_adam import HYPER, Run, assert_compiled_step_matches_eager, peak_cpu_bytes, plain_projection
 from tiny_models import (
     batch,
     lm_loss,

@@ -21,7 +21,6 @@ two threads (matrices scheduled over threads and one run alone); no m x n tempor
 
 import pytest
 import torch
-from test_lowrank_adam import LARGE_SEED, peak_cpu_bytes, plain_projection
 
 from lowrank_ops import _extension, ops
 from lowrank_ops.ops import Projection, SideOperator
@@ -34,6 +33,7 @@ from helpers import (
     backends,
     random_matrix,
 )
+from test_lowrank_adam import LARGE_SEED, peak_cpu_bytes, plain_projection
 
 OP = "lowrank_adamw_multi_step_"
 CPU_BACKENDS = backends(OP)
