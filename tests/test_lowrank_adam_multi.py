@@ -168,6 +168,22 @@ def check_call(backend, cases, Ws, rng):
                 assert got is None or torch.equal(got, want), f"{what}: {name} differs from lowrank_adamw_step_"
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("shape,rank", [((130, 3), 64), ((600, 8), 128), ((301, 1033), 128), ((600, 16), 300),
+                                        ((1100, 150), 256), ((1100, 150), 1024)])
+def test_update_rounds_w_once(side, shape, rank, rng):
+    """W's update added through BLAS's C <- alpha A B + beta C must round W once: BLAS adds A B in pieces in
+    its small-matrix kernels (a few columns or rows beside a long projected dimension: measured 10x plain
+    torch's error of W - W0 for 8 columns) and across K panels (rank 1024), each piece rounded at W's
+    magnitude. Those shapes go through a buffer; the others (rank 256 and less, 32 columns and more) check the
+    BLAS epilogue against the rule, 301 x 1033 with a last block of 9 columns that takes the buffer (the CPU
+    kernel's blocked path, csrc/cpu/lowrank_adam_multi.cpp; one thread, so the matrix is not run alone)."""
+    shape = shape if side == "left" else shape[::-1]
+    sketch = seeded("rademacher", rank, 5)
+    projection = Projection(sketch, None) if side == "left" else Projection(None, sketch)
+    check_call("cpu", [(shape, projection, False)], [torch.randn(shape, generator=rng)], rng)
+
+
 @pytest.mark.parametrize("backend", [p for p in CPU_BACKENDS if p.values[0] != "triton"])
 def test_float64_weights(backend, rng):
     """float64 W computes in float64 (float64 and float32 moments; float32 ones take lowrank_adamw_step_'s kernel

@@ -17,7 +17,8 @@
 // with alpha = -lr scale, beta = 1 - lr wd (1 in the adapter mode): the moment update is the projection
 // GEMM's epilogue (on the block it just produced, in cache), and for a float32 W with a unit stride the weight
 // update IS the unprojection GEMM (BLAS's C = alpha A B + beta C on W's block), so no U exists at all; other W
-// (bfloat16, float64, fully strided) get U_b in a per-thread buffer and kernels/adam.h's update. No m x r, and
+// (bfloat16, float64, fully strided), ranks above kDirectMaxRank and blocks under kDirectMinLen (where BLAS would
+// round W more than once) get U_b in a per-thread buffer and kernels/adam.h's update. No m x r, and
 // no m x n, temporary is formed.
 //
 // Rounding against lowrank_adamw_step_ (csrc/cpu/lowrank_adam.cpp): the same float32 (float64) math, in
@@ -68,6 +69,10 @@ constexpr int64_t kBlockBytes = 512 * 1024;
 // A matrix runs alone on all threads when largest-first scheduling would make the slowest thread take more
 // than (1 + kBalanceSlack) x the even share of the per-thread matrices.
 constexpr double kBalanceSlack = 0.15;
+// W's update through BLAS's C <- alpha A B + beta C (step_blocked) for ranks up to kDirectMaxRank and blocks
+// of at least kDirectMinLen columns (rows) of W.
+constexpr int64_t kDirectMaxRank = 256;
+constexpr int64_t kDirectMinLen = 32;
 
 // ----------------------------------------------------------------------------------------------------------
 // Strided matrices and BLAS
@@ -173,8 +178,10 @@ template <typename T>
 struct Workspace {
   at::Tensor p, r, g, u;
   T* take(at::Tensor& buffer, int64_t n) {
-    if (!buffer.defined() || buffer.numel() < n)
+    if (!buffer.defined() || buffer.numel() < n) {
+      buffer.reset();  // the old buffer goes before the larger one comes: the peak is one buffer, not two
       buffer = at::empty({n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+    }
     return buffer.data_ptr<T>();
   }
 };
@@ -221,8 +228,12 @@ void step_blocked(const AdamMatrix& x, Workspace<T>& ws) {
   const bool g_direct = x.G.scalar_type() == c10::CppTypeToScalarType<T>::value && blas_usable(view_of<T>(x.G));
   // The BLAS epilogue for float32 W only: for float64 (the testing precision) MKL's dgemm rounds beta C + alpha A B
   // to a few ulp of W (measured 4x the error of kernels/adam.h's w (1 - lr wd) - (lr scale) u), while sgemm's
-  // error matches that epilogue's, both dominated by W's own rounding.
-  const bool w_direct = std::is_same<T, float>::value && x.W.scalar_type() == at::kFloat && blas_usable(view_of<T>(x.W));
+  // error matches that epilogue's, both dominated by W's own rounding -- as long as BLAS adds A B to C once.
+  // It adds it in pieces, each rounded at W's magnitude, when K = r spans several of its K panels (measured
+  // with MKL: r = 1024; OpenBLAS's and BLIS's panels are 256 deep or more) and in its small-matrix kernels
+  // (measured: blocks of 8 columns); those matrices and blocks (kDirectMaxRank, kDirectMinLen) take U_b.
+  const bool w_direct = std::is_same<T, float>::value && x.W.scalar_type() == at::kFloat &&
+                        blas_usable(view_of<T>(x.W)) && r <= kDirectMaxRank;
   const int64_t per_unit = r + (g_direct ? 0 : d) + (w_direct ? 0 : d);  // buffer elements per unit of `other`
   const int64_t block = std::max<int64_t>(1, std::min<int64_t>(other, kBlockBytes / (per_unit * sizeof(T))));
   T* R = ws.take(ws.r, block * r);
@@ -252,16 +263,17 @@ void step_blocked(const AdamMatrix& x, Workspace<T>& ws) {
     // W_b <- weight_multiplier W_b - update_scale U_b, U_b = P^T N_b (left) or N_b P (right)
     const View<T> A = left ? P.t() : View<T>{R, len, r, r, 1};
     const View<T> B = left ? View<T>{R, r, len, len, 1} : P;
-    if (w_direct) {
+    if (w_direct && len >= kDirectMinLen) {
       const View<T> W = view_of<T>(x.W);
       gemm<T>(-s.update_scale, A, B, s.weight_multiplier, left ? W.block_cols(c0, len) : W.block_rows(c0, len));
       continue;
     }
     const int64_t rows = left ? d : len, cols = left ? len : d;
-    gemm<T>(T(1), A, B, T(0), View<T>{U, rows, cols, cols, 1});
+    T* Ub = w_direct ? ws.take(ws.u, len * d) : U;  // a direct matrix's short block: at most kDirectMinLen x d
+    gemm<T>(T(1), A, B, T(0), View<T>{Ub, rows, cols, cols, 1});
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.W.scalar_type(), "lowrank_adamw_multi_step_ W", [&] {
       scalar_t* w = x.W.data_ptr<scalar_t>() + (left ? c0 * x.W.stride(1) : c0 * x.W.stride(0));
-      update_rows<scalar_t, T>(w, x.W.stride(0), x.W.stride(1), rows, cols, U, s);
+      update_rows<scalar_t, T>(w, x.W.stride(0), x.W.stride(1), rows, cols, Ub, s);
     });
   }
 }
