@@ -7,7 +7,9 @@
 // columns for side "left") a block takes 32 channels x 8 lanes along k, so that a warp reads 32 consecutive
 // elements; otherwise one channel x 256 lanes along k (a row of a row-major G). The lanes' partial sums meet
 // in a shared-memory tree, in double.
+#if !defined(__CUDACC_RTC__)
 #include <cmath>
+#endif
 
 #include "apollo.cuh"
 #include "element.cuh"
@@ -16,12 +18,6 @@ namespace lro {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = 65535;
-
-unsigned blocks_for(int64_t work) {
-  const int64_t blocks = (work + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
-}
 
 // CPB channels per block: thread t works on channel c0 + t % CPB at k = t / CPB, t / CPB + kThreads / CPB, ...
 template <int CPB>
@@ -151,6 +147,14 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+#if !defined(__CUDACC_RTC__)  // host launchers: nvcc only (NVRTC compiles the kernels above)
+constexpr int64_t kMaxBlocks = 65535;
+
+unsigned blocks_for(int64_t work) {
+  const int64_t blocks = (work + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
+}
+
 bool valid_channels(int64_t channels, int64_t len, int64_t cs, int64_t ks) {
   return channels >= 0 && len >= 0 && cs >= 0 && ks >= 0;
 }
@@ -160,9 +164,11 @@ unsigned channel_blocks(int64_t channels, int cpb) {
   const int64_t blocks = (channels + cpb - 1) / cpb;
   return static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
 }
+#endif  // !__CUDACC_RTC__
 
 }  // namespace
 
+#if !defined(__CUDACC_RTC__)
 template <typename X>
 cudaError_t launch_apollo_sq_norms(const X* x, int64_t channels, int64_t len, int64_t cs, int64_t ks, double* out,
                                    cudaStream_t stream) {
@@ -249,5 +255,6 @@ template cudaError_t launch_apollo_scales<double, float>(const double*, const do
                                                          const ApolloScaling&, float*, double*, cudaStream_t);
 template cudaError_t launch_apollo_scales<double, double>(const double*, const double*, const double*, int64_t,
                                                           const ApolloScaling&, double*, double*, cudaStream_t);
+#endif  // !__CUDACC_RTC__
 
 }  // namespace lro

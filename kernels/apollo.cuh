@@ -11,9 +11,11 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#if !defined(__CUDACC_RTC__)  // NVRTC (tests/test_nvrtc.py) compiles the kernels only: no runtime API, no std
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#endif
 
 #include "apollo.h"
 
@@ -37,6 +39,7 @@ struct ApolloScaling {
   bool limiter;      // Fira's norm-growth limiter on
 };
 
+#if !defined(__CUDACC_RTC__)  // launchers: host code
 // out[c] = sum_k x[c * cs + k * ks]^2 for c < channels, accumulated in double. X: float, double, __half or
 // __nv_bfloat16.
 template <typename X>
@@ -63,5 +66,6 @@ template <typename W, typename G>
 cudaError_t launch_apollo_weight_update(W* w, int64_t rows, int64_t cols, int64_t ws0, int64_t ws1, const G* g,
                                         int64_t gs0, int64_t gs1, const typename ApolloCompute<W>::type* c_s,
                                         bool left, typename ApolloCompute<W>::type decay, cudaStream_t stream);
+#endif
 
 }  // namespace lro
