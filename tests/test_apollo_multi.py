@@ -68,16 +68,25 @@ def gradient(i, t, rng):
     return (G.T.contiguous().T if i % 2 else G).to(g_dtype)  # odd matrices: a transposed G
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_multi_step_equals_the_single_op_bit_for_bit(backend, rng, single_thread):
-    problem = make_problem(rng)
+def on_device(problem, device):
+    """The problem with its tensors (W, an explicit P, the state) on `device`."""
+    moved = []
+    for W, projection, state, hyper in problem:
+        side, op = ("left", projection.left) if projection.left is not None else ("right", projection.right)
+        if op.kind == "matrix":
+            projection = Projection.from_matrix(op.matrix.to(device), side)
+        moved.append((W.to(device), projection, [s.to(device) for s in state], hyper))
+    return moved
+
+
+def check_multi_equals_single(backend, rng, device):
+    problem = on_device(make_problem(rng), device)
     ours = [(W.clone(), [s.clone() for s in state]) for W, _, state, _ in problem]
     theirs = [(W.clone(), [s.clone() for s in state]) for W, _, state, _ in problem]
     first_step = [1, 1, 4, 2, 1, 3]  # per-matrix step counts (a parameter added later, a skipped step)
     for t in range(STEPS):
-        G = [gradient(i, t, rng) for i in range(len(problem))]
-        keys = problem[0][3].keys()
-        hyper = {key: [h[key] for *_, h in problem] for key in keys}
+        G = [gradient(i, t, rng).to(device) for i in range(len(problem))]
+        hyper = {key: [h[key] for *_, h in problem] for key in problem[0][3]}
         ops.lowrank_apollo_multi_step_([W for W, _ in ours], G, *([s[k] for _, s in ours] for k in range(3)),
                                        [p for _, p, _, _ in problem], step=[s + t for s in first_step],
                                        backend=backend, **hyper)
@@ -87,6 +96,16 @@ def test_multi_step_equals_the_single_op_bit_for_bit(backend, rng, single_thread
         assert torch.equal(W, W_single), f"matrix {i}: W"
         for name, a, b in zip(("exp_avg", "exp_avg_sq", "limiter_norm"), state, state_single):
             assert torch.equal(a, b), f"matrix {i}: {name}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_multi_step_equals_the_single_op_bit_for_bit(backend, rng, single_thread):
+    check_multi_equals_single(backend, rng, "cpu")
+
+
+@pytest.mark.parametrize("backend", backends("lowrank_apollo_multi_step_", "cuda"))
+def test_gpu_multi_step_equals_the_single_op_bit_for_bit(backend, rng):
+    check_multi_equals_single(backend, rng, "cuda")
 
 
 def test_two_threads_give_the_same_bits(rng):
