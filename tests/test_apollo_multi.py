@@ -213,3 +213,35 @@ def test_apollo_multi_tensor_step_is_bit_identical_to_the_per_parameter_path(bac
             other = theirs_opt.state[pb][key]
             assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, key
 
+
+
+def test_cpp_op_checks_every_matrix_before_stepping_any():
+    """The C++ multi-tensor kernel checks its own lists (C++ callers skip the Python layer's checks): one entry per
+    matrix, each matrix by the single kernel's checks with the matrix named, and nothing written on an error."""
+    if "cpu" not in lowrank_backends.implemented("lowrank_apollo_multi_step_"):
+        pytest.skip("the compiled extension is not built")
+    from lowrank_ops import _C
+
+    def lists(count, **override):
+        one = dict(W=torch.ones(7, 5), G=torch.ones(7, 5), exp_avg=torch.zeros(3, 5), exp_avg_sq=torch.zeros(3, 5),
+                   limiter_norm=torch.zeros(()), side="left", kind="gaussian", seed=1, rank=3, matrix=None,
+                   proj_scale=1.0, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.0, step=1, scale=1.0,
+                   scale_type="channel", limiter=True, correct_bias=True)
+        out = {name: [value.clone() if isinstance(value, torch.Tensor) else value for _ in range(count)]
+               for name, value in one.items()}
+        for name, (index, value) in override.items():
+            out[name][index] = value
+        return out
+
+    args = lists(2, step=(1, 0))
+    with pytest.raises(RuntimeError) as info:
+        _C.cpu.lowrank_apollo_multi_step_(*args.values())
+    assert "lowrank_ops.lowrank_apollo_multi_step_: matrix 1: argument 'step' must be >= 1, got 0" in str(info.value)
+    assert all(torch.equal(W, torch.ones(7, 5)) for W in args["W"])  # matrix 0 was not stepped
+    args = lists(2)
+    args["lr"] = [1e-3]
+    with pytest.raises(RuntimeError, match="argument 'lr' must have one entry per matrix \\(2, as 'W'\\), got 1"):
+        _C.cpu.lowrank_apollo_multi_step_(*args.values())
+    args = lists(2)
+    _C.cpu.lowrank_apollo_multi_step_(*args.values())
+    assert not any(torch.equal(W, torch.ones(7, 5)) for W in args["W"])
