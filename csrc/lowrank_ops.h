@@ -32,6 +32,26 @@ void lowrank_adamw_step_(const AdamDevice& device, const at::Tensor& W, const at
                          const std::optional<at::Tensor>& right_matrix, double lr, double beta1, double beta2,
                          double eps, double weight_decay, int64_t step, double scale, c10::string_view wd_mode);
 
+// The APOLLO step of one device (cpu:: or cuda::lowrank_apollo_step_, declared below).
+using ApolloStepFn = void (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                              const at::Tensor&, c10::string_view, c10::string_view, int64_t, int64_t,
+                              const std::optional<at::Tensor>&, double, double, double, double, double, double,
+                              int64_t, double, c10::string_view, bool, bool);
+
+// The multi-tensor APOLLO step: device_step(entry i of every list) for every matrix i, after checking them all
+// (csrc/apollo.cpp). CPU matrices run in one parallel region, whole matrices per thread; others one after
+// another on the current stream.
+void lowrank_apollo_multi_step_(
+    ApolloStepFn device_step, const std::vector<at::Tensor>& W, const std::vector<at::Tensor>& G,
+    const std::vector<at::Tensor>& exp_avg, const std::vector<at::Tensor>& exp_avg_sq,
+    const std::vector<at::Tensor>& limiter_norm, const std::vector<std::string>& side,
+    const std::vector<std::string>& kind, const std::vector<int64_t>& seed, const std::vector<int64_t>& rank,
+    const std::vector<std::optional<at::Tensor>>& matrix, const std::vector<double>& proj_scale,
+    const std::vector<double>& lr, const std::vector<double>& beta1, const std::vector<double>& beta2,
+    const std::vector<double>& eps, const std::vector<double>& weight_decay, const std::vector<int64_t>& step,
+    const std::vector<double>& scale, const std::vector<std::string>& scale_type, const std::vector<bool>& limiter,
+    const std::vector<bool>& correct_bias);
+
 // The ops of one device. The same declarations for both devices: the device is the namespace.
 #define LOWRANK_OPS_DECLARE_DEVICE_OPS                                                                         \
   /* sketch family (spec v1) */                                                                                \
@@ -57,6 +77,14 @@ void lowrank_adamw_step_(const AdamDevice& device, const at::Tensor& W, const at
                             const std::optional<at::Tensor>& bias);                                            \
   at::Tensor dequant_matmul_t(const at::Tensor& dY, const at::Tensor& codes, const at::Tensor& scales,         \
                               c10::string_view format, int64_t group_size, int64_t rows, int64_t cols);        \
+  /* apollo family: APOLLO / APOLLO-Mini step in place on W, exp_avg, exp_avg_sq and limiter_norm */            \
+  /* (csrc/<device>/apollo.cpp; lowrank_ops/ops/apollo.py states the math); an ApolloStepFn */                  \
+  void lowrank_apollo_step_(const at::Tensor& W, const at::Tensor& G, const at::Tensor& exp_avg,                \
+                            const at::Tensor& exp_avg_sq, const at::Tensor& limiter_norm, c10::string_view side, \
+                            c10::string_view kind, int64_t seed, int64_t rank,                                 \
+                            const std::optional<at::Tensor>& matrix, double proj_scale, double lr, double beta1, \
+                            double beta2, double eps, double weight_decay, int64_t step, double scale,          \
+                            c10::string_view scale_type, bool limiter, bool correct_bias);                     \
   /* lowrank_adam family: pass kAdamDevice to lowrank_ops::lowrank_adamw_step_; the multi-tensor step: entry */ \
   /* i of every list is matrix i's argument of lowrank_adamw_step_, `delta` the adapters of the matrices in */   \
   /* wd_mode "adapter", in order */                                                                            \
@@ -83,13 +111,6 @@ at::Tensor dct_project(const at::Tensor& G, const at::Tensor& indices, c10::stri
 at::Tensor dct_unproject(const at::Tensor& R, const at::Tensor& indices, int64_t dim, c10::string_view side,
                          const std::optional<at::Tensor>& signs, std::optional<at::ScalarType> out_dtype,
                          c10::string_view method);
-// APOLLO / APOLLO-Mini step, CPU only (CUDA tensors take the pure-torch kernel): in place on W, exp_avg,
-// exp_avg_sq and limiter_norm (csrc/cpu/apollo.cpp; lowrank_ops/ops/apollo.py states the math).
-void lowrank_apollo_step_(const at::Tensor& W, const at::Tensor& G, const at::Tensor& exp_avg,
-                          const at::Tensor& exp_avg_sq, const at::Tensor& limiter_norm, c10::string_view side,
-                          c10::string_view kind, int64_t seed, int64_t rank, const std::optional<at::Tensor>& matrix,
-                          double proj_scale, double lr, double beta1, double beta2, double eps, double weight_decay,
-                          int64_t step, double scale, c10::string_view scale_type, bool limiter, bool correct_bias);
 }  // namespace cpu
 
 namespace cuda {

@@ -35,6 +35,25 @@ void def_lowrank_adam(py::module_& m, const AdamDevice& device) {
       });
 }
 
+// The multi-tensor APOLLO step with the device's single step bound.
+void def_apollo_multi(py::module_& m, ApolloStepFn device_step) {
+  def(m, "lowrank_apollo_multi_step_",
+      [device_step](const std::vector<at::Tensor>& W, const std::vector<at::Tensor>& G,
+                    const std::vector<at::Tensor>& exp_avg, const std::vector<at::Tensor>& exp_avg_sq,
+                    const std::vector<at::Tensor>& limiter_norm, const std::vector<std::string>& side,
+                    const std::vector<std::string>& kind, const std::vector<int64_t>& seed,
+                    const std::vector<int64_t>& rank, const std::vector<std::optional<at::Tensor>>& matrix,
+                    const std::vector<double>& proj_scale, const std::vector<double>& lr,
+                    const std::vector<double>& beta1, const std::vector<double>& beta2, const std::vector<double>& eps,
+                    const std::vector<double>& weight_decay, const std::vector<int64_t>& step,
+                    const std::vector<double>& scale, const std::vector<std::string>& scale_type,
+                    const std::vector<bool>& limiter, const std::vector<bool>& correct_bias) {
+        lowrank_apollo_multi_step_(device_step, W, G, exp_avg, exp_avg_sq, limiter_norm, side, kind, seed, rank,
+                                   matrix, proj_scale, lr, beta1, beta2, eps, weight_decay, step, scale, scale_type,
+                                   limiter, correct_bias);
+      });
+}
+
 }  // namespace
 }  // namespace lowrank_ops
 
@@ -53,6 +72,8 @@ void def_lowrank_adam(py::module_& m, const AdamDevice& device) {
     def(m, "dequantize_weight", &device::dequantize_weight);                 \
     def(m, "dequant_matmul", &device::dequant_matmul);                       \
     def(m, "dequant_matmul_t", &device::dequant_matmul_t);                   \
+    def(m, "lowrank_apollo_step_", &device::lowrank_apollo_step_);           \
+    def_apollo_multi(m, &device::lowrank_apollo_step_);                      \
     def_lowrank_adam(m, device::kAdamDevice);                                \
     def(m, "lowrank_adamw_multi_step_", &device::lowrank_adamw_multi_step_); \
   } while (false)
@@ -63,7 +84,6 @@ PYBIND11_MODULE(_C, m) {
   LOWRANK_OPS_DEF_DEVICE_OPS(cpu_module, cpu);
   lowrank_ops::def(cpu_module, "dct_project", &lowrank_ops::cpu::dct_project);  // CPU-only ops
   lowrank_ops::def(cpu_module, "dct_unproject", &lowrank_ops::cpu::dct_unproject);
-  lowrank_ops::def(cpu_module, "lowrank_apollo_step_", &lowrank_ops::cpu::lowrank_apollo_step_);
 #ifdef LOWRANK_OPS_CUDA
   auto cuda_module = m.def_submodule("cuda", "CUDA kernels");
   LOWRANK_OPS_DEF_DEVICE_OPS(cuda_module, cuda);

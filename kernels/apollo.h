@@ -20,15 +20,27 @@ constexpr double kApolloGrowth = 1.01;   // Fira's largest allowed growth of the
 LRO_HD float apollo_sqrt(float x) { return sqrtf(x); }
 LRO_HD double apollo_sqrt(double x) { return sqrt(x); }
 
-// The Adam moments of one entry r of R, in place; returns N's entry m / (sqrt(v) + eps). 1 - b1 and 1 - b2
-// come rounded from double (as torch rounds its Python-float scalars), not formed from the rounded betas.
+// The moment scalars of one step in T. 1 - b1 and 1 - b2 are rounded from double (as torch rounds its
+// Python-float scalars), not formed from the rounded betas.
 template <typename T>
-LRO_HD T apollo_moments(T r, T* m, T* v, T beta1, T one_minus_beta1, T beta2, T one_minus_beta2, T eps) {
-  const T mm = beta1 * *m + one_minus_beta1 * r;
-  const T vv = beta2 * *v + one_minus_beta2 * r * r;
+struct ApolloBetas {
+  T beta1, one_minus_beta1, beta2, one_minus_beta2, eps;
+};
+
+template <typename T>
+LRO_HD ApolloBetas<T> make_apollo_betas(double beta1, double beta2, double eps) {
+  return {static_cast<T>(beta1), static_cast<T>(1.0 - beta1), static_cast<T>(beta2), static_cast<T>(1.0 - beta2),
+          static_cast<T>(eps)};
+}
+
+// The Adam moments of one entry r of R, in place; returns N's entry m / (sqrt(v) + eps).
+template <typename T>
+LRO_HD T apollo_moments(T r, T* m, T* v, const ApolloBetas<T>& b) {
+  const T mm = b.beta1 * *m + b.one_minus_beta1 * r;
+  const T vv = b.beta2 * *v + b.one_minus_beta2 * r * r;
   *m = mm;
   *v = vv;
-  return mm / (apollo_sqrt(vv) + eps);
+  return mm / (apollo_sqrt(vv) + b.eps);
 }
 
 // s = ||N|| / (||R|| + eps) from the squared norms (accumulated in double).
@@ -39,6 +51,17 @@ LRO_HD double apollo_limiter(double g, double prev, long long step) {
   if (step <= 1) return 1.0;
   const double ratio = g / (prev + kApolloNormEps);
   return (ratio < kApolloGrowth ? kApolloGrowth : ratio) / kApolloGrowth;  // a NaN ratio stays NaN (as torch's max)
+}
+
+// The step size a = lr sqrt(scale) sqrt(1 - b2^t) / (1 - b1^t) (lr sqrt(scale) without bias correction).
+LRO_HD double apollo_step_size(double lr, double scale, double beta1, double beta2, long long step,
+                               bool correct_bias) {
+  double a = lr * sqrt(scale);
+  if (correct_bias) {
+    const double t = static_cast<double>(step);
+    a *= sqrt(1.0 - pow(beta2, t)) / (1.0 - pow(beta1, t));
+  }
+  return a;
 }
 
 // One entry of W: (w - c s g) (1 - lr wd), c = a / lam.

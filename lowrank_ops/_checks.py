@@ -189,3 +189,30 @@ def adam_step_and_hyperparameters(op: str, step, hyperparameters: dict) -> None:
         raise error(op, "step", "< 2^63", step)
     for name, (domain, inside) in ADAM_DOMAINS.items():
         real(op, name, hyperparameters[name], domain, inside)
+
+
+# --- the multi-tensor ops' argument lists -----------------------------------------------------------------
+
+
+def matrix_lists(op: str, lists: dict) -> int:
+    """The common length of a multi-tensor op's lists of one entry per matrix ({name: list}); raises when one is
+    not a list or tuple or their lengths differ."""
+    count = None
+    for name, value in lists.items():
+        if not isinstance(value, (list, tuple)):
+            raise type_error(op, name, "a list of one entry per matrix", value)
+        if count is None:
+            count, first = len(value), name
+        elif len(value) != count:
+            raise error(op, name, f"one entry per matrix ({count}, as '{first}')", f"{len(value)} entries")
+    return count
+
+
+def per_matrix(op: str, name: str, value, count: int, what: str) -> list:
+    """A multi-tensor op's hyperparameter for each of `count` matrices: one value broadcast, or a list/tuple of
+    `count` (each entry is then checked as the single-matrix op checks that argument)."""
+    if not isinstance(value, (list, tuple)):
+        return [value] * count
+    if len(value) != count:
+        raise error(op, name, f"{what} or a sequence of {count} (one per matrix)", f"a sequence of length {len(value)}")
+    return list(value)

@@ -60,6 +60,11 @@ def _triton_lowrank_apollo_step_(W, G, exp_avg, exp_avg_sq, limiter_norm, side, 
     _triton("apollo").lowrank_apollo_step_(W, G, exp_avg, exp_avg_sq, limiter_norm, side, kind, seed % UINT64, *args)
 
 
+def _triton_lowrank_apollo_multi_step_(*lists):
+    for args in zip(*lists):  # one launch pair per matrix: no grouped Triton kernel yet
+        _triton_lowrank_apollo_step_(*args)
+
+
 def _triton_lowrank_adamw_multi_step_(*args):
     _triton("lowrank_adam_multi").lowrank_adamw_multi_step_(*args)
 
@@ -94,6 +99,7 @@ PURE_TORCH = {
     "dct_unproject": dct.dct_unproject,
     "lowrank_adamw_step_": lowrank_adam.lowrank_adamw_step_,
     "lowrank_apollo_step_": apollo.lowrank_apollo_step_,
+    "lowrank_apollo_multi_step_": apollo.lowrank_apollo_multi_step_,
     "lowrank_adamw_multi_step_": lowrank_adam.lowrank_adamw_multi_step_,
     "quantize_weight": quant.quantize_weight,
     "dequantize_weight": quant.dequantize_weight,
@@ -110,6 +116,7 @@ TRITON = {
     "dct_basis": _triton_dct_basis,
     "lowrank_adamw_step_": _triton_lowrank_adamw_step_,
     "lowrank_apollo_step_": _triton_lowrank_apollo_step_,
+    "lowrank_apollo_multi_step_": _triton_lowrank_apollo_multi_step_,
     "lowrank_adamw_multi_step_": _triton_lowrank_adamw_multi_step_,
     "quantize_weight": _triton_quantize_weight,
     "dequantize_weight": _triton_dequantize_weight,

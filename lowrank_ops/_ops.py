@@ -240,6 +240,15 @@ _define("lowrank_apollo_step_",
         "str? backend=None) -> ()",
         lambda *args, **kwargs: None)
 
+# The APOLLO step for a list of matrices in one call (lowrank_ops/ops/apollo_multi.py): entry i of every list is
+# matrix i's argument of lowrank_apollo_step_, hyperparameters included.
+_define("lowrank_apollo_multi_step_",
+        "(Tensor(a!)[] W, Tensor[] G, Tensor(b!)[] exp_avg, Tensor(c!)[] exp_avg_sq, Tensor(d!)[] limiter_norm, "
+        "str[] side, str[] kind, int[] seed, int[] rank, Tensor?[] matrix, float[] proj_scale, float[] lr, "
+        "float[] beta1, float[] beta2, float[] eps, float[] weight_decay, int[] step, float[] scale, "
+        "str[] scale_type, bool[] limiter, bool[] correct_bias, str? backend=None) -> ()",
+        lambda *args, **kwargs: None)
+
 # The same step for a list of matrices in one call (lowrank_ops/ops/lowrank_adam_multi.py): entry i of every
 # list is matrix i's argument of lowrank_adamw_step_, hyperparameters included (so one call serves several
 # parameter groups and per-matrix step counts). `delta` holds the adapters of the matrices whose wd_mode is

@@ -335,6 +335,31 @@ def case_lowrank_apollo_step_(device):
     return [W, m, v, norm], verify
 
 
+def case_lowrank_apollo_multi_step_(device):
+    """Two matrices in one call, step 1 from zero moments: a left rank-3 Rademacher sketch scaled by c = 2
+    (exp_avg = (1 - beta1) c P G) and a right explicit rank-2 P (exp_avg = (1 - beta1) G P^T); both limiter
+    norms are set and both W move."""
+    W, G = [randn(9, 6, device=device), randn(5, 8, device=device)], [randn(9, 6, device=device),
+                                                                        randn(5, 8, device=device)]
+    W0 = [w.clone() for w in W]
+    P = randn(2, 8, device=device)
+    m = [torch.zeros(3, 6, device=device), torch.zeros(5, 2, device=device)]
+    v = [torch.zeros_like(x) for x in m]
+    norms = [torch.zeros((), device=device), torch.zeros((), device=device)]
+    call("lowrank_apollo_multi_step_", W=W, G=G, exp_avg=m, exp_avg_sq=v, limiter_norm=norms, side=["left", "right"],
+         kind=["rademacher", "matrix"], seed=[SEED, 0], rank=[3, 2], matrix=[None, P], proj_scale=[2.0, 1.0],
+         lr=[1e-2] * 2, beta1=[0.9] * 2, beta2=[0.999] * 2, eps=[1e-8] * 2, weight_decay=[0.0] * 2, step=[1, 1],
+         scale=[1.0] * 2, scale_type=["channel", "tensor"], limiter=[True, True], correct_bias=[True, True])
+
+    def verify():
+        close(m[0], 0.2 * (sketch_matrix(3, 9, "rademacher", device) @ G[0]), "lowrank_apollo_multi_step_ exp_avg[0]")
+        close(m[1], 0.1 * (G[1] @ P.T), "lowrank_apollo_multi_step_ exp_avg[1]")
+        expect(all(bool(n > 0) for n in norms), "lowrank_apollo_multi_step_: a limiter norm not set")
+        expect(all(bool(torch.isfinite(w).all()) and not torch.equal(w, w0) for w, w0 in zip(W, W0)),
+               "lowrank_apollo_multi_step_: W not updated")
+    return [*W, *m, *v, *norms], verify
+
+
 def case_lowrank_adamw_multi_step_(device):
     """Two matrices in one call, step 1 from zero moments: a left rank-3 Rademacher sketch (exp_avg = (1 - beta1)
     P G) and a right rank-2 Gaussian one (exp_avg = (1 - beta1) G P^T)."""

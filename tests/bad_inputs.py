@@ -116,6 +116,18 @@ def _multi_step_kwargs(p: Problem) -> dict:
                 eps=1e-8, weight_decay=0.1, step=3, scale=1.0, wd_mode="full", delta=None)
 
 
+def _apollo_multi_kwargs(p: Problem) -> dict:
+    """Two matrices in one call: the problem's step, and one of W's transposed shape through a Rademacher sketch
+    on the other side."""
+    other = dataclasses.replace(p, m=p.n, n=p.m, side="right" if p.side == "left" else "left", kind="rademacher",
+                                seed=p.seed + 1)
+    first, second = _apollo_kwargs(p), _apollo_kwargs(other)
+    lists = {name: [first[name], second[name]] for name in ("W", "G", "exp_avg", "exp_avg_sq", "limiter_norm")}
+    return dict(**lists, projections=[first["projection"], second["projection"]], lr=1e-2, beta1=0.9, beta2=0.999,
+                eps=1e-6, weight_decay=0.1, step=3, scale=2.0, scale_type="channel", limiter=True, correct_bias=True,
+                proj_scale=1.5)
+
+
 def _qw(p: Problem, fmt: str = "int8") -> QuantizedWeight:
     return ops.quantize(_randn(p, p.m, p.n, dtype=torch.float32), fmt, 4, backend="reference")
 
@@ -199,6 +211,14 @@ SPECS = [
     Spec("lowrank_apollo_step_", "apollo", "lowrank_apollo_step_", _apollo_kwargs,
          outputs=lambda result, kw: [kw["W"], kw["exp_avg"], kw["exp_avg_sq"], kw["limiter_norm"]],
          aliases={"projection": ("matrix", "projection")}),
+    Spec("lowrank_apollo_multi_step_", "apollo", "lowrank_apollo_multi_step_", _apollo_multi_kwargs,
+         outputs=lambda result, kw: [*kw["W"], *kw["exp_avg"], *kw["exp_avg_sq"], *kw["limiter_norm"]],
+         aliases={"projections": ("projection", "matrix")},
+         kinds={"W": "written tensor list", "G": "tensor list", "exp_avg": "written tensor list",
+                "exp_avg_sq": "written tensor list", "limiter_norm": "written tensor list",
+                "projections": "projection list",
+                **dict.fromkeys(("lr", "beta1", "beta2", "eps", "weight_decay", "scale", "proj_scale"), "float"),
+                "step": "int", "scale_type": "str", "limiter": "bool", "correct_bias": "bool"}),
     Spec("lowrank_adamw_multi_step_", "lowrank_adam", "lowrank_adamw_multi_step_", _multi_step_kwargs,
          outputs=lambda result, kw: [*kw["W"], *kw["exp_avg"], *kw["exp_avg_sq"]],
          aliases={"projections": ("projection", "left_matrix", "right_matrix")},

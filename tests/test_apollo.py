@@ -76,24 +76,31 @@ def random_gradient(shape, dtype, layout, rng):
     return torch.randn(shape, generator=rng).to(dtype)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0][0]}x{c[0][1]}-{c[1]}-{c[2]}-{c[4]}-{c[5]}")
-def test_parity_with_float64_oracle(backend, case, rng):
+def check_parity_with_float64_oracle(backend, case, rng, device):
+    """STEPS steps of `backend` on `device` against the float64 oracle (on the CPU), within the tolerance rule of
+    the pure-torch chain on that device."""
     shape, side, kind, rank, scale_type, w_dtype, g_dtype, layout = case
     d = shape[0] if side == "left" else shape[1]
     projection = make_projection(kind, side, rank, d, rng)
+    side_op = projection.left if side == "left" else projection.right
+    on_device = projection if kind != "matrix" else Projection.from_matrix(side_op.matrix.to(device), side)
     projected = projection.projected_shape(shape)
     W0 = torch.randn(shape, generator=rng).to(w_dtype)
-    ours, theirs = Run(W0.clone(), projected, torch.float32), Run(W0.clone(), projected, torch.float32)
+    ours, theirs = Run(W0.to(device), projected, torch.float32), Run(W0.to(device), projected, torch.float32)
+    for run in (ours, theirs):
+        run.m, run.v, run.norm = run.m.to(device), run.v.to(device), run.norm.to(device)
     exact = Run(W0.double(), projected, torch.float64)
     kw = dict(scale=2.0, scale_type=scale_type, proj_scale=math.sqrt(d / rank))
     for t in range(1, STEPS + 1):
         G = random_gradient(shape, g_dtype, layout, rng) * (1 + t)  # a growing norm: the limiter acts
-        ours.step(ops.lowrank_apollo_step_, G, projection, t, backend=backend, **kw)
-        theirs.step(plain_step, G, projection, t, **kw)
+        G_dev = G.to(device)  # the same strides (preserve_format)
+        ours.step(ops.lowrank_apollo_step_, G_dev, on_device, t, backend=backend, **kw)
+        theirs.step(plain_step, G_dev, on_device, t, **kw)
         exact.step(reference.lowrank_apollo_step_, G.double(), projection, t, **kw)
+    ours.W, ours.m, ours.v, ours.norm = (x.cpu() for x in (ours.W, ours.m, ours.v, ours.norm))
+    theirs.W, theirs.m, theirs.v, theirs.norm = (x.cpu() for x in (theirs.W, theirs.m, theirs.v, theirs.norm))
     tol = GAUSSIAN_ENTRY_TOL if kind == "gaussian" else 0.0
-    what = f"{backend} {case}"
+    what = f"{backend} {device} {case}"
     assert ours.W.dtype == w_dtype and ours.m.dtype == torch.float32
     W0_64 = W0.double()
     assert_within_torch_error(ours.W.double() - W0_64, exact.W - W0_64, theirs.W.double() - W0_64, f"{what} W - W0",
@@ -101,6 +108,18 @@ def test_parity_with_float64_oracle(backend, case, rng):
     assert_within_torch_error(ours.m, exact.m, theirs.m, f"{what} exp_avg", k=max(shape), entry_tol=tol)
     assert_within_torch_error(ours.v, exact.v, theirs.v, f"{what} exp_avg_sq", k=max(shape), entry_tol=tol)
     assert_within_torch_error(ours.norm, exact.norm, theirs.norm, f"{what} limiter_norm", k=max(shape), entry_tol=tol)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0][0]}x{c[0][1]}-{c[1]}-{c[2]}-{c[4]}-{c[5]}")
+def test_parity_with_float64_oracle(backend, case, rng):
+    check_parity_with_float64_oracle(backend, case, rng, "cpu")
+
+
+@pytest.mark.parametrize("backend", backends("lowrank_apollo_step_", "cuda"))
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0][0]}x{c[0][1]}-{c[1]}-{c[2]}-{c[4]}-{c[5]}")
+def test_gpu_parity_with_float64_oracle(backend, case, rng):
+    check_parity_with_float64_oracle(backend, case, rng, "cuda")
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

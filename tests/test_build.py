@@ -108,6 +108,15 @@ def run_every_op() -> dict:
     L.lowrank_apollo_step_(W, G.flip(1), m, v, norm, "left", "rademacher", -9, 5, None, 2.7, 0.1, 0.9, 0.99, 1e-6, 0.1,
                            2, 4.0, "channel", True, True)
     out["lowrank_apollo_step_"] = (W, m, v, norm)
+    Ws = [G.clone(), G.t().contiguous()]  # float64: a left Rademacher and a right explicit P, tensor scaling
+    ms = [torch.zeros(3, 29, dtype=torch.float64), torch.zeros(29, 2, dtype=torch.float64)]
+    vs = [torch.zeros_like(x) for x in ms]
+    norms = [torch.tensor(0.5, dtype=torch.float64), torch.zeros((), dtype=torch.float64)]
+    L.lowrank_apollo_multi_step_(Ws, [G.flip(1), G.t()], ms, vs, norms, ["left", "right"], ["rademacher", "matrix"],
+                                 [5, 0], [3, 2], [None, G.t()[:2]], [1.5, 1.0], [0.1, 0.2], [0.9] * 2, [0.99] * 2,
+                                 [1e-6] * 2, [0.1, 0.0], [2, 1], [1.0, 4.0], ["channel", "tensor"], [True, False],
+                                 [True, True])
+    out["lowrank_apollo_multi_step_"] = (*Ws, *ms, *vs, *norms)
     Ws = [G.clone(), G.t().contiguous()]  # float64: a one-sided right and a one-sided left matrix
     ms = [torch.zeros(37, 4, dtype=torch.float64), torch.zeros(3, 37, dtype=torch.float64)]
     vs = [torch.zeros_like(x) for x in ms]

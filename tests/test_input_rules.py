@@ -132,6 +132,7 @@ def test_the_rules_come_from_the_schemas_and_cover_direct_calls():
     written = {op: [rules.names[i] for i in rules.mutated] for op, rules in _ops.RULES.items() if rules.mutated}
     assert written == {"sketch_fill_": ["out"], "lowrank_adamw_step_": ["W", "exp_avg", "exp_avg_sq", "delta"],
                        "lowrank_apollo_step_": ["W", "exp_avg", "exp_avg_sq", "limiter_norm"],
+                       "lowrank_apollo_multi_step_": ["W", "exp_avg", "exp_avg_sq", "limiter_norm"],
                        "lowrank_adamw_multi_step_": ["W", "exp_avg", "exp_avg_sq", "delta"]}
     out = torch.empty(3, 7)
     version = out._version

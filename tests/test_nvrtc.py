@@ -64,6 +64,14 @@ INSTANCES = {
         f"lro::weight_update_kernel<{w}, {u}>"
         for w, u in (("float", "float"), ("__nv_bfloat16", "float"), ("double", "double"))
     ],
+    "apollo": [f"lro::apollo_sq_norms_kernel<{t}, {c}>" for t in FLOATS for c in (1, 32)]
+    + [f"lro::apollo_moments_kernel<{t}, {c}>" for t in ("float", "double") for c in (1, 32)]
+    + [f"lro::apollo_scales_kernel<{t}, {n}>" for t, n in (("float", "float"), ("double", "float"), ("double", "double"))]
+    + [
+        f"lro::apollo_weight_update_kernel<{w}, {g}, {_compute(w)}>"
+        for w in ("float", "__nv_bfloat16", "double")
+        for g in FLOATS
+    ],
 }
 
 

@@ -6,6 +6,7 @@ import inspect as _inspect
 
 from .._dlpack import accept_dlpack as _accept_dlpack
 from .apollo import lowrank_apollo_step_
+from .apollo_multi import lowrank_apollo_multi_step_
 from .dct import dct_basis, dct_project, dct_scores, dct_topk, dct_unproject
 from .lowrank_adam import lowrank_adamw_step_
 from .lowrank_adam_multi import lowrank_adamw_multi_step_
@@ -28,6 +29,7 @@ __all__ = [
     "dequantize",
     "lowrank_adamw_multi_step_",
     "lowrank_adamw_step_",
+    "lowrank_apollo_multi_step_",
     "lowrank_apollo_step_",
     "philox4x32",
     "quantize",

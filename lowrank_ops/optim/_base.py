@@ -24,7 +24,7 @@ GUARD_KEYS = ("skip_nonfinite", "skipped_steps")
 
 class PerParamOptimizer(torch.optim.Optimizer):
     """Subclasses set `_backend` (the fused op's backend) and `_multi_tensor` (collect the low-rank steps of
-    a `step()` into one multi-tensor call) before calling this __init__, and implement
+    a `step()` into one multi-tensor call, by a `_COLLECTOR`) before calling this __init__, and implement
     `_step_group(group, params)` for the params of one group that have a finite grad (when the group
     guards), `_check_group(group, where)` and `_lowrank_layout(group, p, state)`, and
     name their settings in LAYOUT_KEYS, KEPT_KEYS and REFRESH_KEYS. Low-rank state is marked by the int key
@@ -37,6 +37,8 @@ class PerParamOptimizer(torch.optim.Optimizer):
     KEPT_KEYS: tuple[str, ...] = ()
     # Keys read only at a refresh: changed mid-run, they take effect at the next refresh (warned once).
     REFRESH_KEYS: tuple[str, ...] = ()
+    # What collects a step()'s low-rank steps with multi_tensor: made with the backend, `add`ed to, `run` once.
+    _COLLECTOR = FusedSteps
 
     def __init__(self, params, defaults):
         self._layer_index: dict[torch.Tensor, int] = {}  # param -> its index in the flattened param list
@@ -45,7 +47,7 @@ class PerParamOptimizer(torch.optim.Optimizer):
         ] = {}  # param -> index of its group (groups are replaced on load)
         self._applied: list[dict] = []  # per group: the settings its state was built with (_settings)
         self._warned: set[str] = set()
-        self._collector: FusedSteps | None = None  # set during step() when multi_tensor (multi_step.py)
+        self._collector = None  # set during step() when multi_tensor (a _COLLECTOR)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
@@ -92,7 +94,7 @@ class PerParamOptimizer(torch.optim.Optimizer):
             self._sync_settings(index)
         # The low-rank steps of every group are collected and run as one multi-tensor call per device (the
         # per-layer mode's step_param runs each at once).
-        self._collector = FusedSteps(self._backend) if self._multi_tensor else None
+        self._collector = self._COLLECTOR(self._backend) if self._multi_tensor else None
         try:
             for index, params in self._finite_only(work):
                 if params:

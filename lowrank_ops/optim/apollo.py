@@ -24,7 +24,10 @@ at min(m, n); moments are fp32 for bf16 weights; the state holds only tensors an
 objects: torch.load(weights_only=True) works); `scale_front=True` is refused (apollo-torch's default,
 False, is what this does). State per low-rank param: ints step, layer, refresh, proj_seed; fp32
 exp_avg / exp_avg_sq (projected shape) and limiter_norm (0-dim); proj "svd" adds the basis proj_left or
-proj_right. save -> load -> continue is bit-identical to not stopping.
+proj_right. save -> load -> continue is bit-identical to not stopping. With `multi_tensor` (the default) a
+step() runs the low-rank steps of all groups as one lowrank_apollo_multi_step_ call per device, which computes
+what the per-parameter lowrank_apollo_step_ calls would: bit for bit on one intra-op thread, within the tolerance
+rule on more (lowrank_ops/ops/apollo_multi.py says why).
 """
 
 import math
@@ -33,6 +36,7 @@ import torch
 
 from .. import projections
 from ..ops.apollo import SCALE_TYPES, lowrank_apollo_step_
+from ..ops.apollo_multi import lowrank_apollo_multi_step_
 from . import plain_adamw
 from ._base import SEED_LIMIT, PerParamOptimizer, check_guard, check_hyper, check_int, is_matrix, lowrank_state, \
     refresh_if_due
@@ -45,6 +49,29 @@ GROUP_DEFAULTS = dict(update_proj_gap=200, scale=1.0, proj_type="std", proj="ran
                       sketch="gaussian")
 
 
+class ApolloSteps:
+    """The lowrank_apollo_step_ calls of one step(), collected (`add`) and run as one lowrank_apollo_multi_step_
+    call per device (`run`, in the order recorded within a device) on `backend`."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.calls: list[tuple] = []
+
+    def add(self, W, G, exp_avg, exp_avg_sq, limiter_norm, projection, **hyper):
+        """Records lowrank_apollo_step_(W, G, exp_avg, exp_avg_sq, limiter_norm, projection, **hyper)."""
+        self.calls.append(((W, G, exp_avg, exp_avg_sq, limiter_norm, projection), hyper))
+
+    def run(self) -> None:
+        calls, self.calls = self.calls, []
+        by_device: dict[torch.device, list] = {}
+        for call in calls:
+            by_device.setdefault(call[0][0].device, []).append(call)
+        for group in by_device.values():
+            lists = [list(column) for column in zip(*(args for args, _ in group))]
+            hyper = {name: [h[name] for _, h in group] for name in group[0][1]}
+            lowrank_apollo_multi_step_(*lists, backend=self.backend, **hyper)
+
+
 class APOLLO(PerParamOptimizer):
     """apollo-torch's APOLLOAdamW (HF-style defaults: eps=1e-6, weight_decay=0.0, correct_bias) on the fused
     APOLLO step. A param group is low-rank when its "rank" is an int (None: plain AdamW). Param-group keys
@@ -53,7 +80,9 @@ class APOLLO(PerParamOptimizer):
     multiplied by sqrt(scale)), `update_proj_gap`, `proj` ("random" | "svd"), `proj_type` ("std",
     "reverse_std", "left", "right"), `sketch` (the random P's kind, "gaussian" as apollo-torch or
     "rademacher"), `seed` (the base seed of the per-layer, per-refresh sketch seeds). `disable_nl`: turn off
-    the norm-growth limiter (apollo-torch's argument; a param-group key). `scale_front` (only False) and
+    the norm-growth limiter (apollo-torch's argument; a param-group key). `multi_tensor` (default True):
+    step() runs the low-rank steps as one lowrank_apollo_multi_step_ call per device; False: one
+    lowrank_apollo_step_ call per parameter (the same bits on one intra-op thread). `scale_front` (only False) and
     `no_deprecation_warning` (no effect) keep apollo-torch's positional signature. `foreach`, `fused`: the plain
     params' torch.optim.AdamW implementation, as in LowRankAdamW. `skip_nonfinite`, the sparse-gradient
     check, mid-run setting changes and `load_state_dict`'s checks are LowRankAdamW's (PerParamOptimizer):
@@ -61,11 +90,12 @@ class APOLLO(PerParamOptimizer):
     is refused), seed takes effect at the next refresh."""
 
     LAYOUT_KEYS = ("rank", "proj", "proj_type", "sketch")
+    _COLLECTOR = ApolloSteps
     REFRESH_KEYS = ("seed",)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, correct_bias=True,
                  scale_front=False, disable_nl=False, no_deprecation_warning=True, *, rank=None, seed=0, foreach=None,
-                 fused=None, skip_nonfinite=False, backend=None, **group_defaults):
+                 fused=None, skip_nonfinite=False, backend=None, multi_tensor=True, **group_defaults):
         if scale_front:
             raise ValueError("lowrank_ops.optim.APOLLO: 'scale_front' must be False (apollo-torch's default: "
                              "sqrt(scale) multiplies the update after the norm-growth limiter), got True")
@@ -74,7 +104,7 @@ class APOLLO(PerParamOptimizer):
             raise TypeError(f"lowrank_ops.optim.APOLLO: unexpected keyword arguments {unknown}; the param-group "
                             f"keys it takes as defaults: {sorted(GROUP_DEFAULTS)}")
         self._backend = backend
-        self._multi_tensor = False  # its fused op (lowrank_apollo_step_) has no multi-tensor form yet
+        self._multi_tensor = bool(multi_tensor)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, correct_bias=correct_bias,
                         disable_nl=disable_nl, rank=rank, seed=seed, **{**GROUP_DEFAULTS, **group_defaults},
                         foreach=foreach, fused=fused, skip_nonfinite=skip_nonfinite)
@@ -142,9 +172,12 @@ class APOLLO(PerParamOptimizer):
         state["step"] += 1
         ((_, rank, d), ) = layout.sides()
         beta1, beta2 = group["betas"]
-        lowrank_apollo_step_(
-            p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["limiter_norm"], kind.projection(state, layout),
-            lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
-            step=state["step"], scale=group["scale"], scale_type=group["scale_type"], limiter=not group["disable_nl"],
-            correct_bias=group["correct_bias"], proj_scale=math.sqrt(d / rank) if group["proj"] == "random" else 1.0,
-            backend=self._backend)
+        args = (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["limiter_norm"], kind.projection(state, layout))
+        hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+                     step=state["step"], scale=group["scale"], scale_type=group["scale_type"],
+                     limiter=not group["disable_nl"], correct_bias=group["correct_bias"],
+                     proj_scale=math.sqrt(d / rank) if group["proj"] == "random" else 1.0)
+        if self._collector is None:
+            lowrank_apollo_step_(*args, backend=self._backend, **hyper)
+        else:
+            self._collector.add(*args, **hyper)

@@ -60,3 +60,10 @@ def lowrank_apollo_step_(W, G, exp_avg, exp_avg_sq, limiter_norm, side, kind, se
     if correct_bias:
         a *= math.sqrt(1 - beta2**step) / (1 - beta1**step)
     W.copy_((W.to(compute) - (a / lam) * s * G32) * (1 - lr * weight_decay))
+
+
+def lowrank_apollo_multi_step_(W, G, exp_avg, exp_avg_sq, limiter_norm, *per_matrix) -> None:
+    """The op lowrank_ops::lowrank_apollo_multi_step_: lowrank_apollo_step_ for matrix i with entry i of every
+    list, in order."""
+    for args in zip(W, G, exp_avg, exp_avg_sq, limiter_norm, *per_matrix):
+        lowrank_apollo_step_(*args)
