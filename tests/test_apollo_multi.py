@@ -11,12 +11,13 @@ import math
 
 import pytest
 import torch
-from helpers import assert_clear_error, backends
 
 from lowrank_ops import backends as lowrank_backends
 from lowrank_ops import ops
 from lowrank_ops.ops import Projection
 from lowrank_ops.optim import APOLLO
+
+from helpers import assert_clear_error, backends
 
 BACKENDS = backends("lowrank_apollo_multi_step_")
 STEPS = 3

@@ -12,12 +12,13 @@ import math
 
 import pytest
 import torch
-from emulated.harness import BIG_STRIDE, covers, run
-from helpers import assert_within_torch_error
 
 from lowrank_ops.ops import Projection
 from lowrank_ops.pure_torch import apollo as plain_torch
 from lowrank_ops.reference import apollo as reference
+
+from emulated.harness import BIG_STRIDE, covers, run
+from helpers import assert_within_torch_error
 
 pytestmark = pytest.mark.emulated
 
