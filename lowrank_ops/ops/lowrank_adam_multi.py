@@ -5,17 +5,19 @@ Hyperparameters are per matrix (a number is broadcast to every matrix), so that 
 whose parameter groups differ in lr, betas, weight decay, scale or wd_mode, whose matrices have their own step
 counts (a parameter added later, a step skipped on a NaN gradient), and GaLoreAdamW, whose folded eps' and
 scale' depend on each matrix's step. The kernels group the matrices of one (shape, projection kinds, ranks,
-dtypes) and run each group as batched work:
+dtypes) and run each group as batched work where the backend has a batched form:
   cpu     one parallel region for the whole call: each thread takes whole matrices (largest first) and runs
           its own single-threaded BLAS GEMMs on a materialized P, block by block of the other dimension, with
           the moment update right after the projection GEMM of a block and the weight update in the
-          unprojection GEMM (C = beta C + alpha A B for float32/float64 W with a unit stride); matrices too
+          unprojection GEMM (C = beta C + alpha A B for a float32 W with a unit stride, rank <= 256, blocks
+          of >= 32 columns/rows; otherwise through a per-thread buffer); matrices too
           large to balance that way, and the forms the blocked path does not take (two-sided projections,
           non-contiguous states), run lowrank_adamw_step_'s own kernel (csrc/cpu/lowrank_adam_multi.cpp).
   triton  one launch per group and GEMM, persistent over the group's problems
           (lowrank_ops/triton/lowrank_adam_multi.py).
-  cuda    per group: one generation kernel for every P, cuBLAS GEMMs, one moment kernel and one weight-update
-          kernel over the whole group (csrc/cuda/lowrank_adam_multi.cpp).
+  cuda    the GEMMs per matrix, on tiles of P with cuBLAS through ATen as lowrank_adamw_step_ runs them, with
+          one moment kernel over each group of matrices of one shape, kinds and step scalars (the driver's
+          grouped form, run_adam_steps_grouped: csrc/lowrank_adam_impl.h, csrc/cuda/lowrank_adam.cpp).
 Results equal lowrank_adamw_step_'s within the tolerance rule of docs/DESIGN.md §5 (the summation orders of
 the GEMMs differ), and bit for bit where a matrix runs lowrank_adamw_step_'s kernel.
 """
