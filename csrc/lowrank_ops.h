@@ -89,6 +89,10 @@ void lowrank_apollo_step_(const at::Tensor& W, const at::Tensor& G, const at::Te
                           c10::string_view kind, int64_t seed, int64_t rank, const std::optional<at::Tensor>& matrix,
                           double proj_scale, double lr, double beta1, double beta2, double eps, double weight_decay,
                           int64_t step, double scale, c10::string_view scale_type, bool limiter, bool correct_bias);
+// The blockwise 8-bit moment format (kernels/blockwise8.h), CPU only, not an op (csrc/cpu/blockwise8.cpp):
+// (codes uint8 [rows, cols], absmax float32 [rows, ceil(cols / block)]) of a 2-D float32 `values`, and back.
+std::tuple<at::Tensor, at::Tensor> blockwise8_encode(const at::Tensor& values, bool is_signed, int64_t block);
+at::Tensor blockwise8_decode(const at::Tensor& codes, const at::Tensor& absmax, bool is_signed, int64_t block);
 }  // namespace cpu
 
 namespace cuda {

@@ -42,8 +42,20 @@ import torch
 
 from .. import projections
 from ..ops.lowrank_adam import WD_MODES
+from ..projections import moments
+from ..spec import STATE_BLOCK_SIZE
 from . import plain_adamw
-from ._base import SEED_LIMIT, PerParamOptimizer, check_block, check_guard, check_hyper, check_int, is_matrix
+from ._base import (
+    SEED_LIMIT,
+    PerParamOptimizer,
+    check_block,
+    check_guard,
+    check_hyper,
+    check_int,
+    check_state_bits,
+    is_matrix,
+    moment_block,
+)
 from .param_step import LowRankParamStep, registered_param_step
 
 
@@ -109,6 +121,8 @@ class LowRankAdamW(PerParamOptimizer):
         skip_nonfinite=False,
         backend=None,
         multi_tensor=True,
+        state_bits=32,
+        state_block_size=STATE_BLOCK_SIZE,
         **options,
     ):
         unknown = sorted(set(options) - set(projections.option_names()))
@@ -135,18 +149,21 @@ class LowRankAdamW(PerParamOptimizer):
             foreach=foreach,
             fused=fused,
             skip_nonfinite=skip_nonfinite,
+            state_bits=state_bits,
+            state_block_size=state_block_size,
             **options,
         )
         super().__init__(params, defaults)
         plain_adamw.check_not_both(foreach, fused, "lowrank_ops.optim.LowRankAdamW")
 
-    LAYOUT_KEYS = ("rank", "projection", "side", "block", "wd_mode")
+    LAYOUT_KEYS = ("rank", "projection", "side", "block", "wd_mode", "state_bits", "state_block_size")
     KEPT_KEYS = ("wd_mode",)
     REFRESH_KEYS = ("seed",)
 
     def _check_group(self, group, where):
         check_hyper(group, where)
         check_guard(group, where)
+        check_state_bits(group, where)
         check_int(group["seed"], where, "seed", 0, SEED_LIMIT)
         if group["rank"] is None:
             return
@@ -165,14 +182,14 @@ class LowRankAdamW(PerParamOptimizer):
         if group["rank"] is None or not is_matrix(p):
             return None
         kind = projections.get(group["projection"])
-        layout = kind.layout(p.shape, group["rank"], group["side"], group.get("block"))
-        return kind, kind.current_layout(state, layout, group), group["wd_mode"] == "adapter"
+        layout = kind.current_layout(state, kind.layout(p.shape, group["rank"], group["side"], group.get("block")), group)
+        return kind, layout, group["wd_mode"] == "adapter", moment_block(group, layout.projected_shape)
 
     def _keep_state(self, key, old, new, states):
         # wd_mode: the adapter delta (updates since the last refresh) starts at zero, or is dropped
         for state in states:
             if new == "adapter" and "delta" not in state:
-                state["delta"] = torch.zeros_like(state["exp_avg"])
+                state["delta"] = moments.zeros_like(state)
             elif new != "adapter":
                 state.pop("delta", None)
 
