@@ -22,7 +22,7 @@ from lowrank_ops.reference import blockwise8 as reference8
 from lowrank_ops.reference import lowrank_adam as reference
 
 EPS32 = torch.finfo(torch.float32).eps
-HYPER = dict(lr=0.05, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, scale=0.7)
+HYPER = {"lr": 0.05, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.1, "scale": 0.7}
 BACKENDS = backends("lowrank_adamw_step_")
 
 

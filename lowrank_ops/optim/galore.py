@@ -41,8 +41,8 @@ from ._base import (
     moment_block,
     refresh_if_due,
 )
-from .multi_step import moment_arguments
 from .hf_adamw import hf_adamw_step
+from .multi_step import moment_arguments
 from .plain_adamw import check_not_both
 
 PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")

@@ -75,8 +75,8 @@ class GaLoreAdamW8bit(GaLoreAdamW):
                                  f"got {value!r}")
         self._backend = backend
         self._multi_tensor = bool(multi_tensor)
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, state_bits=8,
-                        state_block_size=state_block_size, min_8bit_size=min_8bit_size)
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay, "state_bits": 8,
+                    "state_block_size": state_block_size, "min_8bit_size": min_8bit_size}
         super(GaLoreAdamW, self).__init__(
             params, {**defaults, "foreach": foreach, "fused": fused, "skip_nonfinite": skip_nonfinite}
         )

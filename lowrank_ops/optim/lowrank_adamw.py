@@ -19,7 +19,9 @@ for the group's plain params (CPU and CUDA floating tensors). They follow torch.
 implementation bit for bit.
 
 State per low-rank param: ints step, layer, refresh, proj_seed; fp32 tensors exp_avg, exp_avg_sq
-(projected shape), delta ("adapter" mode), and the basis matrices of matrix kinds (proj_left/proj_right).
+(projected shape; with state_bits=8 uint8 codes, float32 exp_avg_absmax / exp_avg_sq_absmax per block and the
+int state_block_size: lowrank_ops/projections/moments.py), delta ("adapter" mode), and the basis matrices of
+matrix kinds (proj_left/proj_right).
 Seeded kinds persist ints only. `state_dict()` loads with torch.load(weights_only=True), and save ->
 load -> continue is bit-identical to not stopping. `load_state_dict` refuses a state dict of another
 optimizer type, of other layout settings (rank, projection, side, block, wd_mode) or of other parameter
@@ -77,6 +79,9 @@ class LowRankAdamW(PerParamOptimizer):
     sharded, one r x n all-reduce where it is). Keywords beyond these are param-group keys that
     projection kinds declare (ProjectionKind.options, e.g. "adaptive"'s `energy`, `max_rank`, `min_rank`,
     `converge_tol`, `min_gap`, `max_gap`); `ranks()` reports the rank in use per low-rank parameter.
+    `state_bits` (32, the default: float32 moments, float64 for float64 weights; or 8: blockwise 8-bit
+    moments, docs/DESIGN.md §3 "8-bit optimizer moments") and `state_block_size` (B, default 256: one float32
+    absmax per B consecutive elements of a row of the projected moment) are param-group keys too.
     `skip_nonfinite` (bool, default False): a parameter whose gradient has a NaN/Inf skips its step,
     counted in `skipped_steps()` (module docstring, "Non-finite gradients"). `multi_tensor` (bool, default
     True): `step()` runs the low-rank steps of all groups as one lowrank_adamw_multi_step_ call per device
@@ -182,7 +187,8 @@ class LowRankAdamW(PerParamOptimizer):
         if group["rank"] is None or not is_matrix(p):
             return None
         kind = projections.get(group["projection"])
-        layout = kind.current_layout(state, kind.layout(p.shape, group["rank"], group["side"], group.get("block")), group)
+        layout = kind.layout(p.shape, group["rank"], group["side"], group.get("block"))
+        layout = kind.current_layout(state, layout, group)
         return kind, layout, group["wd_mode"] == "adapter", moment_block(group, layout.projected_shape)
 
     def _keep_state(self, key, old, new, states):

@@ -24,8 +24,7 @@ from collections.abc import Callable
 import torch
 
 from ..ops.projection import Projection
-from ..projections import Layout, ProjectionKind
-from ..projections import moments
+from ..projections import Layout, ProjectionKind, moments
 from ._base import lowrank_state, moment_block, refresh_if_due
 from .multi_step import FusedSteps, lowrank_step, moment_arguments
 

@@ -35,7 +35,6 @@ def compute_dtype(like: torch.Tensor) -> torch.dtype:
 def init(state: dict, projected_shape, like: torch.Tensor, block: int | None) -> None:
     """Zero moments of `projected_shape` on like's device: float (block None) or 8-bit with blocks of
     `block` (codes of 0, absmax 0)."""
-    rows, cols = projected_shape
     if block is None:
         for name in MOMENTS:
             state[name] = torch.zeros(projected_shape, dtype=compute_dtype(like), device=like.device)
