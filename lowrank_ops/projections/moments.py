@@ -11,11 +11,25 @@ state["state_block_size"] = B, the block length along a row."""
 
 import torch
 
+from .. import _extension
 from ..pure_torch import blockwise8
 from ..spec import Q8_MOMENT_SIGNED
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 BLOCK_KEY = "state_block_size"
+
+
+def _codec(device: torch.device):
+    """(encode, decode) of the format for tensors on `device`: the C++ functions of kernels/blockwise8.h on
+    the CPU when the extension has them, else pure torch; bit-identical (tests/test_blockwise8.py)."""
+    cpu = _extension.compiled("cpu") if device.type == "cpu" else None
+    if cpu is not None and hasattr(cpu, "blockwise8_encode"):
+        return cpu.blockwise8_encode, cpu.blockwise8_decode
+    return blockwise8.encode, blockwise8.decode
+
+
+def _encode(values: torch.Tensor, name: str, block: int):
+    return _codec(values.device)[0](values.to(torch.float32), Q8_MOMENT_SIGNED[name], block)
 
 
 def absmax_key(name: str) -> str:
@@ -42,7 +56,7 @@ def init(state: dict, projected_shape, like: torch.Tensor, block: int | None) ->
     state[BLOCK_KEY] = block
     zeros = torch.zeros(projected_shape, dtype=torch.float32, device=like.device)
     for name in MOMENTS:
-        state[name], state[absmax_key(name)] = blockwise8.encode(zeros, Q8_MOMENT_SIGNED[name], block)
+        state[name], state[absmax_key(name)] = _encode(zeros, name, block)
 
 
 def projected_shape(state: dict) -> tuple[int, ...]:
@@ -59,7 +73,8 @@ def read_one(state: dict, name: str) -> torch.Tensor:
     float32 values for 8-bit ones."""
     if not is_8bit(state):
         return state[name]
-    return blockwise8.decode(state[name], state[absmax_key(name)], Q8_MOMENT_SIGNED[name], state[BLOCK_KEY])
+    codes = state[name]
+    return _codec(codes.device)[1](codes, state[absmax_key(name)], Q8_MOMENT_SIGNED[name], state[BLOCK_KEY])
 
 
 def write(state: dict, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor) -> None:
@@ -70,7 +85,7 @@ def write(state: dict, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor) -> None:
         return
     block = state[BLOCK_KEY]
     for name, value in zip(MOMENTS, (exp_avg, exp_avg_sq)):
-        state[name], state[absmax_key(name)] = blockwise8.encode(value, Q8_MOMENT_SIGNED[name], block)
+        state[name], state[absmax_key(name)] = _encode(value, name, block)
 
 
 def write_into(state: dict, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor) -> None:
@@ -81,7 +96,7 @@ def write_into(state: dict, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor) -> 
         return
     block = state[BLOCK_KEY]
     for name, value in zip(MOMENTS, (exp_avg, exp_avg_sq)):
-        codes, absmax = blockwise8.encode(value, Q8_MOMENT_SIGNED[name], block)
+        codes, absmax = _encode(value, name, block)
         state[name].copy_(codes)
         state[absmax_key(name)].copy_(absmax)
 
