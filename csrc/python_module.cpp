@@ -66,6 +66,7 @@ PYBIND11_MODULE(_C, m) {
   lowrank_ops::def(cpu_module, "lowrank_apollo_step_", &lowrank_ops::cpu::lowrank_apollo_step_);
   lowrank_ops::def(cpu_module, "blockwise8_encode", &lowrank_ops::cpu::blockwise8_encode);  // not ops: the
   lowrank_ops::def(cpu_module, "blockwise8_decode", &lowrank_ops::cpu::blockwise8_decode);  // 8-bit moment format
+  lowrank_ops::def(cpu_module, "blockwise8_adam_moments_", &lowrank_ops::cpu::blockwise8_adam_moments_);
 #ifdef LOWRANK_OPS_CUDA
   auto cuda_module = m.def_submodule("cuda", "CUDA kernels");
   LOWRANK_OPS_DEF_DEVICE_OPS(cuda_module, cuda);

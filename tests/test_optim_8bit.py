@@ -12,13 +12,14 @@ import torch
 from helpers import assert_within_torch_error, backends
 from tiny_models import make_model, split_groups, state_equal, train
 
-from lowrank_ops import memory
+from lowrank_ops import _extension, memory
 from lowrank_ops.ops import Projection, SideOperator
 from lowrank_ops.optim import GaLoreAdamW8bit, LowRankAdamW
 from lowrank_ops.optim.multi_step import FusedSteps, lowrank_step, moment_arguments
 from lowrank_ops.projections import moments
 from lowrank_ops.pure_torch import blockwise8 as production
 from lowrank_ops.pure_torch import lowrank_adam8 as plain8
+from lowrank_ops.reference import blockwise8 as reference8
 from lowrank_ops.reference import lowrank_adam as reference
 from lowrank_ops.reference import lowrank_adam8 as reference8_step
 
@@ -167,6 +168,53 @@ def _schema_side(op):
         return ("none", 0, 0, None)
     seed = op.seed - 2**64 if op.seed is not None and op.seed >= 2**63 else (op.seed or 0)
     return (op.kind, seed, op.rank, op.matrix)
+
+
+def _moment_chain(r, m, v, delta, t, adapter, dtype):
+    """kernels/adam.h's moment update and direction in `dtype` (plain torch's chain, or float64)."""
+    r, m, v = r.to(dtype), m.to(dtype), v.to(dtype)
+    lr, b1, b2, eps, wd = (HYPER[k] for k in ("lr", "beta1", "beta2", "eps", "weight_decay"))
+    m = m + (1 - b1) * (r - m)
+    v = v * b2 + (1 - b2) * r * r
+    N = (m / (1 - b1**t)) / (v.sqrt() / (1 - b2**t) ** 0.5 + eps)
+    if adapter:
+        N = N + wd * delta.to(dtype)
+        delta = delta.to(dtype) - lr * N
+    return N, m, v, delta
+
+
+def _cpp_epilogue():
+    cpu = _extension.compiled("cpu")
+    if cpu is None or not hasattr(cpu, "blockwise8_adam_moments_"):
+        pytest.skip("lowrank_ops._C is not built (with blockwise8_adam_moments_)")
+    return cpu.blockwise8_adam_moments_
+
+
+@pytest.mark.parametrize("adapter", [False, True], ids=["full", "adapter"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,block", [((1, 1), 256), ((7, 13), 4), ((5, 300), 256), ((3, 40), 7)])
+def test_cpp_8bit_moment_epilogue_matches_float64_oracle(shape, block, dtype, adapter, rng):
+    """The fused kernels' 8-bit moment epilogue (csrc/cpu/adam_epilogues8.h, through its C++ test entry):
+    the direction (and delta) under the tolerance rule against the float64 chain on the oracle's decode, the
+    encoded moments within the quantization bound."""
+    epilogue = _cpp_epilogue()
+    state = _state(shape, block, rng, steps_done=1)
+    r = torch.randn(shape, generator=rng, dtype=dtype)
+    delta = torch.randn(shape, generator=rng, dtype=dtype) * 1e-3 if adapter else None
+    t = 3
+    exact_m, exact_v = (reference8.dequantize(state[k], state[moments.absmax_key(k)], signed, block)
+                        for k, signed in (("exp_avg", True), ("exp_avg_sq", False)))
+    exact = _moment_chain(r, exact_m, exact_v, delta, t, adapter, torch.float64)
+    plain = _moment_chain(r, *moments.read(state), delta, t, adapter, dtype)  # the format's float32 decode
+    ours_r, ours_delta = r.clone(), None if delta is None else delta.clone()
+    epilogue(ours_r, state["exp_avg"], state["exp_avg_absmax"], state["exp_avg_sq"], state["exp_avg_sq_absmax"],
+             ours_delta, block, HYPER["lr"], HYPER["beta1"], HYPER["beta2"], HYPER["eps"], HYPER["weight_decay"], t,
+             adapter)
+    assert_within_torch_error(ours_r, exact[0], plain[0], "direction")
+    if adapter:
+        assert_within_torch_error(ours_delta, exact[3], plain[3], "delta")
+    for name, signed, i in (("exp_avg", True, 1), ("exp_avg_sq", False, 2)):
+        _check_moment(name, signed, state, state[name], state[moments.absmax_key(name)], exact[i], plain[i], block)
 
 
 # ---------------------------------------------------------------------------------------------------

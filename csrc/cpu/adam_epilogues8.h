@@ -26,13 +26,13 @@ struct Q8Moments {
 
 // Row `row`, columns [c0, c0 + n): c0 a multiple of `block`, and n a multiple of it or reaching the row's end,
 // so the run holds whole blocks. delta (adapter mode) points at the run's first element, or is null.
-// `scratch` holds 2 * block floats.
+// `scratch` holds 2 * min(block, cols) floats.
 template <typename T>
 void adam_moments_run8(T* __restrict__ r, const Q8Moments& q, int64_t row, int64_t c0, int64_t n,
                        T* __restrict__ delta, const lro::AdamStep<T>& s, float* scratch) {
   const int64_t blocks = (q.cols + q.block - 1) / q.block;
   float* mb = scratch;
-  float* vb = scratch + q.block;
+  float* vb = scratch + (q.block < q.cols ? q.block : q.cols);
   for (int64_t b0 = 0; b0 < n; b0 += q.block) {
     const int64_t len = n - b0 < q.block ? n - b0 : q.block;
     const int64_t at = row * q.cols + c0 + b0, ab = row * blocks + (c0 + b0) / q.block;
