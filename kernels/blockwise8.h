@@ -130,7 +130,13 @@ LRO_HD void q8_decode_rows(const uint8_t* codes, const float* absmax, int64_t ro
                            const float* code, float* v) {
   const int64_t blocks = (cols + block - 1) / block;
   for (int64_t i = 0; i < rows; ++i) {
-    for (int64_t j = 0; j < cols; ++j) v[i * cols + j] = q8_decode(codes[i * cols + j], absmax[i * blocks + j / block], code);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t c0 = b * block, n = cols - c0 < block ? cols - c0 : block;
+      const float a = absmax[i * blocks + b];
+      const uint8_t* q = codes + i * cols + c0;
+      float* out = v + i * cols + c0;
+      for (int64_t j = 0; j < n; ++j) out[j] = q8_decode(q[j], a, code);
+    }
   }
 }
 
