@@ -10,7 +10,7 @@ import io
 import pytest
 import torch
 from helpers import assert_within_torch_error, backends
-from tiny_models import make_model, split_groups, state_equal, train
+from tiny_models import batch, lm_loss, make_model, split_groups, state_equal, train
 
 from lowrank_ops import _extension, memory
 from lowrank_ops.ops import Projection, SideOperator
@@ -421,3 +421,60 @@ def test_estimate_8bit_state_at_the_papers_shapes_is_under_a_third():
     assert (q8.optimizer_state - plain) <= 0.3 * (fp32.optimizer_state - plain)
     with pytest.raises(ValueError, match="argument 'state_bits' must be one of"):
         memory.estimate(shapes, {"rank": 4, "state_bits": 4})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per-layer mode, and CUDA (gpu tests: skipped without a GPU)
+
+
+@pytest.mark.parametrize("make", [lambda m: _opt8(m, "rademacher", 4), _galore8], ids=["lowrank", "galore8bit"])
+def test_per_layer_8bit_equals_the_per_matrix_step(make):
+    """step_in_backward steps each matrix through the single op with its 8-bit moments decoded and encoded
+    around it: bit-identical to step() on the same op (multi_tensor=False)."""
+    from lowrank_ops.optim import step_in_backward
+
+    regular_model, layer_model = make_model(), make_model()
+    regular, per_layer = make(regular_model), make(layer_model)
+    regular._multi_tensor = False
+    stepper = step_in_backward(layer_model, per_layer)
+    for i in range(5):
+        regular.zero_grad(set_to_none=True)
+        lm_loss(regular_model, batch(i)).backward()
+        regular.step()
+        lm_loss(layer_model, batch(i)).backward()
+    for p, q in zip(regular_model.parameters(), layer_model.parameters()):
+        assert torch.equal(p, q)
+        if p in regular.state:
+            state_equal(regular.state[p], per_layer.state[q])
+    stepper.remove()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("make", [lambda m: _opt8(m, "rademacher", 4), _galore8], ids=["lowrank", "galore8bit"])
+def test_8bit_optimizers_run_on_cuda_as_on_the_cpu(make):
+    """The 8-bit optimizers on CUDA (GaLoreAdamW8bit too: galore-torch's needs bitsandbytes' CUDA kernels) give
+    the CPU run's weights to float32 rounding after a few steps, with 8-bit states on the device."""
+    cpu_model, cuda_model = make_model(), make_model().cuda()
+    cpu_opt, cuda_opt = make(cpu_model), make(cuda_model)
+    for i in range(4):
+        for model, opt, device in ((cpu_model, cpu_opt, "cpu"), (cuda_model, cuda_opt, "cuda")):
+            opt.zero_grad(set_to_none=True)
+            lm_loss(model, batch(i).to(device)).backward()
+            opt.step()
+    for p, q in zip(cpu_model.parameters(), cuda_model.parameters()):
+        torch.testing.assert_close(q.cpu(), p, rtol=1e-4, atol=1e-5)
+    states = [s for s in cuda_opt.state.values() if "layer" in s]
+    assert states and all(s["exp_avg"].dtype == torch.uint8 and s["exp_avg"].is_cuda for s in states)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("signed", [True, False])
+def test_triton_encode_on_cuda_is_bit_identical_to_pure_torch(signed, rng):
+    from lowrank_ops.triton import blockwise8 as triton8
+
+    v = torch.randn(37, 300, generator=rng).cuda() * torch.pow(10.0, -6 * torch.rand(37, 300, generator=rng)).cuda()
+    v = v if signed else v.abs()
+    codes, absmax = triton8.encode(v, signed, 256)
+    want_codes, want_absmax = production.encode(v, signed, 256)
+    assert torch.equal(codes, want_codes) and torch.equal(absmax, want_absmax)
+    assert torch.equal(triton8.decode(codes, absmax, signed, 256), production.decode(codes, absmax, signed, 256))
