@@ -44,8 +44,9 @@ def q8_encode(x, mid_ptr):
 def q8_absmax(v, axis: tl.constexpr):
     """max |v| along `axis`, NaN when a NaN is there (tl.max's NaN handling differs between targets)."""
     a = tl.abs(v)
-    has_nan = tl.max((a != a).to(tl.int32), axis=axis) > 0
-    return tl.where(has_nan, float("nan"), tl.max(tl.where(a != a, 0.0, a), axis=axis))
+    nan = a != a  # noqa: PLR0124 (the NaN test that compiles and interprets alike)
+    has_nan = tl.max(nan.to(tl.int32), axis=axis) > 0
+    return tl.where(has_nan, float("nan"), tl.max(tl.where(nan, 0.0, a), axis=axis))
 
 
 @triton.jit
