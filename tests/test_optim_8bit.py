@@ -311,6 +311,17 @@ def test_float_state_dicts_saved_before_8bit_moments_still_load():
     assert fresh.param_groups[0]["state_bits"] == 32
 
 
+def test_changing_state_bits_mid_run_restarts_the_state():
+    model = make_model()
+    opt = LowRankAdamW(split_groups(model, rank=3, projection="rademacher", update_gap=4), lr=5e-3, seed=11)
+    train(model, opt, 2)
+    opt.param_groups[0]["state_bits"] = 8
+    with pytest.warns(RuntimeWarning, match="'state_bits' from 32 to 8 after its state was built; the state"):
+        train(model, opt, 1, start=2)
+    state = opt.state[model.fc1.weight]
+    assert state["exp_avg"].dtype == torch.uint8 and state["step"] == 1
+
+
 def test_bad_moment_settings_raise_clear_errors():
     model = make_model()
     with pytest.raises(ValueError, match=r"param group 0: 'state_bits' must be one of \(32, 8\), got 16"):
