@@ -13,6 +13,7 @@ from helpers import assert_within_torch_error, backends
 from tiny_models import batch, lm_loss, make_model, split_groups, state_equal, train
 
 from lowrank_ops import _extension, memory
+from lowrank_ops import backends as lowrank_backends
 from lowrank_ops.ops import Projection, SideOperator
 from lowrank_ops.optim import GaLoreAdamW8bit, LowRankAdamW
 from lowrank_ops.optim.multi_step import FusedSteps, lowrank_step, moment_arguments
@@ -183,21 +184,32 @@ def _moment_chain(r, m, v, delta, t, adapter, dtype):
     return N, m, v, delta
 
 
-def _cpp_epilogue():
+def _epilogue(impl):
+    """The 8-bit moment epilogue of the fused kernels: C++ (csrc/cpu/adam_epilogues8.h) or Triton
+    (triton/blockwise8.py q8_adam_epilogue, in the interpreter without a GPU), through their entries."""
+    if impl == "triton":
+        reason = lowrank_backends.unavailable_reason("triton", "lowrank_adamw_step_", torch.device("cpu"))
+        if reason is not None:
+            pytest.skip(str(reason))
+        from lowrank_ops.triton import blockwise8 as triton8
+
+        return triton8.adam_moments_
     cpu = _extension.compiled("cpu")
     if cpu is None or not hasattr(cpu, "blockwise8_adam_moments_"):
         pytest.skip("lowrank_ops._C is not built (with blockwise8_adam_moments_)")
     return cpu.blockwise8_adam_moments_
 
 
+@pytest.mark.parametrize("impl", ["cpp", "triton"])
 @pytest.mark.parametrize("adapter", [False, True], ids=["full", "adapter"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape,block", [((1, 1), 256), ((7, 13), 4), ((5, 300), 256), ((3, 40), 7)])
-def test_cpp_8bit_moment_epilogue_matches_float64_oracle(shape, block, dtype, adapter, rng):
-    """The fused kernels' 8-bit moment epilogue (csrc/cpu/adam_epilogues8.h, through its C++ test entry):
-    the direction (and delta) under the tolerance rule against the float64 chain on the oracle's decode, the
-    encoded moments within the quantization bound."""
-    epilogue = _cpp_epilogue()
+def test_8bit_moment_epilogue_matches_float64_oracle(shape, block, dtype, adapter, impl, rng):
+    """The fused kernels' 8-bit moment epilogue: the direction (and delta) under the tolerance rule against
+    the float64 chain on the oracle's decode, the encoded moments within the quantization bound."""
+    if impl == "triton" and dtype == torch.float64:
+        pytest.skip("the Triton step computes in float32 (it takes no float64 weights)")
+    epilogue = _epilogue(impl)
     state = _state(shape, block, rng, steps_done=1)
     r = torch.randn(shape, generator=rng, dtype=dtype)
     delta = torch.randn(shape, generator=rng, dtype=dtype) * 1e-3 if adapter else None
