@@ -64,14 +64,18 @@ struct Q8Table {
   float mid[kQ8Codes - 1];
 };
 
+// Code value q in float32 (one rounding of the exact value).
+LRO_HD float q8_code(bool is_signed, int q) { return static_cast<float>(q8_code_value64(is_signed, q)); }
+
+// Midpoint i of a float32 code table: the exact midpoint of code[i] and code[i + 1] (their sum is exact in
+// double), rounded once.
+LRO_HD float q8_mid(const float* code, int i) {
+  return static_cast<float>((static_cast<double>(code[i]) + static_cast<double>(code[i + 1])) * 0.5);
+}
+
 LRO_HD void q8_fill_table(bool is_signed, Q8Table* table) {
-  table->code[0] = static_cast<float>(q8_code_value64(is_signed, 0));
-  for (int q = 1; q < kQ8Codes; ++q) {
-    // the exact midpoint of the two float32 values (their sum is exact in double), rounded once
-    const double value = static_cast<double>(static_cast<float>(q8_code_value64(is_signed, q)));
-    table->code[q] = static_cast<float>(value);
-    table->mid[q - 1] = static_cast<float>((static_cast<double>(table->code[q - 1]) + value) * 0.5);
-  }
+  for (int q = 0; q < kQ8Codes; ++q) table->code[q] = q8_code(is_signed, q);
+  for (int i = 0; i + 1 < kQ8Codes; ++i) table->mid[i] = q8_mid(table->code, i);
 }
 
 // q = #{ i : mid[i] < x }, by binary search (8 comparisons): the nearest code, ties to the lower index; NaN
