@@ -74,9 +74,9 @@ class PerParamOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     def _lowrank_layout(self, group, p, state):
-        """(kind, the Layout in use, whether the state has the adapter `delta`, the block length of its 8-bit
-        moments or None: moment_block) of a low-rank parameter of `group` with `state`; None for a parameter
-        the group steps as plain AdamW."""
+        """(kind, the Layout in use, whether the state has the adapter `delta`[, the block length of its 8-bit
+        moments or None: moment_block, for optimizers with 8-bit moments]) of a low-rank parameter of `group`
+        with `state`; None for a parameter the group steps as plain AdamW."""
         raise NotImplementedError
 
     def _keep_state(self, key, old, new, states) -> None:

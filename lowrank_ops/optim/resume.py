@@ -46,8 +46,8 @@ def check_group(where: str, index: int, loaded: dict, own: dict, required, own_s
 def check_param_state(where: str, label: str, state: dict, p: torch.Tensor, lowrank) -> None:
     """Raises a ValueError when a parameter's loaded `state` is not what the step reads: torch.optim.AdamW's
     layout of p's shape for a plain parameter (`lowrank` None), the low-rank layout otherwise (`lowrank` =
-    (kind, its current Layout, whether the state has the adapter `delta`, the block length of 8-bit moments
-    or None for float ones))."""
+    (kind, its current Layout, whether the state has the adapter `delta`, and optionally the block length of
+    8-bit moments or None for float ones))."""
     if lowrank is None:
         if "layer" in state:
             raise ValueError(
@@ -57,7 +57,8 @@ def check_param_state(where: str, label: str, state: dict, p: torch.Tensor, lowr
         _need(where, label, state, ADAM_KEYS)
         _shapes(where, label, state, ("exp_avg", "exp_avg_sq"), tuple(p.shape), "the parameter's shape")
         return
-    kind, layout, with_delta, block = lowrank
+    kind, layout, with_delta, *moment_format = lowrank  # optimizers without 8-bit moments give no block
+    block = moment_format[0] if moment_format else None
     moments = ("exp_avg", "exp_avg_sq") + (("delta",) if with_delta else ())
     _need(where, label, state, LOWRANK_INTS + moments)
     for key in LOWRANK_INTS:
