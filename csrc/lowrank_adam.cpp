@@ -4,9 +4,9 @@
 //
 // Projection R = L G R^T. A seeded side is the device's sketch kernel (sketch_project: P generated tile by
 // tile, never materialized); an explicit side is a GEMM with its matrix, over tiles of the projected
-// dimension when G must be converted to the compute dtype; a "dct" side is the same
-// tiled GEMM on basis tiles the device generates from the index vector (AdamDevice::fill_dct), so P is
-// never materialized either. Two sides: two such GEMMs, the one on G first, in the order with fewer flops.
+// dimension when G must be converted to the compute dtype; a "dct" or "sr_dct" side is the same
+// tiled GEMM on basis tiles the device generates from the index vector (and, "sr_dct", the sign seed;
+// AdamDevice::fill_dct), so P is never materialized either. Two sides: two such GEMMs, the one on G first, in the order with fewer flops.
 // Moments: one elementwise pass over R (kernels/adam.h), which leaves the direction in R's buffer.
 // Unprojection with the weight update (the device's hook), one tile of P's columns at a time, so that only
 // a tile of U = P^T Y or Y P is ever formed:
@@ -36,11 +36,11 @@ at::Tensor call_sketch(SketchKernel kernel, const at::Tensor& x, const SideOp& s
   return kernel(x, static_cast<int64_t>(side.seed), size, kind_name(side.kind), left ? "left" : "right", out_dtype);
 }
 
-// P[:, k0 : k0 + width] of an explicit side (a view of its matrix) or of a "dct" side (generated into
-// `buffer`, rank x kb in the compute dtype).
+// P[:, k0 : k0 + width] of an explicit side (a view of its matrix) or of a basis side ("dct", "sr_dct":
+// generated into `buffer`, rank x kb in the compute dtype).
 at::Tensor operator_columns(const AdamDevice& device, const SideOp& side, int64_t k0, int64_t width,
                             const at::Tensor& buffer) {
-  if (side.kind != kSideDct) return side.matrix.narrow(1, k0, width);
+  if (!side.basis()) return side.matrix.narrow(1, k0, width);
   const at::Tensor tile = buffer.narrow(1, 0, width);
   device.fill_dct(side, k0, tile);
   return tile;
@@ -58,10 +58,10 @@ at::Tensor project(const AdamDevice& device, const SideOp& side, bool left, cons
   if (side.kind == kSideMatrix && X.scalar_type() == compute)
     return left ? at::mm(side.matrix, X) : at::mm(X, side.matrix.t());
   // Over tiles of P's columns: X converted tile by tile (no full-size copy of G in the compute dtype), and
-  // a "dct" P generated one tile at a time.
+  // a basis P generated one tile at a time.
   at::Tensor acc = left ? at::zeros({side.rank, X.size(1)}, options) : at::zeros({X.size(0), side.rank}, options);
   const int64_t kb = tile_columns(side.dim);
-  const at::Tensor buffer = side.kind == kSideDct ? at::empty({side.rank, kb}, options) : at::Tensor();
+  const at::Tensor buffer = side.basis() ? at::empty({side.rank, kb}, options) : at::Tensor();
   for (int64_t k0 = 0; k0 < side.dim; k0 += kb) {
     const int64_t width = std::min(kb, side.dim - k0);
     const at::Tensor p = operator_columns(device, side, k0, width, buffer);

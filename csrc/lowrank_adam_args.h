@@ -6,21 +6,23 @@
 #include <optional>
 #include <string>
 
-#include "../kernels/dct.h"
 #include "../kernels/sketch.h"
+#include "../kernels/sr_dct.h"
 #include "checks.h"
 
 namespace lowrank_ops {
 
 // One side operator of the projection R = L G R^T (lowrank_ops/ops/projection.py).
 // kSideDct: P[i, :] = D[indices[i], :], rows of the dim x dim orthonormal DCT-II basis (kernels/dct.h),
-// generated tile by tile from the index vector like a seeded sketch from its seed.
+// generated tile by tile from the index vector like a seeded sketch from its seed. kSideSrDct: the same rows
+// with the signs of the side's seed, P[i, t] = sign_t D[indices[i], t] (kernels/sr_dct.h).
 enum SideKind : int {
   kSideNone = -1,
   kSideRademacher = lro::kRademacher,
   kSideGaussian = lro::kGaussian,
   kSideMatrix = 2,
-  kSideDct = 3
+  kSideDct = 3,
+  kSideSrDct = 4
 };
 
 struct SideOp {
@@ -29,11 +31,23 @@ struct SideOp {
   int64_t rank = 0;    // rows of P
   int64_t dim = 0;     // columns of P: the projected dimension of W
   at::Tensor matrix;   // kSideMatrix: P (rank x dim), in the compute dtype
-  at::Tensor indices;  // kSideDct: the basis rows, int64, contiguous, on W's device
+  at::Tensor indices;  // kSideDct, kSideSrDct: the basis rows, int64, contiguous, on W's device
   bool present() const { return kind != kSideNone; }
   bool seeded() const { return kind == kSideRademacher || kind == kSideGaussian; }
+  // P is rows of the DCT-II basis given by `indices` (signed by `seed` for kSideSrDct).
+  bool basis() const { return kind == kSideDct || kind == kSideSrDct; }
   // P is generated inside the kernels (from a seed or from indices), never read from memory.
-  bool generated() const { return seeded() || kind == kSideDct; }
+  bool generated() const { return seeded() || basis(); }
+  // out[j] = P[i, t0 + j] for j in [0, len) of a basis side whose indices are on the CPU (T float or double).
+  template <typename T>
+  void fill_basis_segment(int64_t i, int64_t t0, int64_t len, T* out) const {
+    const int64_t k = indices.const_data_ptr<int64_t>()[i];
+    if (kind == kSideSrDct) {
+      lro::srdct_fill_segment<T>(dim, k, seed, t0, len, out);
+    } else {
+      lro::dct_fill_segment<T>(dim, k, t0, len, out);
+    }
+  }
 };
 
 // The scalars of one step, as the schema passes them.
@@ -45,19 +59,19 @@ struct AdamArgs {
 
 inline constexpr char kAdamOp[] = "lowrank_adamw_step_";
 
-// The index vector of a "dct" side (passed in the side's matrix slot): 1-D int16/int32/int64 of length
-// rank on W's device, values in [0, dim). The values are read only on the CPU: on CUDA that would be a device
+// The index vector of a "dct" or "sr_dct" side (passed in the side's matrix slot): 1-D int16/int32/int64 of
+// length rank on W's device, values in [0, dim). The values are read only on the CPU: on CUDA that would be a device
 // sync per step (lowrank_ops/ops/lowrank_adam.py says why that is safe). Returned as contiguous int64.
-inline at::Tensor parse_dct_indices(const char* side, const at::Tensor& indices, int64_t rank, int64_t dim,
-                                    const at::Tensor& W) {
+inline at::Tensor parse_dct_indices(const char* side, const char* kind, const at::Tensor& indices, int64_t rank,
+                                    int64_t dim, const at::Tensor& W) {
   const std::string name = std::string(side) + "_matrix";
   const at::ScalarType t = indices.scalar_type();
   TORCH_CHECK(indices.dim() == 1 && indices.size(0) == rank && (t == at::kShort || t == at::kInt || t == at::kLong),
-              "lowrank_ops.", kAdamOp, ": argument '", name, "' of kind \"dct\" must be a 1-D int16, int32 or int64 ",
-              "index vector of length ", rank, " (the rank), got ", t, " of shape ", shape_str(indices));
+              "lowrank_ops.", kAdamOp, ": argument '", name, "' of kind \"", kind, "\" must be a 1-D int16, int32 or ",
+              "int64 index vector of length ", rank, " (the rank), got ", t, " of shape ", shape_str(indices));
   TORCH_CHECK(indices.device() == W.device(), "lowrank_ops.", kAdamOp, ": argument '", name,
               "' must be on W's device ", W.device(), ", got ", indices.device());
-  TORCH_CHECK(dim <= lro::kDctMaxDim, "lowrank_ops.", kAdamOp, ": kind \"dct\" needs a projected dimension <= ",
+  TORCH_CHECK(dim <= lro::kDctMaxDim, "lowrank_ops.", kAdamOp, ": kind \"", kind, "\" needs a projected dimension <= ",
               lro::kDctMaxDim, ", got ", dim);
   if (indices.device().is_cpu() && rank > 0) {
     const int64_t lo = indices.min().item<int64_t>(), hi = indices.max().item<int64_t>();
@@ -80,9 +94,11 @@ inline SideOp parse_side_op(const char* side, c10::string_view kind, int64_t see
     s.kind = kSideMatrix;
   } else if (kind == "dct") {
     s.kind = kSideDct;
+  } else if (kind == "sr_dct") {
+    s.kind = kSideSrDct;
   } else {
     TORCH_CHECK(false, "lowrank_ops.", kAdamOp, ": argument '", side,
-                "_kind' must be \"none\", \"rademacher\", \"gaussian\", \"matrix\" or \"dct\", got \"",
+                "_kind' must be \"none\", \"rademacher\", \"gaussian\", \"matrix\", \"dct\" or \"sr_dct\", got \"",
                 std::string(kind), "\"");
   }
   if (!s.present()) return s;
@@ -93,11 +109,11 @@ inline SideOp parse_side_op(const char* side, c10::string_view kind, int64_t see
   const bool has_matrix = matrix.has_value() && matrix->defined();
   TORCH_CHECK(has_matrix != s.seeded(), "lowrank_ops.", kAdamOp, ": argument '", side, "_matrix' must be ",
               s.kind == kSideMatrix ? "a tensor for kind \"matrix\""
-              : s.kind == kSideDct  ? "the index vector for kind \"dct\""
+              : s.basis()           ? "the index vector for kinds \"dct\" and \"sr_dct\""
                                     : "None for a seeded kind",
               ", got ", has_matrix ? "a tensor" : "None");
-  if (has_matrix && s.kind == kSideDct) {
-    s.indices = parse_dct_indices(side, *matrix, rank, dim, W);
+  if (has_matrix && s.basis()) {
+    s.indices = parse_dct_indices(side, s.kind == kSideDct ? "dct" : "sr_dct", *matrix, rank, dim, W);
   } else if (has_matrix) {
     const std::string name = std::string(side) + "_matrix";
     check_float_matrix(kAdamOp, name.c_str(), *matrix);

@@ -35,7 +35,8 @@ struct AdamDevice {
   // Y in the compute dtype, without forming U as a whole.
   void (*unproject_update)(const SideOp& side, bool left, const at::Tensor& Y, const at::Tensor& W,
                            const AdamArgs& args);
-  // tile (rank x width, unit column stride, compute dtype) <- P[:, k0 : k0 + width] of a "dct" side.
+  // tile (rank x width, unit column stride, compute dtype) <- P[:, k0 : k0 + width] of a basis side ("dct",
+  // "sr_dct").
   void (*fill_dct)(const SideOp& side, int64_t k0, const at::Tensor& tile);
   // The device's sketch_project and sketch_unproject (csrc/lowrank_ops.h), for the seeded sides.
   SketchKernel sketch_project;

@@ -22,7 +22,8 @@ struct AdamDevice;
 // The fused low-rank AdamW step on `device` (cpu::kAdamDevice or cuda::kAdamDevice), in place on W,
 // exp_avg, exp_avg_sq and delta. Sides: left acts on W's rows, right on its columns; kind "none" |
 // "rademacher" | "gaussian" | "matrix" (the explicit rank x d matrix in the side's matrix slot) | "dct" (the
-// basis rows' index vector in the matrix slot). wd_mode "full" | "adapter" (needs delta).
+// basis rows' index vector in the matrix slot) | "sr_dct" (likewise, the rows signed by the side's seed).
+// wd_mode "full" | "adapter" (needs delta).
 void lowrank_adamw_step_(const AdamDevice& device, const at::Tensor& W, const at::Tensor& G,
                          const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
                          const std::optional<at::Tensor>& delta, c10::string_view left_kind, int64_t left_seed,

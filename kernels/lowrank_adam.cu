@@ -1,6 +1,6 @@
 // CUDA kernels and launchers of the lowrank_adam family (API in lowrank_adam.cuh). The per-element math is
 // lro::adam_moments / adam_adapter_direction / adam_weight_update (adam.h), lro::sketch_fill_segment
-// (sketch.h) and lro::dct_fill_segment (dct.h), all tested on the host; this file adds only indexing and the launches. All kernels are
+// (sketch.h), lro::dct_fill_segment (dct.h) and lro::srdct_fill_segment (sr_dct.h), all tested on the host; this file adds only indexing and the launches. All kernels are
 // grid-stride loops over their elements.
 #if !defined(__CUDACC_RTC__)
 #include <climits>
@@ -53,17 +53,21 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // Thread t generates the run of kSegment columns (t % runs) * kSegment of basis row indices[t / runs] of
-// the window (one run per thread, as sketch_window_kernel).
+// the window (one run per thread, as sketch_window_kernel), signed by `seed` when `signs` ("sr_dct").
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     dct_window_kernel(T* __restrict__ out, int64_t ld, const int64_t* __restrict__ indices, int64_t rank,
-                      int64_t dim, int64_t k0, int64_t width) {
+                      int64_t dim, int64_t k0, int64_t width, bool signs, uint64_t seed) {
   const int64_t runs = (width + kSegment - 1) / kSegment;
   const int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (t >= rank * runs) return;
   const int64_t row = t / runs, c = (t % runs) * kSegment;
   const int64_t len = width - c < kSegment ? width - c : kSegment;
-  dct_fill_segment<T>(dim, indices[row], k0 + c, len, out + row * ld + c);
+  if (signs) {
+    srdct_fill_segment<T>(dim, indices[row], seed, k0 + c, len, out + row * ld + c);
+  } else {
+    dct_fill_segment<T>(dim, indices[row], k0 + c, len, out + row * ld + c);
+  }
 }
 
 template <typename T, bool kAdapter>
@@ -114,7 +118,7 @@ cudaError_t sketch_window(T* out, int64_t ld, SketchKind kind, uint64_t seed, in
 
 template <typename T>
 cudaError_t dct_window(T* out, int64_t ld, const int64_t* indices, int64_t rank, int64_t dim, int64_t k0,
-                       int64_t width, cudaStream_t stream) {
+                       int64_t width, bool signs, uint64_t seed, cudaStream_t stream) {
   if (rank < 1 || dim < 1 || dim > kDctMaxDim || k0 < 0 || width < 0 || k0 + width > dim || ld < width)
     return cudaErrorInvalidValue;
   if (width == 0) return cudaSuccess;
@@ -122,7 +126,7 @@ cudaError_t dct_window(T* out, int64_t ld, const int64_t* indices, int64_t rank,
   const int64_t blocks = (rank * ((width + kSegment - 1) / kSegment) + kThreads - 1) / kThreads;
   if (blocks > INT_MAX) return cudaErrorInvalidValue;
   LRO_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, dct_window_kernel<T>)
-  (out, ld, indices, rank, dim, k0, width);
+  (out, ld, indices, rank, dim, k0, width, signs, seed);
   return cudaGetLastError();
 }
 
@@ -164,12 +168,12 @@ cudaError_t launch_sketch_window(double* out, int64_t ld, SketchKind kind, uint6
 }
 
 cudaError_t launch_dct_window(float* out, int64_t ld, const int64_t* indices, int64_t rank, int64_t dim, int64_t k0,
-                              int64_t width, cudaStream_t stream) {
-  return dct_window(out, ld, indices, rank, dim, k0, width, stream);
+                              int64_t width, bool signs, uint64_t seed, cudaStream_t stream) {
+  return dct_window(out, ld, indices, rank, dim, k0, width, signs, seed, stream);
 }
 cudaError_t launch_dct_window(double* out, int64_t ld, const int64_t* indices, int64_t rank, int64_t dim, int64_t k0,
-                              int64_t width, cudaStream_t stream) {
-  return dct_window(out, ld, indices, rank, dim, k0, width, stream);
+                              int64_t width, bool signs, uint64_t seed, cudaStream_t stream) {
+  return dct_window(out, ld, indices, rank, dim, k0, width, signs, seed, stream);
 }
 
 cudaError_t launch_adam_moments(float* r, float* m, float* v, float* delta, int64_t n, const AdamStep<float>& step,

@@ -13,8 +13,8 @@
 #endif
 
 #include "adam.h"
-#include "dct.h"
 #include "sketch.h"
+#include "sr_dct.h"
 
 namespace lro {
 
@@ -29,12 +29,13 @@ cudaError_t launch_sketch_window(double* out, int64_t ld, SketchKind kind, uint6
 
 // out[i * ld + j] = D[indices[i], k0 + j] for i < rank, j < width: a column window of the rows `indices`
 // (device int64, values in [0, dim): not checked here) of the dim x dim orthonormal DCT-II basis, computed
-// by dct_fill_segment (kernels/dct.h) in T. rank >= 1, 1 <= dim <= kDctMaxDim, 0 <= k0,
-// k0 + width <= dim, ld >= width.
+// by dct_fill_segment (kernels/dct.h) in T; with `signs`, times sign_(k0 + j) of `seed` (the "sr_dct" side,
+// srdct_fill_segment of kernels/sr_dct.h). rank >= 1, 1 <= dim <= kDctMaxDim, 0 <= k0, k0 + width <= dim,
+// ld >= width.
 cudaError_t launch_dct_window(float* out, int64_t ld, const int64_t* indices, int64_t rank, int64_t dim, int64_t k0,
-                              int64_t width, cudaStream_t stream);
+                              int64_t width, bool signs, uint64_t seed, cudaStream_t stream);
 cudaError_t launch_dct_window(double* out, int64_t ld, const int64_t* indices, int64_t rank, int64_t dim, int64_t k0,
-                              int64_t width, cudaStream_t stream);
+                              int64_t width, bool signs, uint64_t seed, cudaStream_t stream);
 
 // For i < n (contiguous arrays): adam_moments(r[i], &m[i], &v[i]) and, with delta, the adapter direction;
 // r[i] is overwritten with the direction. delta may be null (the "full" weight-decay mode).

@@ -219,7 +219,8 @@ torch.library.register_autograd("lowrank_ops::dct_unproject", _backward_dct_unpr
 # --------------------------------------------------------------------------------------------------------
 
 # R = L G R^T with each side "none" | "rademacher" | "gaussian" (seeded) | "matrix" (explicit rank x d, in
-# the side's matrix slot) | "dct" (basis rows; the index vector in the matrix slot); moments on R (fp32);
+# the side's matrix slot) | "dct" (basis rows; the index vector in the matrix slot) | "sr_dct" (basis rows signed
+# by the side's seed, docs/DESIGN.md §3; the index vector in the matrix slot); moments on R (fp32);
 # W <- W - lr wd W - lr scale L^T N R ("full") or the adapter form with `delta`. In place; an optimizer step
 # is not differentiated (no autograd).
 _define("lowrank_adamw_step_",

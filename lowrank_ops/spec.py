@@ -99,5 +99,8 @@ Q8_MOMENT_SIGNED = {"exp_avg": True, "exp_avg_sq": False}
 
 # --- fused low-rank AdamW step --------------------------------------------------------------------------
 SEEDED_KINDS = SKETCH_KINDS
-SIDE_KINDS = SEEDED_KINDS + ("matrix", "dct")
+# Sides given by an index vector of DCT-II basis rows, generated inside the kernels: "dct" (P = D[indices, :])
+# and "sr_dct" (P[i, t] = sign_t D[indices[i], t], sign_t the sr_dct sign rule above for the side's seed).
+BASIS_KINDS = ("dct", "sr_dct")
+SIDE_KINDS = SEEDED_KINDS + ("matrix", ) + BASIS_KINDS
 WD_MODES = ("full", "adapter")

@@ -3,7 +3,7 @@
 # on any correct machine"): ATen's SIMD level (ATEN_CPU_CAPABILITY), MKL's conditional numerical
 # reproducibility modes (MKL_CBWR: another code path, another summation order in the GEMMs), and the intra-op
 # thread count (OMP_NUM_THREADS for the modules that use torch's default, LOWRANK_OPS_TEST_THREADS for those
-# with the one_thread fixture of tests/helpers.py). A tolerance bound that depends on one machine's order of
+# with the autouse one_thread fixture of tests/conftest.py). A tolerance bound that depends on one machine's order of
 # summation fails under one of them. Prints one summary line per variation; logs go to $LOG_DIR.
 # With OpenBLAS instead of MKL (see python -c "import torch; print(torch.__config__.show())"), use
 # OPENBLAS_CORETYPE=Haswell / SkylakeX / Zen in place of the MKL_CBWR lines.

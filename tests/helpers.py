@@ -1,6 +1,5 @@
 """Shared test utilities: the backends to compare and the tolerance rule of docs/DESIGN.md §5."""
 
-import os
 
 import pytest
 import torch
@@ -22,19 +21,6 @@ def backends(op: str, device_type: str = "cpu"):
             marks.append(pytest.mark.gpu)
         params.append(pytest.param(name, marks=marks, id=name))
     return params
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread for the duration of a test. The machine is shared: with two OpenMP threads on a
-    loaded two-core machine tiny tensors stall on oversubscription (LAPACK's small SVDs were measured at
-    1.5 s for 129 x 33 against 0.4 ms on one thread). Autouse in the test modules that import it.
-    LOWRANK_OPS_TEST_THREADS=N sets another count, so that the tolerance bounds can be checked under the
-    summation orders of other thread counts (scripts/test_variations.sh)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("LOWRANK_OPS_TEST_THREADS", "1")))
-    yield
-    torch.set_num_threads(threads)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

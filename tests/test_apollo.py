@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from helpers import GAUSSIAN_ENTRY_TOL, assert_within_torch_error, backends, one_thread  # noqa: F401
 
 from lowrank_ops import ops, projections
 from lowrank_ops.ops import Projection
@@ -14,6 +13,8 @@ from lowrank_ops.optim import APOLLO
 from lowrank_ops.pure_torch import apollo as plain_torch
 from lowrank_ops.reference import apollo as reference
 from lowrank_ops.reference.sketch import sketch as reference_sketch
+
+from helpers import GAUSSIAN_ENTRY_TOL, assert_within_torch_error, backends
 
 CPU_BACKENDS = backends("lowrank_apollo_step_")
 HYPER = dict(lr=3e-2, beta1=0.9, beta2=0.99, eps=1e-6, weight_decay=0.1)

@@ -7,9 +7,10 @@ import math
 
 import pytest
 import torch
-from bad_inputs import FAMILIES, SPECS, available_backends, run_in_subprocess
 
 from lowrank_ops import memory, ops
+
+from bad_inputs import FAMILIES, SPECS, available_backends, run_in_subprocess
 
 EXAMPLES = 40  # hypothesis examples per op, on top of every single variant on two fixed problems
 

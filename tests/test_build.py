@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import GAUSSIAN_ENTRY_TOL, assert_within_torch_error
 
 import lowrank_ops
 from lowrank_ops import _extension, _ops
+
+from helpers import GAUSSIAN_ENTRY_TOL, assert_within_torch_error
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSION_RE = r"^\d+\.\d+\.\d+\+(cu\d+|cpu)torch\d+\.\d+$"

@@ -9,6 +9,11 @@ import numpy as np
 import pytest
 import scipy.fft
 import torch
+
+from lowrank_ops import backends as lowrank_backends
+from lowrank_ops import ops
+from lowrank_ops.reference import dct as reference
+
 from helpers import (
     assert_clear_error,
     assert_compiled_matches_eager,
@@ -16,10 +21,6 @@ from helpers import (
     backends,
     random_matrix,
 )
-
-from lowrank_ops import backends as lowrank_backends
-from lowrank_ops import ops
-from lowrank_ops.reference import dct as reference
 
 SIDES = ("left", "right")
 NORMS = ("l1", "l2")

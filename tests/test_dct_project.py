@@ -5,18 +5,18 @@ tolerance rule of docs/DESIGN.md §5; opcheck, gradcheck, compile, thread-count 
 
 import pytest
 import torch
+
+from lowrank_ops import _extension, ops, projections
+from lowrank_ops.projections import sr_dct
+from lowrank_ops.reference import dct as reference
+
 from helpers import (
     assert_clear_error,
     assert_compiled_matches_eager,
     assert_within_torch_error,
     backends,
-    one_thread,  # noqa: F401 (an autouse fixture: one intra-op thread per test)
     random_matrix,
 )
-
-from lowrank_ops import _extension, ops, projections
-from lowrank_ops.projections import sr_dct
-from lowrank_ops.reference import dct as reference
 
 CPU_BACKENDS = backends("dct_project")
 SIDES = ("left", "right")
@@ -137,7 +137,7 @@ def test_fft_path_does_not_depend_on_the_thread_count(which, rng):
     run = (lambda: ops.dct_project(X, idx, "left", method="fft", backend="cpu")) if which == "project" else (
         lambda: ops.dct_unproject(X, idx, d, "left", method="fft", backend="cpu"))
     one = run()
-    torch.set_num_threads(2)  # the one_thread fixture restores the count
+    torch.set_num_threads(2)  # the autouse one_thread fixture (conftest.py) restores the count
     assert torch.equal(run(), one)
 
 

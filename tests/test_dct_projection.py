@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 import torch
+from test_lowrank_adam import HYPER, Run, assert_compiled_step_matches_eager, peak_cpu_bytes, plain_projection
 
 from lowrank_ops import _extension, memory, ops, projections
 from lowrank_ops.ops import Projection, SideOperator
@@ -18,15 +19,14 @@ from lowrank_ops.optim import LowRankAdamW
 from lowrank_ops.projections import dct as dct_kind
 from lowrank_ops.reference import dct as dct_reference
 from lowrank_ops.reference import lowrank_adam as reference
+
 from helpers import (
     GAUSSIAN_ENTRY_TOL,
     assert_clear_error,
     assert_within_torch_error,
     backends,
-    one_thread,  # noqa: F401 (an autouse fixture: one intra-op thread per test)
     random_matrix,
 )
-from test_lowrank_adam import HYPER, Run, assert_compiled_step_matches_eager, peak_cpu_bytes, plain_projection
 from tiny_models import (
     batch,
     lm_loss,
@@ -236,7 +236,7 @@ def test_bad_arguments_raise_clear_errors(call, error, message):
 
 @pytest.mark.skipif(not _extension.LOADED, reason="compiled extension not loaded")
 @pytest.mark.parametrize("left_matrix,message", [
-    (None, "argument 'left_matrix' must be the index vector for kind \"dct\", got None"),
+    (None, "argument 'left_matrix' must be the index vector for kinds \"dct\" and \"sr_dct\", got None"),
     (torch.tensor([0, 5]), "argument 'left_matrix' must hold values in [0, 5) (basis rows of the projected "
                            "dimension), got values in [0, 5]"),
     (torch.tensor([0, 1, 2]), "argument 'left_matrix' of kind \"dct\" must be a 1-D int16, int32 or int64 index "

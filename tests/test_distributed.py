@@ -17,17 +17,17 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import (
-    GAUSSIAN_ENTRY_TOL,
-    assert_within_torch_error,
-    one_thread,  # noqa: F401 (an autouse fixture: one intra-op thread per test)
-    rel_err,
-)
 
 from lowrank_ops import projections
 from lowrank_ops.distributed import MODES, DiLoCo, run_local, shard_placement_fn, worker_seed
 from lowrank_ops.optim import LowRankAdamW
 from lowrank_ops.reference import sr_dct as oracle_sr_dct
+
+from helpers import (
+    GAUSSIAN_ENTRY_TOL,
+    assert_within_torch_error,
+    rel_err,
+)
 
 TIMEOUT = 90  # seconds for one multi-process run, start to end
 
@@ -158,14 +158,15 @@ def _sr_dct_rank(rank, world):
     for g in range(SR_ROUNDS):
         for t in range(g * H, (g + 1) * H):
             train_step(model, diloco, t, rank)
-            if t == g * H:  # the basis of this round, as the inner optimizer hands it to the fused step
+            if t == g * H:  # the basis of this round: the dense form (float32) of the "sr_dct" side the step gets
                 opt = diloco.inner_optimizer
                 bases = {}
                 for name in ("fc1", "fc2"):
                     p = getattr(model, name).weight
                     layout = kind.layout(p.shape, SR_RANK, "auto", (rank, world))
-                    ((side, _, _),) = layout.sides()
-                    bases[name] = getattr(kind.projection(opt.state[p], layout), side).matrix.clone()
+                    ((side, _, d),) = layout.sides()
+                    op = getattr(kind.projection(opt.state[p], layout), side)
+                    bases[name] = projections.side_matrix(op, d, torch.float32, p.device)
                     bases[name + "_layer"] = opt.state[p]["layer"]
                 out["bases"].append(bases)
         out["weights"].append([p.detach().clone() for p in model.parameters()])  # right after the sync

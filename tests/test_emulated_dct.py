@@ -8,9 +8,10 @@ float32 rows BIG_STRIDE apart (offsets past 2^31 bytes)."""
 
 import pytest
 import torch
-from emulated.harness import BIG_STRIDE, assert_entries_close, covers, run
 
 from lowrank_ops import ops
+
+from emulated.harness import BIG_STRIDE, assert_entries_close, covers, run
 
 pytestmark = pytest.mark.emulated
 

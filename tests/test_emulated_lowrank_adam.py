@@ -1,7 +1,8 @@
 """kernels/lowrank_adam.cu executed on the CPU by the CUDA emulation (tests/emulated; docs/DESIGN.md §5): each
 launcher with production's grid and block sizes. The sketch and DCT windows against the CPU backend's
 operators (Rademacher bit-exact, Gaussian and DCT entries within their few-ulp bounds, as in
-test_emulated_sketch.py and test_emulated_dct.py); the moment and weight-update epilogues, which no CPU op
+test_emulated_sketch.py and test_emulated_dct.py), the signed DCT window of an "sr_dct" side bit-exact against
+the unsigned one times the sign oracle (lowrank_ops/reference/sr_dct.py); the moment and weight-update epilogues, which no CPU op
 exposes on their own, within the tolerance rule (tests/helpers.py) against the float64 formulas of
 kernels/adam.h, plain torch being the same formulas in float32 (torch.optim.AdamW's order). Shapes: size 1,
 non-multiples of the 256-thread blocks and the 8-column runs, rank > 32, windows at odd offsets, padded,
@@ -11,10 +12,12 @@ import math
 
 import pytest
 import torch
-from emulated.harness import BIG_STRIDE, KIND_CODES, SEED, assert_entries_close, covers, run
-from helpers import assert_within_torch_error
 
 from lowrank_ops import ops
+from lowrank_ops.reference import sr_dct as sr_dct_oracle
+
+from emulated.harness import BIG_STRIDE, KIND_CODES, SEED, assert_entries_close, covers, run
+from helpers import assert_within_torch_error
 
 pytestmark = pytest.mark.emulated
 
@@ -77,6 +80,22 @@ def test_dct_window_matches_cpu_basis(rank, dim, k0, width, ld, dtype, rng):
     ).outputs["out"]
     want = ops.dct_basis(dim, indices, dtype, backend="cpu")[:, k0 : k0 + width]
     assert_entries_close(got, want, 4, f"dct window {dtype} {rank}x{dim}[{k0}:{k0 + width}]")
+
+
+@covers("dct_window_kernel")
+@pytest.mark.parametrize("dtype", COMPUTE_DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("rank,dim,k0,width,ld", WINDOW_CASES)
+def test_signed_dct_window_is_the_dct_window_times_the_sr_dct_signs(rank, dim, k0, width, ld, dtype, rng):
+    """With a seed the window is the "sr_dct" side's: every entry the unsigned entry with the sign of its column
+    (a negation: bit-exact), the signs the oracle's for that seed, across the 128-column Philox groups."""
+    if ld == BIG_STRIDE and dtype == torch.float64:
+        ld = BIG_STRIDE // 2
+    indices = torch.randint(0, dim, (rank,), generator=rng)
+    window = dict(dtype=dtype, rank=rank, dim=dim, k0=k0, width=width, ld=ld)
+    plain = run("dct_window", {"indices": indices}, {"out": (dtype, (rank, width))}, **window).outputs["out"]
+    signed = run("dct_window", {"indices": indices}, {"out": (dtype, (rank, width))}, seed=SEED, **window).outputs["out"]
+    signs = sr_dct_oracle.signs(dim, SEED)[k0 : k0 + width].to(dtype)
+    assert torch.equal(signed, plain * signs), f"signed dct window {dtype} {rank}x{dim}[{k0}:{k0 + width}]"
 
 
 # ---------------------------------------------------------------------------------------------------------

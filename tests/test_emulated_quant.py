@@ -10,9 +10,10 @@ bytes)."""
 
 import pytest
 import torch
-from emulated.harness import BIG_STRIDE, covers, run
 
 from lowrank_ops import ops
+
+from emulated.harness import BIG_STRIDE, covers, run
 
 pytestmark = pytest.mark.emulated
 

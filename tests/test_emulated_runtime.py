@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from emulated import harness
 from emulated.harness import run, run_failing
 

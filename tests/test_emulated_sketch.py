@@ -7,10 +7,11 @@ transposed and sliced inputs, and strides that put offsets past 2^31 bytes."""
 
 import pytest
 import torch
-from emulated.harness import BIG_STRIDE, KIND_CODES, SEED, assert_entries_close, covers, run
-from helpers import GAUSSIAN_ENTRY_TOL, assert_within_torch_error
 
 from lowrank_ops import ops
+
+from emulated.harness import BIG_STRIDE, KIND_CODES, SEED, assert_entries_close, covers, run
+from helpers import GAUSSIAN_ENTRY_TOL, assert_within_torch_error
 
 pytestmark = pytest.mark.emulated
 

@@ -92,15 +92,12 @@ def losses(trainer):
 
 
 @pytest.fixture(autouse=True)
-def one_thread_no_bars():
-    """The machine is shared: one intra-op thread avoids oversubscription stalls on tiny tensors. The
-    checkpoint writer's progress bars are off (clean test output)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def no_progress_bars():
+    """The checkpoint writer's progress bars are off (clean test output); the thread count is conftest.py's
+    one_thread."""
     transformers.utils.logging.disable_progress_bar()
     yield
     transformers.utils.logging.enable_progress_bar()
-    torch.set_num_threads(threads)
 
 
 def test_param_groups_on_llama():

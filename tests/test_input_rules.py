@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import assert_clear_error, backends
 
 from lowrank_ops import _ops, ops
 from lowrank_ops.ops import Projection
+
+from helpers import assert_clear_error, backends
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = torch.ops.lowrank_ops

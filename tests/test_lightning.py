@@ -76,18 +76,15 @@ def make_trainer(root, callbacks=(), precision="32-true"):
 
 
 @pytest.fixture(autouse=True)
-def quiet_and_one_thread():
-    """One intra-op thread (the machine is shared); Lightning's advice-level warnings (few dataloader
-    workers on CPU; the resumed run checkpointing into the directory of the checkpoint it resumes from)
-    are not what this test is about."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def quiet():
+    """Lightning's advice-level warnings (few dataloader workers on CPU; the resumed run checkpointing into
+    the directory of the checkpoint it resumes from) are not what this test is about. The thread count is
+    conftest.py's one_thread."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # the resumed run's own dir
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning 2.6 vs torch 2.13 pytree API
         yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(

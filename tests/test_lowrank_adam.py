@@ -11,6 +11,7 @@ import torch
 from lowrank_ops import _extension, ops
 from lowrank_ops.ops import Projection, SideOperator
 from lowrank_ops.reference import lowrank_adam as reference
+
 from helpers import GAUSSIAN_ENTRY_TOL, assert_clear_error, assert_within_torch_error, backends, random_matrix
 
 CPU_BACKENDS = backends("lowrank_adamw_step_")
@@ -239,20 +240,25 @@ def test_no_m_by_n_temporary(backend, kind, rng):
     assert peak_cpu_bytes(eager) >= W.nbytes  # the profiler does see m x n buffers
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_opcheck(backend, rng):
-    shape = (21, 13)
-    P = torch.randn(4, 13, generator=rng)
-    for w_dtype, left, right, wd_mode in [
-        (torch.float32, ("gaussian", LARGE_SEED - 2**64, 3, None), ("none", 0, 0, None), "full"),
-        (torch.bfloat16, ("rademacher", 5, 3, None), ("matrix", 0, 4, P), "adapter"),
-    ]:
+def opcheck_step(backend, shape, cases, rng):
+    """torch.library.opcheck of the op on `backend` for each (W dtype, left, right, wd_mode) of `cases`, each side
+    given as the schema's (kind, seed, rank, tensor), with a bfloat16 G of `shape`."""
+    for w_dtype, left, right, wd_mode in cases:
         r = (left[2] if left[0] != "none" else shape[0], right[2] if right[0] != "none" else shape[1])
         W = torch.randn(shape, generator=rng).to(w_dtype)
         G = torch.randn(shape, generator=rng).to(torch.bfloat16)
         m, v, delta = torch.zeros(r), torch.rand(r, generator=rng), torch.randn(r, generator=rng)
         torch.library.opcheck(torch.ops.lowrank_ops.lowrank_adamw_step_.default,
                               (W, G, m, v, delta, *left, *right, 1e-3, 0.9, 0.999, 1e-8, 0.01, 2, 1.0, wd_mode, backend))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_opcheck(backend, rng):
+    P = torch.randn(4, 13, generator=rng)
+    opcheck_step(backend, (21, 13), [
+        (torch.float32, ("gaussian", LARGE_SEED - 2**64, 3, None), ("none", 0, 0, None), "full"),
+        (torch.bfloat16, ("rademacher", 5, 3, None), ("matrix", 0, 4, P), "adapter"),
+    ], rng)
 
 
 def assert_compiled_step_matches_eager(step, W, G, m, v):
@@ -317,8 +323,8 @@ def test_bad_arguments_raise_clear_errors(call, error, message):
 
 @pytest.mark.skipif(not _extension.LOADED, reason="compiled extension not loaded")
 @pytest.mark.parametrize("override,message", [
-    (dict(left_kind="uniform"), "argument 'left_kind' must be \"none\", \"rademacher\", \"gaussian\", \"matrix\" or "
-                                "\"dct\""),
+    (dict(left_kind="uniform"), "argument 'left_kind' must be \"none\", \"rademacher\", \"gaussian\", \"matrix\", "
+                                "\"dct\" or \"sr_dct\""),
     (dict(left_rank=0), "argument 'left_rank' must be >= 1, got 0"),
     (dict(left_kind="matrix"), "argument 'left_matrix' must be a tensor for kind \"matrix\", got None"),
     (dict(left_matrix=torch.randn(2, 6)), "argument 'left_matrix' must be None for a seeded kind"),

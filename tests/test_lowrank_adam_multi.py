@@ -21,19 +21,19 @@ two threads (matrices scheduled over threads and one run alone); no m x n tempor
 
 import pytest
 import torch
-from helpers import (  # noqa: F401 (one_thread: an autouse fixture, one intra-op thread per test)
-    GAUSSIAN_ENTRY_TOL,
-    assert_clear_error,
-    assert_within_torch_error,
-    backends,
-    one_thread,
-    random_matrix,
-)
 from test_lowrank_adam import LARGE_SEED, peak_cpu_bytes, plain_projection
 
 from lowrank_ops import _extension, ops
 from lowrank_ops.ops import Projection, SideOperator
 from lowrank_ops.reference import lowrank_adam as reference
+
+from helpers import (
+    GAUSSIAN_ENTRY_TOL,
+    assert_clear_error,
+    assert_within_torch_error,
+    backends,
+    random_matrix,
+)
 
 OP = "lowrank_adamw_multi_step_"
 CPU_BACKENDS = backends(OP)
@@ -132,12 +132,20 @@ def test_parity_with_single_op_and_float64_reference(backend, w_dtype, rng):
     the same arithmetic (module docstring)."""
     other_dtype = torch.bfloat16 if w_dtype == torch.float32 else torch.float32
     cases = mixed_call(rng)
+    Ws = [torch.randn(c[0], generator=rng).to(other_dtype if i == 2 else w_dtype) for i, c in enumerate(cases)]
+    check_call(backend, cases, Ws, rng)
+
+
+def check_call(backend, cases, Ws, rng):
+    """One multi-tensor call of `cases` ((shape, projection, cpu_runs_single_kernel) per matrix) on W0 = `Ws`, over
+    STEPS steps with per-matrix hyperparameters, step counts and G dtypes and layouts: each matrix against the
+    float64 oracle with plain torch and with lowrank_adamw_step_ (same backend) as the yardsticks, and
+    bit-identical to lowrank_adamw_step_ where both run the same arithmetic (module docstring)."""
     shapes = [c[0] for c in cases]
     projections = [c[1] for c in cases]
     hypers = [hyper(i) for i in range(len(cases))]
     modes = [h["wd_mode"] for h in hypers]
     first_steps = [1 + i % 3 for i in range(len(cases))]
-    Ws = [torch.randn(s, generator=rng).to(other_dtype if i == 2 else w_dtype) for i, s in enumerate(shapes)]
     G_steps = [[random_matrix(s, G_CONFIGS[(i + t) % len(G_CONFIGS)][0], rng, G_CONFIGS[(i + t) % len(G_CONFIGS)][1])
                 for i, s in enumerate(shapes)] for t in range(STEPS)]
     ours, single, plain = (State(Ws, projections, modes, first_steps) for _ in range(3))
@@ -150,7 +158,7 @@ def test_parity_with_single_op_and_float64_reference(backend, w_dtype, rng):
                            hypers)
         exact.single_steps(reference.lowrank_adamw_step_, [G.double() for G in Gs], projections, hypers)
     for i, (shape, projection, cpu_single_kernel) in enumerate(cases):
-        what = f"{backend} matrix {i} {shape} W {Ws[i].dtype} {hypers[i]['wd_mode']}"
+        what = f"{backend} matrix {i} {shape} W {Ws[i].dtype} {modes[i]}"
         tol = GAUSSIAN_ENTRY_TOL if has_gaussian(projection) else 0.0
         assert_matrix_parity(i, ours, exact, plain, Ws[i], what + " vs plain torch", tol)
         assert_matrix_parity(i, ours, exact, single, Ws[i], what + " vs lowrank_adamw_step_", tol)
@@ -249,7 +257,7 @@ def test_two_threads_schedule(rng):
     Gs = [torch.randn(s, generator=rng) for s in shapes]
     two, plain = State(Ws, projections, modes, [1] * 4), State(Ws, projections, modes, [1] * 4)
     exact = State([W.double() for W in Ws], projections, modes, [1] * 4, torch.float64)
-    torch.set_num_threads(2)  # the autouse one_thread fixture restores the count
+    torch.set_num_threads(2)  # the autouse one_thread fixture (conftest.py) restores the count
     two.multi_step(Gs, projections, hypers, "cpu")
     exact.single_steps(reference.lowrank_adamw_step_, [G.double() for G in Gs], projections, hypers)
     plain.single_steps(reference.lowrank_adamw_step_, Gs, projections, hypers)
@@ -272,7 +280,7 @@ def test_matrices_run_alone_share_one_moment_pass(wd_mode, rng):
     modes = [wd_mode] * 3
     Ws = [torch.randn(s, generator=rng) for s in shapes]
     Gs = [torch.randn(s, generator=rng) for s in shapes]
-    torch.set_num_threads(2)  # the autouse one_thread fixture restores the count
+    torch.set_num_threads(2)  # the autouse one_thread fixture (conftest.py) restores the count
     multi, single = State(Ws, projections, modes, [2] * 3), State(Ws, projections, modes, [2] * 3)
     for _ in range(2):
         multi.multi_step(Gs, projections, hypers, "cpu")

@@ -15,10 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from helpers import GAUSSIAN_ENTRY_TOL, assert_within_torch_error
 
 from lowrank_ops import cupy as lro_cupy
 from lowrank_ops.cupy import _nvrtc
+
+from helpers import GAUSSIAN_ENTRY_TOL, assert_within_torch_error
 
 try:
     _nvrtc.library()

@@ -16,10 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils._pytree import tree_map
+
+from lowrank_ops import ops, projections
+from lowrank_ops.optim import GaLoreAdamW, LowRankAdamW, step_in_backward
+
 from helpers import (
     GAUSSIAN_ENTRY_TOL,
     assert_within_torch_error,
-    one_thread,  # noqa: F401 (an autouse fixture: one intra-op thread per test)
 )
 from tiny_models import (
     batch,
@@ -33,9 +36,6 @@ from tiny_models import (
     train,
     train_mlp,
 )
-
-from lowrank_ops import ops, projections
-from lowrank_ops.optim import GaLoreAdamW, LowRankAdamW, step_in_backward
 
 ALL_KINDS = ("gaussian", "rademacher", "orthogonal", "svd", "two_sided_gaussian", "two_sided_svd")
 ONE_SIDED = ("gaussian", "rademacher", "orthogonal", "svd")

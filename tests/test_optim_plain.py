@@ -12,13 +12,13 @@ import math
 
 import pytest
 import torch
-from helpers import (
-    assert_within_torch_error,
-    one_thread,  # noqa: F401 (an autouse fixture: one intra-op thread per test)
-)
-from tiny_models import batch, lm_loss, make_model, split_groups, state_equal, train
 
 from lowrank_ops.optim import GaLoreAdamW, LowRankAdamW, step_in_backward
+
+from helpers import (
+    assert_within_torch_error,
+)
+from tiny_models import batch, lm_loss, make_model, split_groups, state_equal, train
 
 HYPER = dict(lr=3e-3, betas=(0.8, 0.95), eps=1e-7)
 # (our keywords, torch.optim.AdamW's keywords that must give the same run): our default is torch's fused

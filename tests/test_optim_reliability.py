@@ -12,13 +12,13 @@ import warnings
 
 import pytest
 import torch
-from helpers import one_thread  # noqa: F401 (an autouse fixture: one intra-op thread per test)
-from tiny_models import batch, lm_loss, make_model, split_groups, state_equal
 
 from lowrank_ops import projections
 from lowrank_ops.distributed import run_local
 from lowrank_ops.optim import GaLoreAdamW, LowRankAdamW, step_in_backward
 from lowrank_ops.optim.nonfinite import finite_flags
+
+from tiny_models import batch, lm_loss, make_model, split_groups, state_equal
 
 SHAPES = ((10, 6), (5, 9))  # right- and left-projected under side "auto"
 TIMEOUT = 90

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from helpers import one_thread  # noqa: F401 (an autouse fixture: one intra-op thread per test)
 
 from lowrank_ops import ops, projections
 from lowrank_ops.projections import base

@@ -10,6 +10,11 @@ import io
 
 import pytest
 import torch
+
+from lowrank_ops import _extension, ops
+from lowrank_ops.ops import quant as quant_ops
+from lowrank_ops.reference import quant as reference
+
 from helpers import (
     assert_clear_error,
     assert_compiled_matches_eager,
@@ -17,10 +22,6 @@ from helpers import (
     backends,
     random_matrix,
 )
-
-from lowrank_ops import _extension, ops
-from lowrank_ops.ops import quant as quant_ops
-from lowrank_ops.reference import quant as reference
 
 try:
     import bitsandbytes.functional as bnb

@@ -11,13 +11,13 @@ import torch
 from lowrank_ops import ops
 from lowrank_ops.pure_torch import range_finder as rf
 from lowrank_ops.reference import range_finder as reference
+
 from helpers import (
     GAUSSIAN_ENTRY_TOL,
     assert_clear_error,
     assert_compiled_matches_eager,
     assert_within_torch_error,
     backends,
-    one_thread,  # noqa: F401 (an autouse fixture: one intra-op thread per test)
     random_matrix,
     rel_err,
 )

@@ -8,11 +8,12 @@ from statistics import NormalDist
 
 import pytest
 import torch
-from helpers import assert_clear_error, backends, one_thread  # noqa: F401 (autouse: one intra-op thread)
 
 from lowrank_ops import projections
 from lowrank_ops.projections import sr_dct
 from lowrank_ops.reference import sr_dct as oracle
+
+from helpers import assert_clear_error, backends
 
 # sizes across the Rademacher word (32) and group (128) edges; seeds at the 32- and 64-bit edges
 DIMS = (1, 2, 7, 31, 32, 33, 127, 128, 129, 300, 1000)

@@ -1,18 +1,21 @@
 """The "sr_dct" projection kind (issue 18; lowrank_ops/projections/sr_dct.py): what a refresh persists (the
-seed only), the basis it hands to the fused step (the oracle's P of the refresh seed, row blocks
-included), LowRankAdamW(projection="sr_dct") against a float64 transcription of its formulas on both sides
-and both weight dtypes, the tiny models' training, a state of ints and moments only with a bit-identical
-resume, and the memory estimate (seed-only).
-
-Not here yet: parity of a fused-step side kind with in-kernel signs (the step runs through a "matrix" side
-materialized at each call until the lowrank_adam kernels take a sign seed; see the kind's docstring)."""
+seed only), the basis it hands to the fused step (an "sr_dct" side: the oracle's rows of the refresh seed and
+the seed, row blocks included; its dense form the oracle's P), LowRankAdamW(projection="sr_dct") against a
+float64 transcription of its formulas on both sides and both weight dtypes, the tiny models' training, a state
+of ints and moments only with a bit-identical resume, and the memory estimate (seed-only). The fused steps with
+an "sr_dct" side, on every backend: tests/test_sr_dct_step.py."""
 
 import io
 import math
 
 import pytest
 import torch
-from helpers import assert_within_torch_error, one_thread  # noqa: F401 (autouse: one intra-op thread)
+
+from lowrank_ops import memory, projections
+from lowrank_ops.optim import LowRankAdamW
+from lowrank_ops.reference import sr_dct as oracle
+
+from helpers import assert_within_torch_error
 from tiny_models import (
     lowrank_opt,
     make_model,
@@ -22,10 +25,6 @@ from tiny_models import (
     train,
     train_mlp,
 )
-
-from lowrank_ops import memory, projections
-from lowrank_ops.optim import LowRankAdamW
-from lowrank_ops.reference import sr_dct as oracle
 
 KIND = projections.get("sr_dct")
 
@@ -45,12 +44,17 @@ def test_refresh_persists_the_seed_and_the_basis_is_the_oracle(shape, side, bloc
     assert KIND.refresh(state, torch.empty(0), layout, 2**64 - 3)
     assert state == {"proj_seed": 2**64 - 3}
     ((which, rank, d),) = layout.sides()
-    for moments, dtype in ((torch.float32, torch.float32), (torch.float64, torch.float64), (None, torch.float64)):
+    want = oracle.matrix(rank, d, 2**64 - 3, block or (0, 1))
+    for moments in (torch.float32, torch.float64, None):
         with_moments = dict(state) if moments is None else dict(state, exp_avg=torch.zeros(2, dtype=moments))
         op = getattr(KIND.projection(with_moments, layout), which)
-        want = oracle.matrix(rank, d, 2**64 - 3, block or (0, 1))
-        assert op.kind == "matrix" and op.matrix.dtype == dtype and op.matrix.shape == (rank, d)
-        assert (op.matrix.double() - want).abs().max() <= 0.5 * torch.finfo(dtype).eps + 8 * 2.0**-53
+        # the fused step's "sr_dct" side: the rows and the seed (the kernels draw the signs), no matrix
+        assert op.kind == "sr_dct" and op.matrix is None and op.seed == 2**64 - 3 and op.rank == rank
+        assert op.indices.tolist() == oracle.rows(rank, d, 2**64 - 3, block or (0, 1))
+        for dtype in (torch.float32, torch.float64):  # its dense form, for code that needs P itself
+            P = projections.side_matrix(op, d, dtype, "cpu")
+            assert P.dtype == dtype and P.shape == (rank, d)
+            assert (P.double() - want).abs().max() <= 0.5 * torch.finfo(dtype).eps + 8 * 2.0**-53
 
 
 def test_memory_estimate_counts_the_seed_only():

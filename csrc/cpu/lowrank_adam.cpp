@@ -1,5 +1,6 @@
 // CPU kernels of the lowrank_adam family: the device hooks of csrc/lowrank_adam_impl.h (cpu::kAdamDevice).
-// The per-element math is kernels/adam.h (and kernels/dct.h for the basis tiles of a "dct" side). Each hook is ONE
+// The per-element math is kernels/adam.h (and kernels/dct.h, kernels/sr_dct.h for the basis tiles of a "dct" or
+// "sr_dct" side). Each hook is ONE
 // parallel region: on a machine with few cores a fork/join per tile and per GEMM costs more than it saves
 // (bench/results/sketch_cpu.json, bench/results/optim_cpu*.json).
 // The weight update splits P's columns (W's rows for a left side, its columns for a right side) into
@@ -14,7 +15,6 @@
 #include <algorithm>
 
 #include "../../kernels/adam.h"
-#include "../../kernels/dct.h"
 #include "../lowrank_adam_impl.h"
 #include "../lowrank_ops.h"
 #include "adam_epilogues.h"
@@ -44,16 +44,15 @@ void moments(at::Tensor& r, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, at::Ten
   });
 }
 
-// rows i of P[:, k0 : k0 + width] of a "dct" side (P[i, :] = D[indices[i], :]), written into `tile`
-// (rank x width, unit column stride, float or double) by kernels/dct.h's dct_fill_segment, rows in
+// rows i of P[:, k0 : k0 + width] of a basis side (P[i, :] = D[indices[i], :], signed for "sr_dct"), written
+// into `tile` (rank x width, unit column stride, float or double) by SideOp::fill_basis_segment, rows in
 // parallel (inline when called inside a parallel region).
 void fill_dct(const SideOp& side, int64_t k0, const at::Tensor& tile) {
-  const int64_t* index = side.indices.const_data_ptr<int64_t>();
   const int64_t width = tile.size(1), ld = tile.stride(0);
   AT_DISPATCH_FLOATING_TYPES(tile.scalar_type(), "lowrank_adamw_step_ dct tile", [&] {
     scalar_t* base = tile.data_ptr<scalar_t>();
     at::parallel_for(0, tile.size(0), 16, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) lro::dct_fill_segment<scalar_t>(side.dim, index[i], k0, width, base + i * ld);
+      for (int64_t i = begin; i < end; ++i) side.fill_basis_segment<scalar_t>(i, k0, width, base + i * ld);
     });
   });
 }
@@ -78,7 +77,7 @@ void unproject_update(const SideOp& side, bool left, const at::Tensor& Y, const 
         at::Tensor p;
         if (side.seeded()) {
           p = sketch_tile_rows(side.kind, side.seed, d, 0, k0, tile.narrow(1, 0, width));
-        } else if (side.kind == kSideDct) {
+        } else if (side.basis()) {
           p = tile.narrow(1, 0, width);
           fill_dct(side, k0, p);
         } else {

@@ -41,7 +41,6 @@
 #include <type_traits>
 #include <vector>
 
-#include "../../kernels/dct.h"
 #include "../lowrank_adam_impl.h"
 #include "../lowrank_ops.h"
 #include "adam_epilogues.h"
@@ -187,8 +186,7 @@ void fill_operator(const SideOp& side, T* out) {
     fill_sketch_rows<T>(side.kind, side.seed, side.dim, 0, side.rank, 0, side.dim, out, side.dim);
     return;
   }
-  const int64_t* index = side.indices.const_data_ptr<int64_t>();
-  for (int64_t i = 0; i < side.rank; ++i) lro::dct_fill_segment<T>(side.dim, index[i], 0, side.dim, out + i * side.dim);
+  for (int64_t i = 0; i < side.rank; ++i) side.fill_basis_segment<T>(i, 0, side.dim, out + i * side.dim);
 }
 
 // `src` (a block of G, any float dtype and strides) as a row-major T matrix in `dst`.

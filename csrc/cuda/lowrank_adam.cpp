@@ -48,13 +48,15 @@ void fill_sketch(const SideOp& side, int64_t k0, int64_t width, const at::Tensor
   check_launch(err, kAdamOp, "the sketch tile of " + columns(k0, width));
 }
 
-// tile (rank x width, compute dtype) <- P[:, k0 : k0 + width] of a "dct" side.
+// tile (rank x width, compute dtype) <- P[:, k0 : k0 + width] of a basis side ("dct"; "sr_dct": signed by its
+// seed).
 void fill_dct(const SideOp& side, int64_t k0, const at::Tensor& tile) {
   const int64_t width = tile.size(1);
   const int64_t* index = side.indices.const_data_ptr<int64_t>();
+  const bool signs = side.kind == kSideSrDct;
   const auto launch = [&](auto tag) {
     return lro::launch_dct_window(data_as<decltype(tag)>(tile), tile.stride(0), index, side.rank, side.dim, k0,
-                                  width, stream_of(tile));
+                                  width, signs, side.seed, stream_of(tile));
   };
   const cudaError_t err = tile.scalar_type() == at::kDouble ? launch(double{}) : launch(float{});
   check_launch(err, kAdamOp, "the DCT basis tile of " + columns(k0, width));
@@ -92,7 +94,7 @@ void unproject_update(const SideOp& side, bool left, const at::Tensor& Y, const 
     if (side.seeded()) {
       p = tile.narrow(1, 0, width);
       fill_sketch(side, k0, width, p);
-    } else if (side.kind == kSideDct) {
+    } else if (side.basis()) {
       p = tile.narrow(1, 0, width);
       fill_dct(side, k0, p);
     } else {

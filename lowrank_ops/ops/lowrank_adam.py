@@ -9,7 +9,7 @@ GEMM's epilogue, so no m x n temporary is formed.
 import torch
 
 from .. import _checks, backends
-from ..spec import DCT_MAX_DIM, INDEX_DTYPES, SEEDED_KINDS, WD_MODES
+from ..spec import BASIS_KINDS, DCT_MAX_DIM, INDEX_DTYPES, SEEDED_KINDS, WD_MODES
 from .projection import Projection, SideOperator
 
 OP = "lowrank_adamw_step_"
@@ -17,10 +17,12 @@ OP = "lowrank_adamw_step_"
 
 def _flatten_side(op: SideOperator | None):
     """(kind, seed as int64, rank, tensor) schema arguments of one side; identity is kind "none". The tensor
-    slot carries the matrix (kind "matrix") or the index vector (kind "dct")."""
+    slot carries the matrix (kind "matrix") or the index vector (kinds "dct" and "sr_dct"; an "sr_dct" side's
+    seed is its sign seed)."""
     if op is None:
         return "none", 0, 0, None
-    return op.kind, _checks.seed_to_int64(OP, op.seed), op.rank, op.indices if op.kind == "dct" else op.matrix
+    tensor = op.indices if op.kind in BASIS_KINDS else op.matrix
+    return op.kind, _checks.seed_to_int64(OP, op.seed), op.rank, tensor
 
 
 def _check_dct_indices(name, indices, dim, device):
@@ -49,7 +51,7 @@ def _check(W, G, exp_avg, exp_avg_sq, projection, step, wd_mode, delta, **hyperp
         if op is None:
             continue
         _checks.integer(OP, f"projection.{side}.rank", op.rank)
-        if op.kind in SEEDED_KINDS:
+        if op.kind in SEEDED_KINDS or op.kind == "sr_dct":
             _checks.seed_to_int64(OP, op.seed, f"projection.{side}.seed")
         if op.kind == "matrix":
             name = f"projection.{side}.matrix"
@@ -57,10 +59,10 @@ def _check(W, G, exp_avg, exp_avg_sq, projection, step, wd_mode, delta, **hyperp
             if op.matrix.shape[1] != dim:
                 raise _checks.error(OP, name, f"of shape [{op.rank}, {dim}]", list(op.matrix.shape))
             _checks.on_device(OP, name, op.matrix, W.device, "W")
-        if op.kind == "dct":
+        if op.kind in BASIS_KINDS:
             name = f"projection.{side}.indices"
             if dim > DCT_MAX_DIM:
-                raise _checks.error(OP, "W", f"at most {DCT_MAX_DIM} along a 'dct' side", list(W.shape))
+                raise _checks.error(OP, "W", f"at most {DCT_MAX_DIM} along a {op.kind!r} side", list(W.shape))
             _checks.tensor(OP, name, op.indices)
             if op.indices.dtype not in INDEX_DTYPES or tuple(op.indices.shape) != (op.rank, ):
                 raise _checks.error(OP, name, f"a 1-D int16, int32 or int64 tensor of length {op.rank} (the rank)",

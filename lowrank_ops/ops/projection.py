@@ -3,8 +3,11 @@
 A projection maps a gradient G (m x n) to R = L G R^T, where each side operator is the identity
 ("none"), a seeded sketch ("rademacher" / "gaussian": regenerated from its seed inside the kernels, never
 stored), an explicit matrix ("matrix": P of shape rank x d, e.g. from an SVD or an orthonormalized
-sketch) or rows of the orthonormal DCT-II basis ("dct": P[i, :] = D[indices[i], :] of the d x d basis of
-lowrank_ops.ops.dct, regenerated from the index vector inside the kernels, never stored). One-sided left is R = P G (r x n), one-sided right R = G P^T (m x r), two-sided L G R^T
+sketch), rows of the orthonormal DCT-II basis ("dct": P[i, :] = D[indices[i], :] of the d x d basis of
+lowrank_ops.ops.dct, regenerated from the index vector inside the kernels, never stored) or signed basis rows
+("sr_dct": P[i, t] = sign_t D[indices[i], t] with the signs of the side's seed by the rule of
+lowrank_ops/spec.py SRDCT_*, both regenerated inside the kernels; the "sr_dct" projection kind's S C D).
+One-sided left is R = P G (r x n), one-sided right R = G P^T (m x r), two-sided L G R^T
 (r1 x r2), matching docs/DESIGN.md §3 and the duality paper's Table 1. The adjoint maps N back:
 L^T N R (the "unprojection").
 """
@@ -13,15 +16,16 @@ from dataclasses import dataclass
 
 import torch
 
-from ..spec import INDEX_DTYPES, SIDE_KINDS
+from ..spec import BASIS_KINDS, INDEX_DTYPES, SIDE_KINDS
 from ..spec import SEEDED_KINDS  # noqa: F401 (re-exported: callers name the side kinds where Projection lives)
 
 
 @dataclass(frozen=True)
 class SideOperator:
-    """One side of a projection: `kind` in SIDE_KINDS, its `rank`, and a `seed` (seeded kinds), a
-    `matrix` (kind "matrix": rank x d, any float dtype; kernels read it in float32) or `indices` (kind
-    "dct": the rank basis rows, a 1-D int16/int32/int64 tensor with values in [0, d))."""
+    """One side of a projection: `kind` in SIDE_KINDS, its `rank`, and a `seed` (seeded kinds, and the sign
+    seed of "sr_dct"), a `matrix` (kind "matrix": rank x d, any float dtype; kernels read it in float32) or
+    `indices` (kinds "dct" and "sr_dct": the rank basis rows, a 1-D int16/int32/int64 tensor with values in
+    [0, d))."""
 
     kind: str
     rank: int
@@ -39,11 +43,11 @@ class SideOperator:
                 raise ValueError(f"lowrank_ops.Projection: matrix has {self.matrix.shape[0]} rows, rank is {self.rank}")
         elif self.matrix is not None:
             raise ValueError(f"lowrank_ops.Projection: kind {self.kind!r} takes no matrix")
-        if self.kind == "dct":
+        if self.kind in BASIS_KINDS:
             ok = isinstance(self.indices, torch.Tensor) and self.indices.dim() == 1
             if not ok or self.indices.dtype not in INDEX_DTYPES:
-                raise ValueError("lowrank_ops.Projection: kind 'dct' needs `indices`, a 1-D int16/int32/int64 "
-                                 "tensor of basis rows")
+                raise ValueError(f"lowrank_ops.Projection: kind {self.kind!r} needs `indices`, a 1-D "
+                                 "int16/int32/int64 tensor of basis rows")
             if self.indices.shape[0] != self.rank:
                 raise ValueError(f"lowrank_ops.Projection: indices has {self.indices.shape[0]} entries, rank is "
                                  f"{self.rank}")

@@ -3,12 +3,14 @@ that needs P itself rather than the fused kernels' products: column blocks of P 
 parameter sharded along its projected dimension) and the least-squares coefficients of DiLoCo.
 
 The values are the ones the fused kernels generate: seeded kinds through lowrank_ops.ops.sketch (sketch
-spec v1, the same Philox stream), "dct" rows through lowrank_ops.ops.dct_basis, "matrix" as stored.
+spec v1, the same Philox stream), "dct" rows through lowrank_ops.ops.dct_basis, "sr_dct" rows through
+lowrank_ops.projections.sr_dct.signed_rows, "matrix" as stored.
 """
 
 import torch
 
 from ..ops import SideOperator, dct_basis, sketch
+from .sr_dct import signed_rows
 
 
 def side_matrix(op: SideOperator, dim: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -23,4 +25,6 @@ def side_matrix(op: SideOperator, dim: int, dtype: torch.dtype, device) -> torch
         return op.matrix.to(device=device, dtype=dtype)
     if op.kind == "dct":
         return dct_basis(dim, op.indices.to(device), dtype, device)
+    if op.kind == "sr_dct":
+        return signed_rows(dim, op.indices, op.seed, dtype, device)
     return sketch(op.rank, dim, op.seed, op.kind, dtype, device)  # the seeded kinds

@@ -15,13 +15,12 @@ keys to the lower index. Both come from the ops (lowrank_ops.ops.sketch, lowrank
 they are bit-identical on every backend.
 
 Persisted: the refresh seed state["proj_seed"] only (an int: memory.estimate counts 8 bytes). Everything
-else is regenerated from it. NOT YET DONE, the in-kernel path: the fused step has no side kind with signs
-yet (kernels/dct.h's entry would be multiplied by sign_t, drawn in-kernel from the seed), so
-`projection()` materializes P (r x d, from the float64 DCT rows times the signs, rounded once to the state's
-moment dtype: float32, float64 for float64 moments) at every call and hands it to the fused step as a
-"matrix" side; the matrix is a temporary, never stored. It is created on the device of the state's
-tensors (the optimizer's moments); a state without tensors (the adapter view, DiLoCo's basis) gets a
-float64 CPU matrix, which lowrank_ops.projections.side_matrix moves and casts.
+else is regenerated from it. `projection()` hands the fused step an "sr_dct" side (lowrank_ops.ops.SideOperator):
+the r row indices (computed from the seed at every call, on the device of the state's tensors, the
+optimizer's moments; CPU for a state without tensors) and the seed itself, from which the kernels draw the
+signs; they generate P[i, t] = sign_t C[rows[i], t] tile by tile as they generate a "dct" side's rows, so P
+is never materialized (docs/DESIGN.md §3). Code that needs P itself (the adapter view, DiLoCo, FSDP column
+blocks) gets it from signed_rows below, through its side_matrix (lowrank_ops.projections, lowrank_ops.nn).
 """
 
 import torch
@@ -76,18 +75,26 @@ def rows(rank: int, dim: int, seed: int, block=None, device=None, *, backend=Non
     return chosen.to(index_dtype(dim))
 
 
+def signed_rows(dim: int, indices: torch.Tensor, seed: int, dtype: torch.dtype = torch.float64, device=None, *,
+                backend=None) -> torch.Tensor:
+    """P[i, t] = sign_t C[indices[i], t] (len(indices) x dim) in `dtype` on `device` (default: the indices'):
+    the DCT-II rows computed in float64 (lowrank_ops.ops.dct_basis), times the signs of `seed` (exact),
+    rounded once to `dtype`."""
+    device = indices.device if device is None else device
+    C = dct_basis(dim, indices.to(device), torch.float64, device, backend=backend)
+    return (C * signs(dim, seed, torch.float64, device, backend=backend)).to(dtype)
+
+
 def matrix(rank: int, dim: int, seed: int, dtype: torch.dtype = torch.float64, device=None, block=None, *,
            backend=None) -> torch.Tensor:
-    """P = S C D (rank x dim) of `seed` (row block `block`), in `dtype`: the DCT-II rows computed in
-    float64 (lowrank_ops.ops.dct_basis), times the signs (exact), rounded once to `dtype`."""
+    """P = S C D (rank x dim) of `seed` (row block `block`), in `dtype` (signed_rows of the chosen rows)."""
     chosen = rows(rank, dim, seed, block, device, backend=backend)
-    C = dct_basis(dim, chosen, torch.float64, chosen.device, backend=backend)
-    return (C * signs(dim, seed, torch.float64, chosen.device, backend=backend)).to(dtype)
+    return signed_rows(dim, chosen, seed, dtype, backend=backend)
 
 
-def _state_tensor(state: dict) -> torch.Tensor | None:
-    """A tensor of the state (the optimizer's moments), which gives P's device and dtype; None if none."""
-    return next((value for value in state.values() if isinstance(value, torch.Tensor)), None)
+def _state_device(state: dict):
+    """The device of the state's tensors (the optimizer's moments); None (CPU) if it has none."""
+    return next((value.device for value in state.values() if isinstance(value, torch.Tensor)), None)
 
 
 class SubsampledRandomizedDCT(ProjectionKind):
@@ -100,13 +107,9 @@ class SubsampledRandomizedDCT(ProjectionKind):
 
     def projection(self, state, layout: Layout) -> Projection:
         ((side, rank, d),) = layout.sides()
-        like = _state_tensor(state)
-        if like is None:
-            P = matrix(rank, d, state["proj_seed"], torch.float64, None, layout.block)
-        else:
-            dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
-            P = matrix(rank, d, state["proj_seed"], dtype, like.device, layout.block)
-        return Projection.one_sided(SideOperator("matrix", rank, matrix=P), side)
+        seed = state["proj_seed"]
+        chosen = rows(rank, d, seed, layout.block, _state_device(state))
+        return Projection.one_sided(SideOperator("sr_dct", rank, seed=seed, indices=chosen), side)
 
 
 register(SubsampledRandomizedDCT())

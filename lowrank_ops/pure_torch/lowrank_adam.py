@@ -14,18 +14,27 @@ import math
 
 import torch
 
-from ..spec import compute_dtype
-from .dct import basis_rows
-from .sketch import sketch
+from ..spec import SRDCT_SIGN_ROW, compute_dtype
+from .dct import basis_rows, signed_rows
+from .sketch import sketch, unscaled_sketch
+
+
+def srdct_signs(dim: int, seed: int, device) -> torch.Tensor:
+    """float64 [dim] of +-1: sign_t of an "sr_dct" side (lowrank_ops/spec.py SRDCT_*), the sign of entry
+    (SRDCT_SIGN_ROW, t) of the seed's Rademacher sketch."""
+    return unscaled_sketch(SRDCT_SIGN_ROW + 1, dim, seed % 2**64, "rademacher", device)[SRDCT_SIGN_ROW]
 
 
 def side_matrix(kind: str, seed: int, rank: int, tensor, dim: int, dtype, device) -> torch.Tensor:
-    """One side operator of the schema (kind "rademacher" | "gaussian" | "matrix" | "dct", its seed, rank
-    and matrix or index vector) as a dense rank x dim matrix in `dtype` on `device`."""
+    """One side operator of the schema (kind "rademacher" | "gaussian" | "matrix" | "dct" | "sr_dct", its
+    seed, rank and matrix or index vector) as a dense rank x dim matrix in `dtype` on `device`: basis rows
+    (signed for "sr_dct") from float64, rounded once."""
     if kind == "matrix":
         return tensor.to(device=device, dtype=dtype)
     if kind == "dct":
         return basis_rows(dim, tensor, device).to(dtype)
+    if kind == "sr_dct":
+        return signed_rows(dim, tensor.to(device), srdct_signs(dim, seed, device), dtype)
     return sketch(rank, dim, seed, kind, dtype, device)
 
 

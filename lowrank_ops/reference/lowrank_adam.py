@@ -13,16 +13,21 @@ contract); W is rounded once when stored, the states keep their dtypes."""
 import torch
 
 from ..spec import compute_dtype
+from . import sr_dct
 from .dct import dct_basis
 from .sketch import sketch
 
 
 def side_matrix(op, dim: int, dtype, device) -> torch.Tensor:
-    """A SideOperator (kind, rank, seed / matrix / indices) as its dense rank x dim matrix."""
+    """A SideOperator (kind, rank, seed / matrix / indices) as its dense rank x dim matrix ("sr_dct": the
+    float64 basis rows times the oracle's signs of op.seed, rounded once)."""
     if op.kind == "matrix":
         return op.matrix.to(device=device, dtype=dtype)
     if op.kind == "dct":
         return dct_basis(dim, op.indices, dtype, device)
+    if op.kind == "sr_dct":
+        signed = dct_basis(dim, op.indices) * sr_dct.signs(dim, op.seed % 2**64)[None, :]
+        return signed.to(dtype=dtype, device=device)
     return sketch(op.rank, dim, op.seed, op.kind, dtype, device)
 
 

@@ -12,8 +12,8 @@ Two GEMM kernels, each with its epilogue, on a side operator P (r x d) and a dat
 A seeded P is generated tile by tile inside the K-loop with the sketch family's tile generator
 (lowrank_ops.triton.sketch._sketch_tile); a "dct" P (rows indices[i] of the orthonormal DCT-II basis) is
 generated there too, each entry c_k cos(pi k (2t + 1) / (2d)) evaluated from its exactly reduced integer
-angle (_dct_tile); an explicit P (kind "matrix") is
-read from memory.
+angle (_dct_tile), and an "sr_dct" P (those rows times sign_t, drawn from the side's seed by the rule of
+lowrank_ops/spec.py SRDCT_*: _srdct_signs) as well; an explicit P (kind "matrix") is read from memory.
 
 Precision: accumulation and the elementwise math are float32 (float64 for float64 W). Products run on the
 operands' own precision where that loses nothing the result can keep: a 16-bit G is multiplied with P
@@ -35,11 +35,15 @@ import triton.language as tl
 from ._common import INTERPRETED as _INTERPRETED
 from ._common import dot_acc, tile_ids
 from .dct import PI, _div_rn, _row_scale
-from .sketch import _TRITON_TYPES, AOT_RANK, KIND_IDS, _cast, _sketch_tile, gemm_config
+from ..spec import SRDCT_SIGN_ROW
+from .sketch import _TRITON_TYPES, AOT_RANK, KIND_IDS, _cast, _philox_offset, _sketch_tile, gemm_config
 
 MATRIX = 2  # side kind id of an explicit P, next to the sketch kinds RADEMACHER = 0, GAUSSIAN = 1
 DCT = 3  # side kind id of DCT-II basis rows given by an int32 index vector
-SIDE_KIND_IDS = {**KIND_IDS, "matrix": MATRIX, "dct": DCT}
+SR_DCT = 4  # side kind id of DCT-II basis rows (an int32 index vector) times the signs of the side's seed
+BASIS = (DCT, SR_DCT)  # the kinds whose tensor is an index vector
+SIDE_KIND_IDS = {**KIND_IDS, "matrix": MATRIX, "dct": DCT, "sr_dct": SR_DCT}
+SIGN_ROW = tl.constexpr(SRDCT_SIGN_ROW)
 
 STORE, ADAM, UPDATE = 0, 1, 2  # epilogues
 # The float64 scalar arguments of _project_kernel's ADAM epilogue, in order (adam_scalars).
@@ -85,6 +89,19 @@ def _dct_tile(idx_ptr, stride_idx, rank, d, row0, col0, ROWS: tl.constexpr, COLS
 
 
 @triton.jit
+def _srdct_signs(seed, col0, COLS: tl.constexpr):
+    """The signs sign_t of columns t = col0 .. col0 + COLS - 1 of an "sr_dct" side, as a [COLS] bool tensor
+    (True: +1): bit (t % 32) of word (t % 128) // 32 of philox((t // 128, SRDCT_SIGN_ROW, 0, 0); seed), the
+    Rademacher entry (SRDCT_SIGN_ROW, t) of the seed (lowrank_ops/spec.py). One Philox call per column: a
+    tile has ROWS times as many cosines."""
+    t = col0 + tl.arange(0, COLS)
+    w0, w1, w2, w3 = tl.randint4x(seed, _philox_offset(tl.full((COLS, ), SIGN_ROW, tl.int32), t // 128))
+    q = (t % 128) // 32
+    word = tl.where(q == 0, w0, tl.where(q == 1, w1, tl.where(q == 2, w2, w3)))
+    return ((word >> (t % 32).to(tl.uint32)) & 1) != 0
+
+
+@triton.jit
 def _operator_tile(p_ptr, stride_p0, stride_p1, seed, rank, d, row0, col0, ROWS: tl.constexpr, COLS: tl.constexpr,
                    KIND: tl.constexpr, DTYPE: tl.constexpr, INTERPRETED: tl.constexpr):
     """P[row0 : row0 + ROWS, col0 : col0 + COLS] as DTYPE, rounded to nearest (sketch._cast): generated
@@ -92,8 +109,13 @@ def _operator_tile(p_ptr, stride_p0, stride_p1, seed, rank, d, row0, col0, ROWS:
     tiles) or loaded (MATRIX; zero outside). DCT: p_ptr holds the int32 basis-row indices (stride
     stride_p0); entry (i, t) = c_k cos(pi p / (2d)) with k = indices[i] and the integer p = k (2t + 1)
     reduced modulo 4d in int64 before any rounding (kernels/dct.h's dct_entry), computed in float32
-    (float64 for a float64 DTYPE)."""
-    if KIND == 3:
+    (float64 for a float64 DTYPE). SR_DCT: the DCT entry times sign_t of `seed` (_srdct_signs; a negation,
+    exact before or after the rounding)."""
+    if KIND == 4:
+        tile = _dct_tile(p_ptr, stride_p0, rank, d, row0, col0, ROWS, COLS, DTYPE)
+        tile = tl.where(_srdct_signs(seed, col0, COLS)[None, :], tile, -tile)
+        return _cast(tile, DTYPE, INTERPRETED)
+    elif KIND == 3:
         return _cast(_dct_tile(p_ptr, stride_p0, rank, d, row0, col0, ROWS, COLS, DTYPE), DTYPE, INTERPRETED)
     elif KIND == 2:
         rows = row0 + tl.arange(0, ROWS)[:, None]
@@ -288,21 +310,21 @@ def _unproject_kernel(y_ptr, p_ptr, out_ptr, seed: tl.uint64, M, N, K, rank, d, 
 
 class _Side:
     """One side operator as the kernels take it: kind id, seed (uint64), rank, d, and the tensor of the
-    schema's matrix slot: P (kind "matrix") or the index vector (kind "dct", held as int32)."""
+    schema's matrix slot: P (kind "matrix") or the index vector (kinds "dct", "sr_dct", held as int32)."""
 
     def __init__(self, kind: str, seed: int, rank: int, matrix, dim: int):
         self.kind = SIDE_KIND_IDS[kind]
         self.seed = seed % 2**64
         self.rank = rank
         self.dim = dim
-        self.matrix = matrix.to(torch.int32).contiguous() if self.kind == DCT else matrix
+        self.matrix = matrix.to(torch.int32).contiguous() if self.kind in BASIS else matrix
 
     def pointer_args(self, fallback: torch.Tensor) -> tuple:
         """(p, stride_p0, stride_p1): the matrix, the index vector, or an unused placeholder for a seeded
         side."""
         if self.matrix is None:
             return fallback, 0, 0
-        if self.kind == DCT:
+        if self.kind in BASIS:
             return self.matrix, 1, 1
         return self.matrix, self.matrix.stride(0), self.matrix.stride(1)
 
@@ -316,8 +338,8 @@ def _config(op: str, left: bool, rank: int, dtype: torch.dtype, kind: int) -> di
     epilogues keep the state tiles (or the W tile) live next to the accumulator, and the plain sketch
     GEMM's 128 x 128 tiles then spill on sm_80 and sm_90. 64 along the rank (project) or along the data
     matrix (unproject) with 8 warps compiles without spills (python -m lowrank_ops.triton.aot reports
-    registers and spills). A DCT side's float32/float64 unprojection runs 4 warps: with 8, its int64 angle
-    reduction spills on sm_80 (8 bytes at the 128-register cap)."""
+    registers and spills). A DCT (or SR_DCT) side's float32/float64 unprojection runs 4 warps: with 8, its int64
+    angle reduction spills on sm_80 (8 bytes at the 128-register cap)."""
     cfg = gemm_config(op, "left" if left else "right", rank, dtype)
     if dtype in (torch.bfloat16, torch.float16):
         if op == "project":
@@ -326,7 +348,7 @@ def _config(op: str, left: bool, rank: int, dtype: torch.dtype, kind: int) -> di
         else:
             cfg["BLOCK_N" if left else "BLOCK_M"] = 64
         cfg["num_warps"] = 8
-    elif kind == DCT and op == "unproject":
+    elif kind in BASIS and op == "unproject":
         cfg["num_warps"] = 4
     return cfg
 
@@ -431,15 +453,15 @@ def lowrank_adamw_step_(W, G, exp_avg, exp_avg_sq, delta, left_kind, left_seed, 
 
 
 def _aot_p_type(kind_id: int, placeholder: str) -> str:
-    """p_ptr's type: fp32 P (MATRIX), int32 indices (DCT), or the placeholder's (seeded kinds)."""
-    return {MATRIX: "*fp32", DCT: "*i32"}.get(kind_id, f"*{placeholder}")
+    """p_ptr's type: fp32 P (MATRIX), int32 indices (DCT, SR_DCT), or the placeholder's (seeded kinds)."""
+    return {MATRIX: "*fp32", DCT: "*i32", SR_DCT: "*i32"}.get(kind_id, f"*{placeholder}")
 
 
 def aot_entries() -> list:
     """The kernels as the launcher runs them on contiguous, aligned tensors: the fused projection (ADAM
     epilogue) for bfloat16 and float32 G and the fused unprojection (UPDATE epilogue) for float32 and
     bfloat16 W, each side, each kind. A seeded side's p_ptr is a placeholder the launcher fills with the
-    data matrix (it is never read); a DCT side's is the int32 index vector."""
+    data matrix (it is never read); a DCT or SR_DCT side's is the int32 index vector."""
     from .aot import AotEntry
 
     entries = []

@@ -9,7 +9,7 @@ runs as grouped GEMMs, one launch per group and GEMM, persistent over the group'
 
 A program walks tiles t = pid, pid + programs, ... of all problems (problem t // tiles, tile t % tiles, in the
 single-matrix kernels' tile order). The GEMM and the epilogues are lowrank_ops.triton.lowrank_adam's device
-functions (_operator_gemm: P generated (seeded, DCT) or loaded (matrix) in the K-loop; _adam_epilogue,
+functions (_operator_gemm: P generated (seeded, DCT, SR_DCT) or loaded (matrix) in the K-loop; _adam_epilogue,
 _update_epilogue) with that module's block sizes, so each problem's arithmetic is exactly that of
 lowrank_adamw_step_ on the Triton backend. Per-problem pointers, seeds and strides come from an int64 table
 and the step's scalars from a float64 table (one row per problem), since the problems of a group differ in
@@ -24,7 +24,7 @@ from ._common import INTERPRETED as _INTERPRETED
 from ._common import tile_of
 from .lowrank_adam import (
     ADAM,
-    DCT,
+    BASIS,
     MATRIX,
     PROJECT_SCALARS,
     STORE,
@@ -220,7 +220,7 @@ def _grouped_config(op: str, left: bool, rank: int, dtype: torch.dtype, kind: in
     cfg["BLOCK_M"], cfg["BLOCK_N"] = min(cfg["BLOCK_M"], 64), min(cfg["BLOCK_N"], 64)
     if op == "unproject" and left and dtype in (torch.bfloat16, torch.float16):
         cfg["num_warps"] = 4
-    elif op == "unproject" and kind == DCT:
+    elif op == "unproject" and kind in BASIS:
         cfg["num_warps"], cfg["num_stages"] = 8, 1
     return cfg
 
@@ -321,13 +321,13 @@ def aot_entries() -> list:
     """The grouped kernels as the launcher runs them: the fused projection (ADAM epilogue) for bfloat16 and
     float32 G and the fused unprojection (UPDATE epilogue) for float32 and bfloat16 W, each side, each kind, and
     the STORE forms of a two-sided projection's first GEMMs (float32). A seeded side's P_TYPE is the data
-    matrix's dtype (its pointer is a placeholder), a DCT side's int32 (the index vector), an explicit one
+    matrix's dtype (its pointer is a placeholder), a DCT or SR_DCT side's int32 (the index vector), an explicit one
     float32."""
     from .aot import AotEntry
     from .lowrank_adam import SIDE_KIND_IDS
 
     def p_type(kind_id, placeholder):
-        return {MATRIX: tl.float32, DCT: tl.int32}.get(kind_id, placeholder)
+        return tl.int32 if kind_id in BASIS else {MATRIX: tl.float32}.get(kind_id, placeholder)
 
     sizes = {"M": "i32", "N": "i32", "K": "i32", "rank": "i32", "d": "i32", "num_problems": "i32"}
     entries = []

@@ -1,6 +1,7 @@
 // Test-only CUDA emulation (tests/emulated): driver commands for the launchers of kernels/lowrank_adam.cu.
 //   sketch_window  out [rank, width] (leading dimension ld) = P[:, k0 : k0 + width]    launch_sketch_window
-//   dct_window     out [rank, width] = D[indices, k0 : k0 + width]                    launch_dct_window
+//   dct_window     out [rank, width] = D[indices, k0 : k0 + width], with `seed` times   launch_dct_window
+//                  the "sr_dct" signs sign_(k0 + j) of that seed
 //   adam_moments   r, m, v (and delta) [n] in place -> r_out, m_out, v_out (delta_out)  launch_adam_moments
 //   weight_update  w [rows, cols] with strides (s0, s1), u [rows, cols] -> w_out       launch_adam_weight_update
 // The step's scalars (lr, beta1, beta2, eps, weight_decay, step, scale, adapter) go through the production
@@ -46,8 +47,9 @@ void dct_window(const Args& a) {
   with_compute_type(a.text("dtype"), [&](auto zero) {
     using T = decltype(zero);
     DeviceMatrix<T> out(rank, width, ld, 1);
+    const bool signs = a.has("seed");
     report_status(lro::launch_dct_window(out.data(), ld, indices.data(), rank, a.integer("dim"), a.integer("k0"),
-                                         width, nullptr));
+                                         width, signs, signs ? a.unsigned64("seed") : 0, nullptr));
     out.store(a.text("out"), "out");
   });
 }
