@@ -133,17 +133,18 @@ def _check_8bit_parity(case, rng, our_step):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_optimizer_8bit_step_matches_float64_oracle_with_the_same_quantization(case, backend, multi, rng):
-    """The optimizers' 8-bit step (multi_step.moment_arguments around the fused op, single or multi-tensor,
-    every backend) against the oracle."""
+    """The optimizers' 8-bit step (the fused op on the 8-bit state, through multi_step.lowrank_step with and
+    without a multi-tensor collector, every backend) against the oracle."""
     if backend == "triton" and CASES[case][4] == torch.float64:
         pytest.skip("the Triton step does not take float64 weights")
 
     def step(W, G, state, projection, t, wd_mode, delta):
-        exp_avg, exp_avg_sq, store = moment_arguments(state)
+        exp_avg, exp_avg_sq, eight_bit = moment_arguments(state)
         collector = FusedSteps(backend) if multi else None
         lowrank_step(collector, backend, W, G, exp_avg, exp_avg_sq, projection, step=t, wd_mode=wd_mode,
-                     delta=delta, store=store, **HYPER)
+                     delta=delta, **eight_bit, **HYPER)
         if collector is not None:
+            assert not collector.calls  # 8-bit steps run at once on the single-matrix op
             collector.run()
 
     _check_8bit_parity(case, rng, step)
@@ -155,10 +156,10 @@ def test_pure_torch_8bit_kernel_matches_float64_oracle_with_the_same_quantizatio
 
     def step(W, G, state, projection, t, wd_mode, delta):
         sides = [x for op in (projection.left, projection.right) for x in _schema_side(op)]
-        plain8.lowrank_adamw_step8_(W, G, state["exp_avg"], state["exp_avg_sq"], state["exp_avg_absmax"],
-                                    state["exp_avg_sq_absmax"], state["state_block_size"], delta, *sides,
-                                    HYPER["lr"], HYPER["beta1"], HYPER["beta2"], HYPER["eps"],
-                                    HYPER["weight_decay"], t, HYPER["scale"], wd_mode)
+        plain8.lowrank_adamw_step_(W, G, state["exp_avg"], state["exp_avg_sq"], delta, *sides, HYPER["lr"],
+                                   HYPER["beta1"], HYPER["beta2"], HYPER["eps"], HYPER["weight_decay"], t,
+                                   HYPER["scale"], wd_mode, state["exp_avg_absmax"], state["exp_avg_sq_absmax"],
+                                   state["state_block_size"])
 
     _check_8bit_parity(case, rng, step)
 
@@ -227,6 +228,43 @@ def test_8bit_moment_epilogue_matches_float64_oracle(shape, block, dtype, adapte
         assert_within_torch_error(ours_delta, exact[3], plain[3], "delta")
     for name, signed, i in (("exp_avg", True, 1), ("exp_avg_sq", False, 2)):
         _check_moment(name, signed, state, state[name], state[moments.absmax_key(name)], exact[i], plain[i], block)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("wd_mode", ["full", "adapter"])
+def test_opcheck_on_8bit_moments(backend, wd_mode, rng):
+    """torch.library.opcheck of lowrank_adamw_step_ with 8-bit moments (schema, fake kernel, in-place
+    annotations of the codes and absmax)."""
+    shape, block = (21, 13), 4
+    state = _state((3, 13), block, rng, steps_done=1)
+    W, G = torch.randn(shape, generator=rng), torch.randn(shape, generator=rng).to(torch.bfloat16)
+    delta = torch.randn(3, 13, generator=rng) if wd_mode == "adapter" else None
+    torch.library.opcheck(
+        torch.ops.lowrank_ops.lowrank_adamw_step_.default,
+        (W, G, state["exp_avg"], state["exp_avg_sq"], delta, "rademacher", 5, 3, None, "none", 0, 0, None, 1e-3,
+         0.9, 0.999, 1e-8, 0.01, 2, 1.0, wd_mode, state["exp_avg_absmax"], state["exp_avg_sq_absmax"], block),
+        {"backend": backend})
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"exp_avg_absmax": None}, "argument 'exp_avg_absmax' must be a tensor when the other absmax is given"),
+    ({"exp_avg": torch.zeros(3, 13)}, "argument 'exp_avg' must be a uint8 tensor (8-bit codes) of the projected"),
+    ({"exp_avg_sq_absmax": torch.zeros(3, 3)}, "argument 'exp_avg_sq_absmax' must be a float32 tensor of shape "
+                                               "[3, 4] (one absmax per 4 elements"),
+    ({"state_block_size": 0}, "argument 'state_block_size' must be >= 1, got 0"),
+])
+def test_8bit_step_arguments_are_checked(override, message, rng):
+    from lowrank_ops import ops
+
+    state = _state((3, 13), 4, rng, steps_done=1)
+    kwargs = {"exp_avg": state["exp_avg"], "exp_avg_sq": state["exp_avg_sq"],
+              "exp_avg_absmax": state["exp_avg_absmax"], "exp_avg_sq_absmax": state["exp_avg_sq_absmax"],
+              "state_block_size": 4} | override
+    with pytest.raises(ValueError) as info:
+        ops.lowrank_adamw_step_(torch.randn(21, 13), torch.randn(21, 13), kwargs.pop("exp_avg"),
+                                kwargs.pop("exp_avg_sq"), Projection(SideOperator("rademacher", 3, seed=5), None),
+                                step=1, **HYPER, **kwargs)
+    assert f"lowrank_ops.lowrank_adamw_step_: {message}" in str(info.value), str(info.value)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -158,7 +158,7 @@ class GaLoreAdamW(PerParamOptimizer):
         t, (beta1, beta2), lr = state["step"], group["betas"], group["lr"]
         wd = max(0.0, group["weight_decay"])
         eps, scale = self._folded(group, t, wd)
-        exp_avg, exp_avg_sq, store = moment_arguments(state)
+        exp_avg, exp_avg_sq, eight_bit = moment_arguments(state)
         self._lowrank_step(
             p,
             G,
@@ -173,7 +173,7 @@ class GaLoreAdamW(PerParamOptimizer):
             step=t,
             scale=scale,
             wd_mode="full",
-            store=store,
+            **eight_bit,
         )
 
     def _folded(self, group, t: int, wd: float) -> tuple[float, float]:

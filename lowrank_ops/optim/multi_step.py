@@ -8,8 +8,6 @@ tolerance rule, docs/DESIGN.md §5; csrc/cpu/lowrank_adam_multi.cpp). Steps run 
 collected weight or its state in between (the optimizers only advance step counts and refresh bases of other
 parameters there)."""
 
-from collections.abc import Callable
-
 import torch
 
 from ..ops.lowrank_adam import lowrank_adamw_step_
@@ -25,20 +23,14 @@ class FusedSteps:
     def __init__(self, backend):
         self.backend = backend
         self.calls: list[tuple] = []
-        self.stores: list[Callable[[], None]] = []
 
-    def add(self, W: torch.Tensor, G: torch.Tensor, exp_avg, exp_avg_sq, projection, *, delta=None, store=None,
-            **hyper):
-        """Records lowrank_adamw_step_(W, G, exp_avg, exp_avg_sq, projection, delta=delta, **hyper), and
-        `store` (or None) to be called once the step has run (moment_arguments)."""
+    def add(self, W: torch.Tensor, G: torch.Tensor, exp_avg, exp_avg_sq, projection, *, delta=None, **hyper):
+        """Records lowrank_adamw_step_(W, G, exp_avg, exp_avg_sq, projection, delta=delta, **hyper)."""
         self.calls.append((W, G, exp_avg, exp_avg_sq, projection, delta, hyper))
-        if store is not None:
-            self.stores.append(store)
 
     def run(self) -> None:
         """Every recorded step, one multi-tensor call per device (in the order recorded within a device)."""
         calls, self.calls = self.calls, []
-        stores, self.stores = self.stores, []
         by_device: dict[torch.device, list] = {}
         for call in calls:
             by_device.setdefault(call[0].device, []).append(call)
@@ -47,29 +39,26 @@ class FusedSteps:
             hyper = {name: [call[6][name] for call in group] for name in ARGS}
             delta = None if all(d is None for d in lists[5]) else list(lists[5])
             lowrank_adamw_multi_step_(*(list(x) for x in lists[:5]), delta=delta, backend=self.backend, **hyper)
-        for store in stores:
-            store()
 
 
-def lowrank_step(collector: FusedSteps | None, backend, *args, store=None, **kwargs) -> None:
+def lowrank_step(collector: FusedSteps | None, backend, *args, **kwargs) -> None:
     """One low-rank step: recorded in `collector` when the optimizer collects (its `step()`), else run at once
-    through the single-matrix op (the per-layer mode, per-matrix optimizers). `store` (moment_arguments) is
-    called after the step has run."""
-    if collector is None:
+    through the single-matrix op (the per-layer mode, per-matrix optimizers). A step on 8-bit moments (keywords
+    of moment_arguments) always runs at once through the single-matrix op: the multi-tensor op does not take
+    8-bit moments yet."""
+    if collector is None or "exp_avg_absmax" in kwargs:
         lowrank_adamw_step_(*args, backend=backend, **kwargs)
-        if store is not None:
-            store()
     else:
-        collector.add(*args, store=store, **kwargs)
+        collector.add(*args, **kwargs)
 
 
-def moment_arguments(state: dict):
-    """(exp_avg, exp_avg_sq, store) for the fused op from a low-rank state (projections/moments.py): float
-    moments are passed as they are (store None). 8-bit moments take a TEMPORARY path until the fused kernels
-    decode and encode them (issue 17, phase 2): decoded into float32 tensors here, stepped by the float op,
-    and encoded back into the state by `store` after the step has run. The arithmetic is that of the fused
-    8-bit step (decode, the float32 moment update, encode), at the cost of the float temporaries."""
+def moment_arguments(state: dict) -> tuple:
+    """(exp_avg, exp_avg_sq, keywords) of the fused op for a low-rank state (projections/moments.py): float
+    moments and no keywords, or 8-bit codes with the keywords exp_avg_absmax, exp_avg_sq_absmax and
+    state_block_size."""
     if not moments.is_8bit(state):
-        return state["exp_avg"], state["exp_avg_sq"], None
-    exp_avg, exp_avg_sq = moments.read(state)
-    return exp_avg, exp_avg_sq, lambda: moments.write_into(state, exp_avg, exp_avg_sq)
+        return state["exp_avg"], state["exp_avg_sq"], {}
+    keywords = {"exp_avg_absmax": state[moments.absmax_key("exp_avg")],
+                "exp_avg_sq_absmax": state[moments.absmax_key("exp_avg_sq")],
+                "state_block_size": state[moments.BLOCK_KEY]}
+    return state["exp_avg"], state["exp_avg_sq"], keywords

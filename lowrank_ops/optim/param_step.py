@@ -139,16 +139,16 @@ class LowRankParamStep:
         lowrank_step(None, self._backend, W, G, exp_avg, exp_avg_sq, projection, **keywords)
 
     def _step_arguments(self, state, projection) -> tuple:
-        """(exp_avg, exp_avg_sq, projection, keywords) of lowrank_adamw_step_ (fused_step's defaults); the
-        keyword `store` encodes 8-bit moments back after the step (multi_step.moment_arguments)."""
+        """(exp_avg, exp_avg_sq, projection, keywords) of lowrank_adamw_step_ (fused_step's defaults), with
+        8-bit moments' absmax and block length (multi_step.moment_arguments)."""
         state = self.state if state is None else state
         projection = self.projection() if projection is None else projection
         group = self.group
         beta1, beta2 = group["betas"]
-        exp_avg, exp_avg_sq, store = moment_arguments(state)
+        exp_avg, exp_avg_sq, eight_bit = moment_arguments(state)
         keywords = {"lr": group["lr"], "beta1": beta1, "beta2": beta2, "eps": group["eps"],
                     "weight_decay": group["weight_decay"], "step": state["step"], "scale": group["scale"],
-                    "wd_mode": group["wd_mode"], "delta": state.get("delta"), "store": store}
+                    "wd_mode": group["wd_mode"], "delta": state.get("delta"), **eight_bit}
         return exp_avg, exp_avg_sq, projection, keywords
 
     def run(self) -> None:
