@@ -9,8 +9,6 @@ import io
 
 import pytest
 import torch
-from helpers import assert_within_torch_error, backends
-from tiny_models import batch, lm_loss, make_model, split_groups, state_equal, train
 
 from lowrank_ops import _extension, memory
 from lowrank_ops import backends as lowrank_backends
@@ -23,6 +21,9 @@ from lowrank_ops.pure_torch import lowrank_adam8 as plain8
 from lowrank_ops.reference import blockwise8 as reference8
 from lowrank_ops.reference import lowrank_adam as reference
 from lowrank_ops.reference import lowrank_adam8 as reference8_step
+
+from helpers import assert_within_torch_error, backends
+from tiny_models import batch, lm_loss, make_model, split_groups, state_equal, train
 
 EPS32 = torch.finfo(torch.float32).eps
 HYPER = {"lr": 0.05, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.1, "scale": 0.7}
@@ -249,8 +250,8 @@ def test_opcheck_on_8bit_moments(backend, wd_mode, rng):
 @pytest.mark.parametrize("override,message", [
     ({"exp_avg_absmax": None}, "argument 'exp_avg_absmax' must be a tensor when the other absmax is given"),
     ({"exp_avg": torch.zeros(3, 13)}, "argument 'exp_avg' must be a uint8 tensor (8-bit codes) of the projected"),
-    ({"exp_avg_sq_absmax": torch.zeros(3, 3)}, "argument 'exp_avg_sq_absmax' must be a float32 tensor of shape "
-                                               "[3, 4] (one absmax per 4 elements"),
+    ({"exp_avg_sq_absmax": torch.zeros(3, 3)},
+     ("argument 'exp_avg_sq_absmax' must be a float32 tensor of shape [3, 4] (one absmax per 4 elements")),
     ({"state_block_size": 0}, "argument 'state_block_size' must be >= 1, got 0"),
 ])
 def test_8bit_step_arguments_are_checked(override, message, rng):
