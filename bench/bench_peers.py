@@ -26,7 +26,8 @@ Rows (--optimizers takes these ids):
   torchao-8bit, bnb-8bit       torchao.optim.AdamW8bit, bitsandbytes.optim.AdamW8bit: full rank, 8-bit states
   lowrank-<kind>               lowrank_ops.optim.LowRankAdamW, every kind of lowrank_ops.projections.names()
                                (two-sided kinds at rank (r, r); "adaptive" at most r)
-  ours-galore                  lowrank_ops.optim.GaLoreAdamW (the galore-torch drop-in)
+  lowrank-<kind>-8bit          LowRankAdamW(state_bits=8) for rademacher, gaussian, svd: blockwise 8-bit moments
+  ours-galore, ours-galore-8bit  lowrank_ops.optim.GaLoreAdamW / GaLoreAdamW8bit (the galore-torch drop-ins)
   ours-apollo, ours-apollo-mini  lowrank_ops.optim.APOLLO with apollo-torch's rows' settings (seeded Gaussian P)
   per-layer                    LowRankAdamW "rademacher" stepped per parameter (step_param; in training,
                                lowrank_ops.optim.step_in_backward)
@@ -107,7 +108,10 @@ APOLLO_SCALE, APOLLO_MINI_SCALE = 1.0, 128.0  # apollo-torch README defaults
 # State-dict entries that change at every step (moments, counters, quantization scales): the refresh
 # detector ignores them; any other change of an optimizer's state within a step marks a refresh.
 MOVING_KEYS = frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "delta", "scaled_grad",
-                         "limiter_norm", "state1", "state2", "absmax1", "absmax2"})
+                         "limiter_norm", "state1", "state2", "absmax1", "absmax2", "exp_avg_absmax",
+                         "exp_avg_sq_absmax"})
+
+EIGHT_BIT_KINDS = ("rademacher", "gaussian", "svd")  # LowRankAdamW rows with state_bits=8 (issue 17)
 
 # Targets of issue 15
 TARGET_KINDS = ("rademacher", "gaussian", "svd")  # the LowRankAdamW rows the targets speak of
@@ -248,7 +252,7 @@ def _ours(cls_name, **keys):
     def build(model, scope, args, gap):
         from lowrank_ops import optim
 
-        if cls_name == "GaLoreAdamW":
+        if cls_name.startswith("GaLoreAdamW"):
             groups = optim.param_groups(model, args.rank, update_proj_gap=gap, scale=GALORE_SCALE,
                                         proj_type="std")
         else:
@@ -303,7 +307,10 @@ def specs() -> dict[str, Spec]:
     ]
     rows += [Spec(f"lowrank-{kind}", f"ours LowRankAdamW[{kind}]", "ours",
                   _ours("LowRankAdamW", projection=kind)) for kind in projections.names()]
+    rows += [Spec(f"lowrank-{kind}-8bit", f"ours LowRankAdamW[{kind}] 8-bit moments", "ours",
+                  _ours("LowRankAdamW", projection=kind, state_bits=8)) for kind in EIGHT_BIT_KINDS]
     rows += [Spec("ours-galore", "ours GaLoreAdamW", "ours", _ours("GaLoreAdamW")),
+             Spec("ours-galore-8bit", "ours GaLoreAdamW8bit", "ours", _ours("GaLoreAdamW8bit")),
              Spec("ours-apollo", "ours APOLLO", "ours", _ours_apollo(lambda a: a.rank, "channel", APOLLO_SCALE)),
              Spec("ours-apollo-mini", "ours APOLLO-Mini", "ours",
                   _ours_apollo(lambda a: 1, "tensor", APOLLO_MINI_SCALE)),

@@ -195,6 +195,15 @@ void run_group(const AdamDevice& device, const std::vector<AdamMatrix>& matrices
 void run_adam_step(const AdamDevice& device, const AdamMatrix& matrix) {
   const at::ScalarType compute = compute_dtype(matrix.W.scalar_type());
   at::Tensor R = project_matrix(device, matrix, compute);
+  if (matrix.quantized()) {  // the 8-bit epilogue decodes, updates and encodes the moments itself
+    TORCH_CHECK(device.moments8 != nullptr, "lowrank_ops.", kAdamOp, ": 8-bit moments on ", matrix.W.device(),
+                " are not in this device's C++ kernels yet");
+    at::Tensor d_work = matrix.args.adapter ? working_copy(*matrix.delta, compute) : at::Tensor();
+    device.moments8(R, matrix, matrix.args.adapter ? &d_work : nullptr);
+    if (matrix.args.adapter) write_back(d_work, *matrix.delta);
+    unproject_update_matrix(device, matrix, R);
+    return;
+  }
   at::Tensor m_work = working_copy(matrix.exp_avg, compute), v_work = working_copy(matrix.exp_avg_sq, compute);
   at::Tensor d_work = matrix.args.adapter ? working_copy(*matrix.delta, compute) : at::Tensor();
   device.moments(R, m_work, v_work, matrix.args.adapter ? &d_work : nullptr, matrix.args);
@@ -202,6 +211,36 @@ void run_adam_step(const AdamDevice& device, const AdamMatrix& matrix) {
   write_back(v_work, matrix.exp_avg_sq);
   if (matrix.args.adapter) write_back(d_work, *matrix.delta);
   unproject_update_matrix(device, matrix, R);
+}
+
+void lowrank_adamw_step8_(const AdamDevice& device, const at::Tensor& W, const at::Tensor& G,
+                          const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
+                          const std::optional<at::Tensor>& delta, c10::string_view left_kind, int64_t left_seed,
+                          int64_t left_rank, const std::optional<at::Tensor>& left_matrix,
+                          c10::string_view right_kind, int64_t right_seed, int64_t right_rank,
+                          const std::optional<at::Tensor>& right_matrix, double lr, double beta1, double beta2,
+                          double eps, double weight_decay, int64_t step, double scale, c10::string_view wd_mode,
+                          const at::Tensor& exp_avg_absmax, const at::Tensor& exp_avg_sq_absmax,
+                          int64_t state_block_size) {
+  const auto sides = check_adam_args(W, G, exp_avg, exp_avg_sq, delta, left_kind, left_seed, left_rank, left_matrix,
+                                     right_kind, right_seed, right_rank, right_matrix, step, wd_mode, true);
+  TORCH_CHECK(state_block_size >= 1, "lowrank_ops.", kAdamOp, ": argument 'state_block_size' must be >= 1, got ",
+              state_block_size);
+  const int64_t rows = exp_avg.size(0), blocks = (exp_avg.size(1) + state_block_size - 1) / state_block_size;
+  for (const auto& [name, absmax] : {std::pair<const char*, const at::Tensor*>{"exp_avg_absmax", &exp_avg_absmax},
+                                     {"exp_avg_sq_absmax", &exp_avg_sq_absmax}}) {
+    TORCH_CHECK(absmax->scalar_type() == at::kFloat && absmax->dim() == 2 && absmax->size(0) == rows &&
+                    absmax->size(1) == blocks && absmax->device() == W.device(),
+                "lowrank_ops.", kAdamOp, ": argument '", name, "' must be a float32 tensor of shape [", rows, ", ",
+                blocks, "] on W's device, got ", absmax->scalar_type(), " of shape ", shape_str(*absmax));
+  }
+  const AdamArgs args{lr, beta1, beta2, eps, weight_decay, scale, step, wd_mode == "adapter"};
+  const c10::DeviceGuard guard(W.device());
+  AdamMatrix matrix{W, G, exp_avg, exp_avg_sq, delta, sides.first, sides.second, args};
+  matrix.exp_avg_absmax = exp_avg_absmax;
+  matrix.exp_avg_sq_absmax = exp_avg_sq_absmax;
+  matrix.state_block = state_block_size;
+  run_adam_step(device, matrix);
 }
 
 void run_adam_steps_grouped(const AdamDevice& device, const std::vector<AdamMatrix>& matrices) {

@@ -126,24 +126,28 @@ inline SideOp parse_side_op(const char* side, c10::string_view kind, int64_t see
   return s;
 }
 
-inline void check_state(const char* name, const at::Tensor& t, const at::Tensor& W, int64_t rows, int64_t cols) {
-  const bool dtype_ok =
-      t.scalar_type() == at::kFloat || (W.scalar_type() == at::kDouble && t.scalar_type() == at::kDouble);
+inline void check_state(const char* name, const at::Tensor& t, const at::Tensor& W, int64_t rows, int64_t cols,
+                        bool codes = false) {
+  const bool dtype_ok = codes ? t.scalar_type() == at::kByte
+                              : t.scalar_type() == at::kFloat ||
+                                    (W.scalar_type() == at::kDouble && t.scalar_type() == at::kDouble);
   TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols && dtype_ok, "lowrank_ops.", kAdamOp,
-              ": argument '", name, "' must be a float32 tensor of the projected shape [", rows, ", ", cols,
-              "], got ", t.scalar_type(), " of shape ", shape_str(t));
+              ": argument '", name, "' must be a ", codes ? "uint8 (8-bit codes)" : "float32",
+              " tensor of the projected shape [", rows, ", ", cols, "], got ", t.scalar_type(), " of shape ",
+              shape_str(t));
   TORCH_CHECK(t.device() == W.device(), "lowrank_ops.", kAdamOp, ": argument '", name, "' must be on W's device ",
               W.device(), ", got ", t.device());
 }
 
-// Checks every argument; returns the two sides (left acts on W's rows, right on its columns).
+// Checks every argument; returns the two sides (left acts on W's rows, right on its columns). `codes`: the
+// moments are 8-bit codes (uint8; their absmax are checked by lowrank_adamw_step8_).
 inline std::pair<SideOp, SideOp> check_adam_args(const at::Tensor& W, const at::Tensor& G, const at::Tensor& exp_avg,
                                                  const at::Tensor& exp_avg_sq, const std::optional<at::Tensor>& delta,
                                                  c10::string_view left_kind, int64_t left_seed, int64_t left_rank,
                                                  const std::optional<at::Tensor>& left_matrix,
                                                  c10::string_view right_kind, int64_t right_seed, int64_t right_rank,
                                                  const std::optional<at::Tensor>& right_matrix, int64_t step,
-                                                 c10::string_view wd_mode) {
+                                                 c10::string_view wd_mode, bool codes = false) {
   check_float_matrix(kAdamOp, "W", W);
   check_float_matrix(kAdamOp, "G", G);
   const at::ScalarType w = W.scalar_type();
@@ -159,8 +163,8 @@ inline std::pair<SideOp, SideOp> check_adam_args(const at::Tensor& W, const at::
               ": at least one of 'left_kind' and 'right_kind' must not be \"none\"");
   const int64_t rows = left.present() ? left.rank : W.size(0);
   const int64_t cols = right.present() ? right.rank : W.size(1);
-  check_state("exp_avg", exp_avg, W, rows, cols);
-  check_state("exp_avg_sq", exp_avg_sq, W, rows, cols);
+  check_state("exp_avg", exp_avg, W, rows, cols, codes);
+  check_state("exp_avg_sq", exp_avg_sq, W, rows, cols, codes);
   TORCH_CHECK(wd_mode == "full" || wd_mode == "adapter", "lowrank_ops.", kAdamOp,
               ": argument 'wd_mode' must be \"full\" or \"adapter\", got \"", std::string(wd_mode), "\"");
   const bool has_delta = delta.has_value() && delta->defined();

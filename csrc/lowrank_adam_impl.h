@@ -25,6 +25,8 @@ lro::AdamStep<T> adam_step(const AdamArgs& a) {
 using SketchKernel = at::Tensor (*)(const at::Tensor&, int64_t, int64_t, c10::string_view, c10::string_view,
                                     std::optional<at::ScalarType>);
 
+struct AdamMatrix;
+
 struct AdamDevice {
   // The moments of every element of r (the projected gradient; contiguous, compute dtype), in place on
   // the states (contiguous, compute dtype; delta only in the adapter mode); r is overwritten with the
@@ -41,6 +43,10 @@ struct AdamDevice {
   // The device's sketch_project and sketch_unproject (csrc/lowrank_ops.h), for the seeded sides.
   SketchKernel sketch_project;
   SketchKernel sketch_unproject;
+  // The moments of r on 8-bit moments (docs/DESIGN.md §3 "8-bit optimizer moments"): the matrix's codes and
+  // absmax in place, r overwritten with the direction, delta (compute dtype, contiguous) in the adapter mode.
+  // Null on a device whose C++ kernels do not take 8-bit moments yet.
+  void (*moments8)(at::Tensor& r, const AdamMatrix& matrix, at::Tensor* delta) = nullptr;
 };
 
 // One matrix of a step with its arguments checked (check_adam_args): what lowrank_adamw_step_ takes, parsed.
@@ -49,7 +55,24 @@ struct AdamMatrix {
   std::optional<at::Tensor> delta;  // the adapter, in wd_mode "adapter"
   SideOp left, right;
   AdamArgs args;
+  // 8-bit moments: exp_avg / exp_avg_sq hold uint8 codes, these their float32 absmax per block of
+  // `state_block` elements of a row (csrc/cpu/adam_epilogues8.h); absent for float moments.
+  std::optional<at::Tensor> exp_avg_absmax, exp_avg_sq_absmax;
+  int64_t state_block = 0;
+  bool quantized() const { return exp_avg_absmax.has_value(); }
 };
+
+// lowrank_adamw_step_ on 8-bit moments (exp_avg, exp_avg_sq uint8 codes with their float32 absmax [rows,
+// ceil(cols / state_block)]): checked, then run_adam_step with `device`'s moments8 (csrc/lowrank_adam.cpp).
+void lowrank_adamw_step8_(const AdamDevice& device, const at::Tensor& W, const at::Tensor& G,
+                          const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
+                          const std::optional<at::Tensor>& delta, c10::string_view left_kind, int64_t left_seed,
+                          int64_t left_rank, const std::optional<at::Tensor>& left_matrix,
+                          c10::string_view right_kind, int64_t right_seed, int64_t right_rank,
+                          const std::optional<at::Tensor>& right_matrix, double lr, double beta1, double beta2,
+                          double eps, double weight_decay, int64_t step, double scale, c10::string_view wd_mode,
+                          const at::Tensor& exp_avg_absmax, const at::Tensor& exp_avg_sq_absmax,
+                          int64_t state_block_size);
 
 // lowrank_adamw_step_ on a checked matrix, with `device`'s parts (csrc/lowrank_adam.cpp); the caller holds
 // the device guard.

@@ -111,6 +111,17 @@ at::Tensor dct_project(const at::Tensor& G, const at::Tensor& indices, c10::stri
 at::Tensor dct_unproject(const at::Tensor& R, const at::Tensor& indices, int64_t dim, c10::string_view side,
                          const std::optional<at::Tensor>& signs, std::optional<at::ScalarType> out_dtype,
                          c10::string_view method);
+// The blockwise 8-bit moment format (kernels/blockwise8.h), CPU only, not an op (csrc/cpu/blockwise8.cpp):
+// (codes uint8 [rows, cols], absmax float32 [rows, ceil(cols / block)]) of a 2-D float32 `values`, and back.
+std::tuple<at::Tensor, at::Tensor> blockwise8_encode(const at::Tensor& values, bool is_signed, int64_t block);
+at::Tensor blockwise8_decode(const at::Tensor& codes, const at::Tensor& absmax, bool is_signed, int64_t block);
+// The fused step's 8-bit moment epilogue (csrc/cpu/adam_epilogues8.h) on a whole projected gradient r
+// ([rows, cols], contiguous float32 or float64; overwritten with the direction to unproject), in place on the
+// codes, their absmax (and delta in the adapter mode).
+void blockwise8_adam_moments_(const at::Tensor& r, const at::Tensor& exp_avg, const at::Tensor& exp_avg_absmax,
+                              const at::Tensor& exp_avg_sq, const at::Tensor& exp_avg_sq_absmax,
+                              const std::optional<at::Tensor>& delta, int64_t block, double lr, double beta1,
+                              double beta2, double eps, double weight_decay, int64_t step, bool adapter);
 }  // namespace cpu
 
 namespace cuda {

@@ -13,7 +13,7 @@ given picks the kernels of the op it is built on."""
 import importlib
 
 from . import _checks, _extension
-from .pure_torch import apollo, dct, lowrank_adam, philox, quant, range_finder, sketch
+from .pure_torch import apollo, dct, lowrank_adam, lowrank_adam8, philox, quant, range_finder, sketch
 
 UINT64 = 2**64
 
@@ -129,6 +129,23 @@ TRITON = {
 COMPOSITE = {"range_finder": (range_finder.range_finder, "sketch_project")}
 
 
+def _adamw_step(float_step, step8=None):
+    """lowrank_adamw_step_'s implementation on a backend from its kernel on float moments (the schema's
+    arguments up to wd_mode) and, where the backend has one, its kernel on 8-bit moments (`step8`: the same
+    arguments, then exp_avg_absmax, exp_avg_sq_absmax, state_block_size). A backend without one decodes the 8-bit
+    moments, runs its float kernel and encodes them (pure_torch/lowrank_adam8.py): not yet fused there."""
+
+    def run(*args):
+        *schema, exp_avg_absmax, exp_avg_sq_absmax, block = args
+        if exp_avg_absmax is None:
+            return float_step(*schema)
+        if step8 is not None:
+            return step8(*schema, exp_avg_absmax, exp_avg_sq_absmax, block)
+        return lowrank_adam8.step_around(float_step, *schema, exp_avg_absmax, exp_avg_sq_absmax, block)
+
+    return run
+
+
 def _implementations(op: str) -> dict:
     table = {"reference": PURE_TORCH[op]}
     for device_type in ("cpu", "cuda"):
@@ -137,6 +154,9 @@ def _implementations(op: str) -> dict:
             table[device_type] = getattr(module, op)
     if op in TRITON:
         table["triton"] = TRITON[op]
+    if op == "lowrank_adamw_step_":  # 8-bit moments: the C++ CPU kernel takes them (csrc/cpu/adam_epilogues8.h)
+        cpu8 = getattr(_extension.compiled("cpu"), "lowrank_adamw_step8_", None)
+        table = {name: _adamw_step(f, cpu8 if name == "cpu" else None) for name, f in table.items()}
     return table
 
 

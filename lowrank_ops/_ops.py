@@ -220,14 +220,16 @@ torch.library.register_autograd("lowrank_ops::dct_unproject", _backward_dct_unpr
 
 # R = L G R^T with each side "none" | "rademacher" | "gaussian" (seeded) | "matrix" (explicit rank x d, in
 # the side's matrix slot) | "dct" (basis rows; the index vector in the matrix slot) | "sr_dct" (basis rows signed
-# by the side's seed, docs/DESIGN.md §3; the index vector in the matrix slot); moments on R (fp32);
+# by the side's seed, docs/DESIGN.md §3; the index vector in the matrix slot); moments on R (fp32, or 8-bit:
+# exp_avg / exp_avg_sq uint8 codes with their float32 absmax per state_block_size elements of a row, §3);
 # W <- W - lr wd W - lr scale L^T N R ("full") or the adapter form with `delta`. In place; an optimizer step
 # is not differentiated (no autograd).
 _define("lowrank_adamw_step_",
         "(Tensor(a!) W, Tensor G, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, Tensor(d!)? delta, str left_kind, "
         "int left_seed, int left_rank, Tensor? left_matrix, str right_kind, int right_seed, int right_rank, "
         "Tensor? right_matrix, float lr, float beta1, float beta2, float eps, float weight_decay, int step, "
-        "float scale, str wd_mode, str? backend=None) -> ()",
+        "float scale, str wd_mode, Tensor(e!)? exp_avg_absmax=None, Tensor(f!)? exp_avg_sq_absmax=None, "
+        "int state_block_size=256, str? backend=None) -> ()",
         lambda *args, **kwargs: None)
 
 # APOLLO / APOLLO-Mini (lowrank_ops/ops/apollo.py): R = proj_scale P G (left) or G P^T (right), side kind

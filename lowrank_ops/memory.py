@@ -8,7 +8,11 @@ Accounting, per parameter of `dtype` with N elements (projected shape k = r x n,
   optimizer_state   plain AdamW params: 2 N x itemsize(state dtype); low-rank params: 2 k (moments) plus
                     k in wd_mode "adapter" (the adapter delta, the paper's trained A), x itemsize(state dtype)
                     plus, for kinds that keep them, further buffers of the projected shape
-                    (ProjectionKind.projected_buffers: 1 for "adaptive", its convergence-window copy of m)
+                    (ProjectionKind.projected_buffers: 1 for "adaptive", its convergence-window copy of m);
+                    with state_bits 8 each moment is k uint8 codes plus 4 bytes (float32 absmax) per block
+                    of B elements of a row of the projected shape: k + 4 rows ceil(cols / B)
+                    (docs/DESIGN.md §3 "8-bit optimizer moments"; GaLoreAdamW8bit: only moments of at
+                    least min_8bit_size elements)
   projections       the kind's persisted basis (lowrank_ops.projections): r x d matrices in `dtype` for
                     "svd" / "rsvd" / "adaptive" / "orthogonal" / "two_sided_svd", an 8-byte seed for
                     seeded kinds
@@ -37,12 +41,12 @@ from dataclasses import dataclass
 import torch
 
 from . import _checks, projections
-from .spec import DEFAULT_GROUP_SIZE, FLOAT_DTYPES
+from .spec import DEFAULT_GROUP_SIZE, FLOAT_DTYPES, STATE_BITS, STATE_BLOCK_SIZE
 
 OP = "memory.estimate"
 
 CONFIG_KEYS = ("rank", "projection", "side", "wd_mode", "state_dtype", "targets", "per_layer", "view", "base",
-               "group_size", "max_rank")
+               "group_size", "max_rank", "state_bits", "state_block_size", "min_8bit_size")
 VIEWS = ("optimizer", "adapter")
 
 
@@ -160,7 +164,9 @@ def estimate(model_or_shapes, optimizer_config=None, dtype: torch.dtype = torch.
     targets converted by lowrank_ops.nn.convert and trained by torch.optim.AdamW, see below), "base" (adapter
     view: None, "int8" or "nf4"), "group_size" (of the quantized base; None: the format's default) and
     "max_rank" (int or callable shape -> int, only for kinds of variable rank, "adaptive": the rank counted;
-    default "rank").
+    default "rank"), "state_bits" (32, or 8: LowRankAdamW(state_bits=8) and GaLoreAdamW8bit's blockwise 8-bit
+    moments of the low-rank params, which "state_dtype" then does not apply to), "state_block_size" (B, default
+    256) and "min_8bit_size" (default 0; GaLoreAdamW8bit's 4096: smaller projected moments stay float32).
 
     Adapter view, per target of shape m x n with A of k elements: weights = base_bytes(W0) + k x itemsize
     (A in `dtype`), gradients = k x itemsize (A's only; the frozen W0 has none), optimizer_state = 2 k x
@@ -193,6 +199,11 @@ def estimate(model_or_shapes, optimizer_config=None, dtype: torch.dtype = torch.
         raise _checks.type_error(OP, "per_layer", "a bool", config["per_layer"])
     if config.get("group_size") is not None:
         _checks.positive_int(OP, "group_size", config["group_size"])
+    state_bits = config.get("state_bits", 32)
+    if state_bits not in STATE_BITS or isinstance(state_bits, bool):
+        raise _checks.error(OP, "state_bits", f"one of {STATE_BITS}", repr(state_bits))
+    block = _checks.positive_int(OP, "state_block_size", config.get("state_block_size", STATE_BLOCK_SIZE))
+    min_8bit = _checks.int_at_least(OP, "min_8bit_size", config.get("min_8bit_size", 0), 0)
     width = _itemsize(dtype)
     lowrank_width = _itemsize(state_dtype or (torch.float64 if dtype == torch.float64 else torch.float32))
     plain_width = _itemsize(state_dtype or dtype)
@@ -217,7 +228,12 @@ def estimate(model_or_shapes, optimizer_config=None, dtype: torch.dtype = torch.
                 grad_bytes = k * width
                 state += 2 * k * plain_width
             else:
-                state += ((3 if wd_mode == "adapter" else 2) + kind.projected_buffers) * k * lowrank_width
+                buffers = (1 if wd_mode == "adapter" else 0) + kind.projected_buffers
+                if state_bits == 8 and k >= min_8bit:
+                    rows, cols = layout.projected_shape
+                    state += 2 * (k + 4 * rows * -(-cols // block)) + buffers * k * lowrank_width
+                else:
+                    state += (2 + buffers) * k * lowrank_width
             persisted_projections += kind.persisted_bytes(layout, dtype)
         else:
             state += 2 * numel * plain_width

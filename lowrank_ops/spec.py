@@ -86,6 +86,17 @@ NF4_CODE = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453
             0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
             0.7229568362236023, 1.0)
 
+# --- 8-bit optimizer moments (docs/DESIGN.md §3 "8-bit optimizer moments"; kernels/blockwise8.h) ----------
+# Dynamic tree code of Dettmers et al., "8-bit Optimizers via Block-wise Quantization": after an optional
+# sign bit, a run of e zero bits (the decimal exponent), a 1 bit, then f fraction bits k:
+# |value| = 10^-e (0.1 + 0.9 (k + 1) / 2^f); the all-zero pattern is 0. exp_avg takes the signed code (7
+# magnitude bits), exp_avg_sq the unsigned one (8 bits). A byte is the index of its value in the ascending
+# 256-entry table. Blocks of STATE_BLOCK_SIZE consecutive elements of a row of the projected moment share
+# one float32 absmax; q = number of float32 midpoints of neighbouring codes strictly below v / absmax.
+STATE_BITS = (32, 8)  # LowRankAdamW's `state_bits`: float32 moments (default) or blockwise 8-bit
+STATE_BLOCK_SIZE = 256  # default `state_block_size`
+Q8_MOMENT_SIGNED = {"exp_avg": True, "exp_avg_sq": False}
+
 # --- fused low-rank AdamW step --------------------------------------------------------------------------
 SEEDED_KINDS = SKETCH_KINDS
 # Sides given by an index vector of DCT-II basis rows, generated inside the kernels: "dct" (P = D[indices, :])

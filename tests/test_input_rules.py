@@ -130,7 +130,9 @@ def test_every_written_tensor_gets_a_version_bump(backend):
 def test_the_rules_come_from_the_schemas_and_cover_direct_calls():
     """Every op whose schema writes an argument gets the rules, also when called through torch.ops."""
     written = {op: [rules.names[i] for i in rules.mutated] for op, rules in _ops.RULES.items() if rules.mutated}
-    assert written == {"sketch_fill_": ["out"], "lowrank_adamw_step_": ["W", "exp_avg", "exp_avg_sq", "delta"],
+    assert written == {"sketch_fill_": ["out"],
+                       "lowrank_adamw_step_": ["W", "exp_avg", "exp_avg_sq", "delta", "exp_avg_absmax",
+                                               "exp_avg_sq_absmax"],
                        "lowrank_apollo_step_": ["W", "exp_avg", "exp_avg_sq", "limiter_norm"],
                        "lowrank_apollo_multi_step_": ["W", "exp_avg", "exp_avg_sq", "limiter_norm"],
                        "lowrank_adamw_multi_step_": ["W", "exp_avg", "exp_avg_sq", "delta"]}

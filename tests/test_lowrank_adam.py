@@ -249,7 +249,8 @@ def opcheck_step(backend, shape, cases, rng):
         G = torch.randn(shape, generator=rng).to(torch.bfloat16)
         m, v, delta = torch.zeros(r), torch.rand(r, generator=rng), torch.randn(r, generator=rng)
         torch.library.opcheck(torch.ops.lowrank_ops.lowrank_adamw_step_.default,
-                              (W, G, m, v, delta, *left, *right, 1e-3, 0.9, 0.999, 1e-8, 0.01, 2, 1.0, wd_mode, backend))
+                              (W, G, m, v, delta, *left, *right, 1e-3, 0.9, 0.999, 1e-8, 0.01, 2, 1.0, wd_mode),
+                              {"backend": backend})
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

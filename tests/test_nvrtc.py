@@ -53,6 +53,7 @@ INSTANCES = {
         for f in ("kQuantNF4", "kQuantInt8")
         for t in FLOATS
     ],
+    "blockwise8": [f"lro::q8_adam_moments_kernel<{t}>" for t in ("float", "double")],
     "lowrank_adam": [
         f"lro::sketch_window_kernel<{t}, lro::{k}>"
         for t in ("float", "double")

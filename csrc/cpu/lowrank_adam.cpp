@@ -13,11 +13,13 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "../../kernels/adam.h"
 #include "../lowrank_adam_impl.h"
 #include "../lowrank_ops.h"
 #include "adam_epilogues.h"
+#include "adam_epilogues8.h"
 #include "sketch_impl.h"
 
 namespace lowrank_ops {
@@ -40,6 +42,34 @@ void moments(at::Tensor& r, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, at::Ten
     scalar_t* dp = delta != nullptr ? delta->data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, r.numel(), kMomentsGrain, [&](int64_t begin, int64_t end) {
       adam_moments_run(rp + begin, mp + begin, vp + begin, dp != nullptr ? dp + begin : nullptr, end - begin, s);
+    });
+  });
+}
+
+// The moments of r on the matrix's 8-bit moments (adam_epilogues8.h): rows in parallel, each row block by
+// block; the codes and absmax are written in place (contiguous: the caller's tensors, made contiguous by the
+// op layer).
+void moments8(at::Tensor& r, const AdamMatrix& matrix, at::Tensor* delta) {
+  TORCH_CHECK(matrix.exp_avg.is_contiguous() && matrix.exp_avg_sq.is_contiguous() &&
+                  matrix.exp_avg_absmax->is_contiguous() && matrix.exp_avg_sq_absmax->is_contiguous(),
+              "lowrank_ops.", kAdamOp, ": 8-bit moments and their absmax must be contiguous");
+  lro::Q8Table signed_table, unsigned_table;
+  lro::q8_fill_table(true, &signed_table);
+  lro::q8_fill_table(false, &unsigned_table);
+  const int64_t rows = r.size(0), cols = r.size(1);
+  const Q8Moments q{matrix.exp_avg.data_ptr<uint8_t>(), matrix.exp_avg_absmax->data_ptr<float>(),
+                    matrix.exp_avg_sq.data_ptr<uint8_t>(), matrix.exp_avg_sq_absmax->data_ptr<float>(),
+                    cols, matrix.state_block, &signed_table, &unsigned_table};
+  AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "lowrank_adamw_step_ 8-bit moments", [&] {
+    const lro::AdamStep<scalar_t> s = adam_step<scalar_t>(matrix.args);
+    scalar_t* rp = r.data_ptr<scalar_t>();
+    scalar_t* dp = delta != nullptr ? delta->data_ptr<scalar_t>() : nullptr;
+    const int64_t grain = std::max<int64_t>(1, kMomentsGrain / std::max<int64_t>(cols, 1));
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      std::vector<float> scratch(2 * std::min(matrix.state_block, cols));
+      for (int64_t i = begin; i < end; ++i) {
+        adam_moments_run8(rp + i * cols, q, i, 0, cols, dp != nullptr ? dp + i * cols : nullptr, s, scratch.data());
+      }
     });
   });
 }
@@ -102,7 +132,7 @@ void unproject_update(const SideOp& side, bool left, const at::Tensor& Y, const 
 
 }  // namespace
 
-const AdamDevice kAdamDevice{&moments, &unproject_update, &fill_dct, &sketch_project, &sketch_unproject};
+const AdamDevice kAdamDevice{&moments, &unproject_update, &fill_dct, &sketch_project, &sketch_unproject, &moments8};
 
 }  // namespace cpu
 }  // namespace lowrank_ops

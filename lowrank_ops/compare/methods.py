@@ -7,6 +7,8 @@ Views:
   "optimizer"  LowRankAdamW (the gradient view): attention and MLP matrices get the projection kind, the rest
                plain AdamW; wd_mode "adapter" (weight decay of the adapter since the last refresh, as in the
                paper's adapter-trained Table 2 runs, App. B), so it equals the adapter view step for step.
+               "<kind>+8bit": the same with blockwise 8-bit moments (state_bits=8; the estimate counts the
+               codes and float32 block absmax, the adapter delta in bf16).
   "relora"     two-sided LoRA with merges (relora.py).
   "apollo"     lowrank_ops.optim.APOLLO (Zhu et al. 2024) on the attention and MLP matrices, plain AdamW on
                the rest: "apollo" with channel-wise scaling at the preset's rank and scale 1, "apollo_mini"
@@ -46,6 +48,7 @@ class Method:
     view: str  # "full" | "optimizer" | "relora" | "apollo" | "adapter"
     projection: str | None = None
     base: str | None = None  # adapter view: "int8" | "nf4"
+    state_bits: int = 32  # optimizer view: LowRankAdamW's moments, float32 or blockwise 8-bit (issue 17)
 
     def unavailable(self) -> str | None:
         """Why the method cannot run here, or None."""
@@ -74,6 +77,8 @@ METHODS: list[Method] = [
     Method("dct", "DCT columns", "optimizer", "dct"),
     Method("sr_dct", "Subsampled randomized DCT", "optimizer", "sr_dct"),
     Method("adaptive", "Adaptive rank (AdaRankGrad)", "optimizer", "adaptive"),
+    Method("galore+8bit", "Gradient SVD (GaLore) + 8-bit moments", "optimizer", "svd", state_bits=8),
+    Method("rademacher+8bit", "Rademacher + 8-bit moments", "optimizer", "rademacher", state_bits=8),
     Method("apollo", "APOLLO (channel-wise)", "apollo", "gaussian"),
     Method("apollo_mini", "APOLLO-Mini (tensor-wise, rank 1)", "apollo", "gaussian"),
 ] + [
@@ -145,7 +150,7 @@ class Runner:
         if kind == "adaptive":  # its minimum refresh window, scaled like the gap (20 of 200 steps)
             options["min_gap"] = max(1, round(self.gap / 10))
         return LowRankAdamW(groups + [{"params": rest, "rank": None}], projection=kind, update_gap=self.gap,
-                            wd_mode="adapter", seed=seed, **adamw, **options)
+                            wd_mode="adapter", seed=seed, state_bits=self.method.state_bits, **adamw, **options)
 
     def _apollo(self, model, preset, seed, adamw):
         """APOLLO / APOLLO-Mini (APOLLO_SETTINGS) on the target matrices, plain AdamW on the rest."""
@@ -239,7 +244,7 @@ def estimate_gb(method: Method, paper_config: str) -> float | None:
         # moments, base_bytes of the frozen W0) hold the same bytes for a dense base
         config = {"rank": lambda shape: rank_for(method.projection, shape, cfg["rank"]),
                   "projection": method.projection, "wd_mode": "adapter", "state_dtype": torch.bfloat16,
-                  "targets": TARGETS}
+                  "targets": TARGETS, "state_bits": method.state_bits}
         if method.base is not None:
             config.update(view="adapter", base=method.base, group_size=QUANT_GROUP)
         total = memory.estimate(shapes, config, **bf16).persisted

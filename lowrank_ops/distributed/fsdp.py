@@ -94,6 +94,11 @@ def lowrank_step(step: LowRankParamStep) -> None:
             "sharded (FSDP2) parameter; use a seeded kind ('orthogonal', 'sr_dct', 'rademacher', 'gaussian', "
             "'two_sided_gaussian')"
         )
+    if step.group.get("state_bits", 32) != 32:
+        raise NotImplementedError(
+            f"{WHERE}: 8-bit moments (state_bits={step.group['state_bits']}) are not supported for sharded "
+            "(FSDP2) parameters yet (their blocks would straddle the shards); use state_bits=32"
+        )
     if not isinstance(p.grad, DTensor) or tuple(p.grad.placements) != tuple(p.placements):
         raise ValueError(
             f"{WHERE}: the gradient of a DTensor parameter must be a DTensor with its placements"

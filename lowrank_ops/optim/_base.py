@@ -10,6 +10,8 @@ import warnings
 import torch
 
 from .. import projections
+from ..projections import moments
+from ..spec import STATE_BITS, STATE_BLOCK_SIZE
 from .multi_step import FusedSteps, lowrank_step
 from .nonfinite import finite_flags
 from .plain_adamw import IMPLEMENTATION_KEYS
@@ -20,6 +22,9 @@ SEED_LIMIT = 2**64
 # optimizer's value), `skipped_steps` counts the skipped parameter steps (state: a state dict's value is
 # loaded). State dicts saved before the guard existed lack both.
 GUARD_KEYS = ("skip_nonfinite", "skipped_steps")
+# The moment-format keys (check_state_bits) as state dicts saved before 8-bit moments existed hold them: float
+# moments.
+MOMENT_FORMAT_DEFAULTS = {"state_bits": 32, "state_block_size": STATE_BLOCK_SIZE}
 
 
 class PerParamOptimizer(torch.optim.Optimizer):
@@ -71,8 +76,9 @@ class PerParamOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     def _lowrank_layout(self, group, p, state):
-        """(kind, the Layout in use, whether the state has the adapter `delta`) of a low-rank parameter of
-        `group` with `state`; None for a parameter the group steps as plain AdamW."""
+        """(kind, the Layout in use, whether the state has the adapter `delta`[, the block length of its 8-bit
+        moments or None: moment_block, for optimizers with 8-bit moments]) of a low-rank parameter of `group`
+        with `state`; None for a parameter the group steps as plain AdamW."""
         raise NotImplementedError
 
     def _keep_state(self, key, old, new, states) -> None:
@@ -286,10 +292,13 @@ class PerParamOptimizer(torch.optim.Optimizer):
     def _required_keys(self, own: dict) -> list[str]:
         """The keys a loaded group must have: those of this optimizer's defaults in its group `own` (torch
         adds defaults of its own on load), the guard's and the plain AdamW implementation's excepted."""
-        optional = GUARD_KEYS + IMPLEMENTATION_KEYS
+        optional = GUARD_KEYS + IMPLEMENTATION_KEYS + tuple(MOMENT_FORMAT_DEFAULTS)
         return [key for key in self.defaults if key in own and key not in optional]
 
     def _check_loaded_group(self, where, index, group, own) -> None:
+        for key, value in MOMENT_FORMAT_DEFAULTS.items():  # state dicts saved before 8-bit moments: float ones
+            if key in own:
+                group.setdefault(key, value)
         check_group(
             where, index, group, own, self._required_keys(own), self._layout(own), self._layout(group)
         )
@@ -338,13 +347,34 @@ def check_hyper(group, where: str) -> None:
             raise ValueError(f"{where}: invalid '{name}' {value!r}")
 
 
-def lowrank_state(state: dict, layer: int, projected_shape, W: torch.Tensor, with_delta: bool) -> None:
-    """Initial state of a low-rank parameter: ints step/layer/refresh and fp32 moments (fp64 for an fp64
-    W) in the projected shape; `delta` (the adapter of wd_mode "adapter") when asked."""
-    dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
+def lowrank_state(state: dict, layer: int, projected_shape, W: torch.Tensor, with_delta: bool,
+                  block: int | None = None) -> None:
+    """Initial state of a low-rank parameter: ints step/layer/refresh and zero moments in the projected
+    shape, fp32 (fp64 for an fp64 W), or blockwise 8-bit with blocks of `block` elements of a row
+    (projections/moments.py); `delta` (the adapter of wd_mode "adapter") when asked."""
     state.update(step=0, layer=layer, refresh=0)
-    for key in ("exp_avg", "exp_avg_sq") + (("delta",) if with_delta else ()):
-        state[key] = torch.zeros(projected_shape, dtype=dtype, device=W.device)
+    moments.init(state, tuple(projected_shape), W, block)
+    if with_delta:
+        state["delta"] = moments.zeros_like(state)
+
+
+def check_state_bits(group, where: str) -> None:
+    """The 8-bit moment keys: `state_bits` 32 (float moments) or 8 (blockwise 8-bit, docs/DESIGN.md §3),
+    `state_block_size` an int >= 1, `min_8bit_size` (GaLoreAdamW8bit) an int >= 0."""
+    if group["state_bits"] not in STATE_BITS or isinstance(group["state_bits"], bool):
+        raise ValueError(f"{where}: 'state_bits' must be one of {STATE_BITS}, got {group['state_bits']!r}")
+    check_int(group["state_block_size"], where, "state_block_size", 1)
+    if "min_8bit_size" in group:
+        check_int(group["min_8bit_size"], where, "min_8bit_size", 0)
+
+
+def moment_block(group: dict, projected_shape) -> int | None:
+    """The block length of the 8-bit moments of a low-rank parameter of `group` with moments of
+    `projected_shape`, or None for float moments: state_bits 8 and at least min_8bit_size (default 0)
+    elements."""
+    if group.get("state_bits", 32) != 8 or math.prod(projected_shape) < group.get("min_8bit_size", 0):
+        return None
+    return group["state_block_size"]
 
 
 def refresh_if_due(state: dict, kind, G, layout, gap: int, base_seed: int, warn, group=None) -> bool:

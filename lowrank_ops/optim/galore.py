@@ -38,9 +38,11 @@ from ._base import (
     check_int,
     is_matrix,
     lowrank_state,
+    moment_block,
     refresh_if_due,
 )
 from .hf_adamw import hf_adamw_step
+from .multi_step import moment_arguments
 from .plain_adamw import check_not_both
 
 PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
@@ -127,7 +129,8 @@ class GaLoreAdamW(PerParamOptimizer):
         if "rank" not in group or not is_matrix(p):
             return None
         kind = projections.get("two_sided_svd" if group["proj_type"] == "full" else "svd")
-        return kind, galore_layout(p.shape, group["rank"], group["proj_type"]), False
+        layout = galore_layout(p.shape, group["rank"], group["proj_type"])
+        return kind, layout, False, moment_block(group, layout.projected_shape)
 
     def _step_group(self, group, params):
         lowrank = "rank" in group
@@ -144,7 +147,8 @@ class GaLoreAdamW(PerParamOptimizer):
         kind = projections.get("two_sided_svd" if group["proj_type"] == "full" else "svd")
         state = self.state[p]
         if not state:
-            lowrank_state(state, self.layer_index(p), layout.projected_shape, p, with_delta=False)
+            block = moment_block(group, layout.projected_shape)
+            lowrank_state(state, self.layer_index(p), layout.projected_shape, p, with_delta=False, block=block)
         G = p.grad
         if not refresh_if_due(
             state, kind, G, layout, group["update_proj_gap"], FALLBACK_BASE_SEED, self._warn
@@ -153,20 +157,29 @@ class GaLoreAdamW(PerParamOptimizer):
         state["step"] += 1
         t, (beta1, beta2), lr = state["step"], group["betas"], group["lr"]
         wd = max(0.0, group["weight_decay"])
-        bc1, bc2 = 1.0 - beta1**t, 1.0 - beta2**t
-        scale = group["scale"] * (1.0 - lr * wd) * (1.0 if group["correct_bias"] else bc1 / math.sqrt(bc2))
+        eps, scale = self._folded(group, t, wd)
+        exp_avg, exp_avg_sq, eight_bit = moment_arguments(state)
         self._lowrank_step(
             p,
             G,
-            state["exp_avg"],
-            state["exp_avg_sq"],
+            exp_avg,
+            exp_avg_sq,
             kind.projection(state, layout),
             lr=lr,
             beta1=beta1,
             beta2=beta2,
-            eps=group["eps"] / math.sqrt(bc2),
+            eps=eps,
             weight_decay=wd,
             step=t,
             scale=scale,
             wd_mode="full",
+            **eight_bit,
         )
+
+    def _folded(self, group, t: int, wd: float) -> tuple[float, float]:
+        """(eps, scale) of the fused op for galore-torch's HF-style update at step t with weight decay wd
+        applied after the update (module docstring)."""
+        beta1, beta2 = group["betas"]
+        bc1, bc2 = 1.0 - beta1**t, 1.0 - beta2**t
+        correction = 1.0 if group["correct_bias"] else bc1 / math.sqrt(bc2)
+        return group["eps"] / math.sqrt(bc2), group["scale"] * (1.0 - group["lr"] * wd) * correction

@@ -19,7 +19,9 @@ for the group's plain params (CPU and CUDA floating tensors). They follow torch.
 implementation bit for bit.
 
 State per low-rank param: ints step, layer, refresh, proj_seed; fp32 tensors exp_avg, exp_avg_sq
-(projected shape), delta ("adapter" mode), and the basis matrices of matrix kinds (proj_left/proj_right).
+(projected shape; with state_bits=8 uint8 codes, float32 exp_avg_absmax / exp_avg_sq_absmax per block and the
+int state_block_size: lowrank_ops/projections/moments.py), delta ("adapter" mode), and the basis matrices of
+matrix kinds (proj_left/proj_right).
 Seeded kinds persist ints only. `state_dict()` loads with torch.load(weights_only=True), and save ->
 load -> continue is bit-identical to not stopping. `load_state_dict` refuses a state dict of another
 optimizer type, of other layout settings (rank, projection, side, block, wd_mode) or of other parameter
@@ -42,8 +44,20 @@ import torch
 
 from .. import projections
 from ..ops.lowrank_adam import WD_MODES
+from ..projections import moments
+from ..spec import STATE_BLOCK_SIZE
 from . import plain_adamw
-from ._base import SEED_LIMIT, PerParamOptimizer, check_block, check_guard, check_hyper, check_int, is_matrix
+from ._base import (
+    SEED_LIMIT,
+    PerParamOptimizer,
+    check_block,
+    check_guard,
+    check_hyper,
+    check_int,
+    check_state_bits,
+    is_matrix,
+    moment_block,
+)
 from .param_step import LowRankParamStep, registered_param_step
 
 
@@ -65,6 +79,9 @@ class LowRankAdamW(PerParamOptimizer):
     sharded, one r x n all-reduce where it is). Keywords beyond these are param-group keys that
     projection kinds declare (ProjectionKind.options, e.g. "adaptive"'s `energy`, `max_rank`, `min_rank`,
     `converge_tol`, `min_gap`, `max_gap`); `ranks()` reports the rank in use per low-rank parameter.
+    `state_bits` (32, the default: float32 moments, float64 for float64 weights; or 8: blockwise 8-bit
+    moments, docs/DESIGN.md §3 "8-bit optimizer moments") and `state_block_size` (B, default 256: one float32
+    absmax per B consecutive elements of a row of the projected moment) are param-group keys too.
     `skip_nonfinite` (bool, default False): a parameter whose gradient has a NaN/Inf skips its step,
     counted in `skipped_steps()` (module docstring, "Non-finite gradients"). `multi_tensor` (bool, default
     True): `step()` runs the low-rank steps of all groups as one lowrank_adamw_multi_step_ call per device
@@ -109,6 +126,8 @@ class LowRankAdamW(PerParamOptimizer):
         skip_nonfinite=False,
         backend=None,
         multi_tensor=True,
+        state_bits=32,
+        state_block_size=STATE_BLOCK_SIZE,
         **options,
     ):
         unknown = sorted(set(options) - set(projections.option_names()))
@@ -135,18 +154,21 @@ class LowRankAdamW(PerParamOptimizer):
             foreach=foreach,
             fused=fused,
             skip_nonfinite=skip_nonfinite,
+            state_bits=state_bits,
+            state_block_size=state_block_size,
             **options,
         )
         super().__init__(params, defaults)
         plain_adamw.check_not_both(foreach, fused, "lowrank_ops.optim.LowRankAdamW")
 
-    LAYOUT_KEYS = ("rank", "projection", "side", "block", "wd_mode")
+    LAYOUT_KEYS = ("rank", "projection", "side", "block", "wd_mode", "state_bits", "state_block_size")
     KEPT_KEYS = ("wd_mode",)
     REFRESH_KEYS = ("seed",)
 
     def _check_group(self, group, where):
         check_hyper(group, where)
         check_guard(group, where)
+        check_state_bits(group, where)
         check_int(group["seed"], where, "seed", 0, SEED_LIMIT)
         if group["rank"] is None:
             return
@@ -166,13 +188,14 @@ class LowRankAdamW(PerParamOptimizer):
             return None
         kind = projections.get(group["projection"])
         layout = kind.layout(p.shape, group["rank"], group["side"], group.get("block"))
-        return kind, kind.current_layout(state, layout, group), group["wd_mode"] == "adapter"
+        layout = kind.current_layout(state, layout, group)
+        return kind, layout, group["wd_mode"] == "adapter", moment_block(group, layout.projected_shape)
 
     def _keep_state(self, key, old, new, states):
         # wd_mode: the adapter delta (updates since the last refresh) starts at zero, or is dropped
         for state in states:
             if new == "adapter" and "delta" not in state:
-                state["delta"] = torch.zeros_like(state["exp_avg"])
+                state["delta"] = moments.zeros_like(state)
             elif new != "adapter":
                 state.pop("delta", None)
 

@@ -12,6 +12,7 @@ import torch
 
 from ..ops.lowrank_adam import lowrank_adamw_step_
 from ..ops.lowrank_adam_multi import lowrank_adamw_multi_step_
+from ..projections import moments
 
 ARGS = ("lr", "beta1", "beta2", "eps", "weight_decay", "step", "scale", "wd_mode")
 
@@ -42,8 +43,22 @@ class FusedSteps:
 
 def lowrank_step(collector: FusedSteps | None, backend, *args, **kwargs) -> None:
     """One low-rank step: recorded in `collector` when the optimizer collects (its `step()`), else run at once
-    through the single-matrix op (the per-layer mode, per-matrix optimizers)."""
-    if collector is None:
+    through the single-matrix op (the per-layer mode, per-matrix optimizers). A step on 8-bit moments (keywords
+    of moment_arguments) always runs at once through the single-matrix op: the multi-tensor op does not take
+    8-bit moments yet."""
+    if collector is None or "exp_avg_absmax" in kwargs:
         lowrank_adamw_step_(*args, backend=backend, **kwargs)
     else:
         collector.add(*args, **kwargs)
+
+
+def moment_arguments(state: dict) -> tuple:
+    """(exp_avg, exp_avg_sq, keywords) of the fused op for a low-rank state (projections/moments.py): float
+    moments and no keywords, or 8-bit codes with the keywords exp_avg_absmax, exp_avg_sq_absmax and
+    state_block_size."""
+    if not moments.is_8bit(state):
+        return state["exp_avg"], state["exp_avg_sq"], {}
+    keywords = {"exp_avg_absmax": state[moments.absmax_key("exp_avg")],
+                "exp_avg_sq_absmax": state[moments.absmax_key("exp_avg_sq")],
+                "state_block_size": state[moments.BLOCK_KEY]}
+    return state["exp_avg"], state["exp_avg_sq"], keywords

@@ -24,9 +24,9 @@ from collections.abc import Callable
 import torch
 
 from ..ops.projection import Projection
-from ..projections import Layout, ProjectionKind
-from ._base import lowrank_state, refresh_if_due
-from .multi_step import FusedSteps, lowrank_step
+from ..projections import Layout, ProjectionKind, moments
+from ._base import lowrank_state, moment_block, refresh_if_due
+from .multi_step import FusedSteps, lowrank_step, moment_arguments
 
 _STEPS: dict[type, Callable] = {}  # tensor subclass -> its step function
 
@@ -94,7 +94,8 @@ class LowRankParamStep:
         `projected_shape` on like's device, float32 (float64 for a float64 `like`). Returns `state`; a step
         function may then replace its tensors by wrappers of them (e.g. DTensors)."""
         with_delta = self.group["wd_mode"] == "adapter"
-        lowrank_state(self.state, self.layer, tuple(projected_shape), like, with_delta)
+        block = moment_block(self.group, tuple(projected_shape))
+        lowrank_state(self.state, self.layer, tuple(projected_shape), like, with_delta, block)
         return self.state
 
     def warn_once(self, key: str, message: str) -> None:
@@ -121,7 +122,7 @@ class LowRankParamStep:
             if state["delta"].shape == state["exp_avg"].shape:
                 state["delta"].zero_()
             else:  # the rank changed ("adaptive"): the adapter restarts in the new projected shape
-                state["delta"] = torch.zeros_like(state["exp_avg"])
+                state["delta"] = moments.zeros_like(state)
         state["step"] += 1
         return True
 
@@ -137,16 +138,18 @@ class LowRankParamStep:
         exp_avg, exp_avg_sq, projection, keywords = self._step_arguments(moments, projection)
         lowrank_step(None, self._backend, W, G, exp_avg, exp_avg_sq, projection, **keywords)
 
-    def _step_arguments(self, moments, projection) -> tuple:
-        """(exp_avg, exp_avg_sq, projection, keywords) of lowrank_adamw_step_ (fused_step's defaults)."""
-        moments = self.state if moments is None else moments
+    def _step_arguments(self, state, projection) -> tuple:
+        """(exp_avg, exp_avg_sq, projection, keywords) of lowrank_adamw_step_ (fused_step's defaults), with
+        8-bit moments' absmax and block length (multi_step.moment_arguments)."""
+        state = self.state if state is None else state
         projection = self.projection() if projection is None else projection
         group = self.group
         beta1, beta2 = group["betas"]
+        exp_avg, exp_avg_sq, eight_bit = moment_arguments(state)
         keywords = {"lr": group["lr"], "beta1": beta1, "beta2": beta2, "eps": group["eps"],
-                    "weight_decay": group["weight_decay"], "step": moments["step"], "scale": group["scale"],
-                    "wd_mode": group["wd_mode"], "delta": moments.get("delta")}
-        return moments["exp_avg"], moments["exp_avg_sq"], projection, keywords
+                    "weight_decay": group["weight_decay"], "step": state["step"], "scale": group["scale"],
+                    "wd_mode": group["wd_mode"], "delta": state.get("delta"), **eight_bit}
+        return exp_avg, exp_avg_sq, projection, keywords
 
     def run(self) -> None:
         """The step LowRankAdamW takes for a plain tensor: the calls above on `param` and its grad. A tensor

@@ -5,6 +5,8 @@ optimizer's value and the state dict's, instead of a bare KeyError or a shape er
 
 import torch
 
+from ..projections.moments import BLOCK_KEY, MOMENTS, absmax_key
+
 ADAM_KEYS = ("step", "exp_avg", "exp_avg_sq")  # torch.optim.AdamW's per-parameter state
 LOWRANK_INTS = ("step", "layer", "refresh")  # the low-rank state's counters (lowrank_state)
 
@@ -44,7 +46,8 @@ def check_group(where: str, index: int, loaded: dict, own: dict, required, own_s
 def check_param_state(where: str, label: str, state: dict, p: torch.Tensor, lowrank) -> None:
     """Raises a ValueError when a parameter's loaded `state` is not what the step reads: torch.optim.AdamW's
     layout of p's shape for a plain parameter (`lowrank` None), the low-rank layout otherwise (`lowrank` =
-    (kind, its current Layout, whether the state has the adapter `delta`))."""
+    (kind, its current Layout, whether the state has the adapter `delta`, and optionally the block length of
+    8-bit moments or None for float ones))."""
     if lowrank is None:
         if "layer" in state:
             raise ValueError(
@@ -54,13 +57,15 @@ def check_param_state(where: str, label: str, state: dict, p: torch.Tensor, lowr
         _need(where, label, state, ADAM_KEYS)
         _shapes(where, label, state, ("exp_avg", "exp_avg_sq"), tuple(p.shape), "the parameter's shape")
         return
-    kind, layout, with_delta = lowrank
+    kind, layout, with_delta, *moment_format = lowrank  # optimizers without 8-bit moments give no block
+    block = moment_format[0] if moment_format else None
     moments = ("exp_avg", "exp_avg_sq") + (("delta",) if with_delta else ())
     _need(where, label, state, LOWRANK_INTS + moments)
     for key in LOWRANK_INTS:
         if isinstance(state[key], bool) or not isinstance(state[key], int):
             raise TypeError(f"{where}: {label}: the state's {key!r} must be an int, got {state[key]!r}")
     _shapes(where, label, state, moments, layout.projected_shape, "the projected shape")
+    _moment_format(where, label, state, layout.projected_shape, block)
     if state["refresh"] == 0:  # no basis drawn yet (its first step was skipped)
         return
     for side, rank, d in layout.sides():
@@ -82,6 +87,37 @@ def check_param_state(where: str, label: str, state: dict, p: torch.Tensor, lowr
         raise ValueError(
             f"{where}: {label}: the state's basis does not fit projection {kind.name!r}: {e}"
         ) from None
+
+
+def _moment_format(where, label, state, shape, block) -> None:
+    """The moments' storage is the one the optimizer's settings give (projections/moments.py): float, or
+    8-bit codes with absmax blocks of `block` elements of a row."""
+    saved = state.get(BLOCK_KEY)
+    if saved != block:
+        def describe(b):
+            return "float moments" if b is None else f"8-bit moments with {BLOCK_KEY} {b}"
+
+        raise ValueError(
+            f"{where}: {label}: the state dict holds {describe(saved)}, this optimizer's settings give "
+            f"{describe(block)} (param-group keys 'state_bits', 'state_block_size', 'min_8bit_size')"
+        )
+    if block is None:
+        for key in MOMENTS:
+            if not state[key].is_floating_point():
+                raise ValueError(f"{where}: {label}: the state's {key!r} must be a float tensor, got {state[key].dtype}")
+        return
+    rows, cols = shape
+    for key in MOMENTS:
+        if state[key].dtype != torch.uint8:
+            raise ValueError(f"{where}: {label}: the state's {key!r} must hold uint8 codes, got {state[key].dtype}")
+        absmax = state.get(absmax_key(key))
+        expected = (rows, -(-cols // block))
+        if not isinstance(absmax, torch.Tensor) or absmax.dtype != torch.float32 or tuple(absmax.shape) != expected:
+            got = (absmax.dtype, list(absmax.shape)) if isinstance(absmax, torch.Tensor) else absmax
+            raise ValueError(
+                f"{where}: {label}: the state's {absmax_key(key)!r} must be a float32 tensor of shape "
+                f"{list(expected)}, got {got!r}"
+            )
 
 
 def _need(where, label, state, keys) -> None:

@@ -29,14 +29,16 @@ divided by ||m_window_start|| never refreshed on convergence in the rank-decay t
 keeps the energy outside the subspace, the change vanishes exactly then. A non-finite ||G|| makes the
 refresh due, so that the refresh's NaN/Inf check skips the step. The refresh happens at the first check
 with c < converge_tol, or at s = max_gap. The window start m_window_start is kept in
-state["proj_anchor"] (one more tensor of the moments' projected shape and dtype: projected_buffers = 1);
+state["proj_anchor"] (one more tensor of the moments' projected shape and dtype, float32 beside 8-bit moments:
+projected_buffers = 1);
 the check is one norm reduction and a host sync every min_gap steps.
 
 Moments on a refresh (Block 2 of Algorithm 3), with T = P_new P_old^T (r_new x r_old), both bases with
 orthonormal rows, computed in the moments' dtype:
     side "left"  (moments r x n):  m' = T m,      v' = (T o T) v
     side "right" (moments m x r):  m' = m T^T,    v' = v (T o T)^T
-(o the elementwise product). m' is the issue's rule m' = P_new P_old^T m: the old average expressed in the
+(o the elementwise product). 8-bit moments (state_bits = 8) are decoded, transformed and encoded again
+(projections/moments.py). m' is the issue's rule m' = P_new P_old^T m: the old average expressed in the
 new coordinates (exact for the part of it inside the new subspace, the rest is dropped). For v there is no
 linear rule: Adam's v_j estimates E[r_j^2] of the old coordinates r; the new ones are r'_i = sum_j T_ij r_j,
 so E[r'_i^2] = sum_j T_ij^2 E[r_j^2] + sum_{j != k} T_ij T_ik E[r_j r_k]. Adam keeps no cross moments, so the
@@ -66,6 +68,7 @@ from typing import ClassVar
 import torch
 
 from ..ops.range_finder import adaptive_rank
+from . import moments
 from .base import ProjectionKind, matrix_projection, register
 from .orthogonal import write_semi_orthogonal
 
@@ -156,7 +159,7 @@ class AdaptiveRank(ProjectionKind):
         window = self._get(group, "min_gap")
         if since == 0 or since % window:
             return False
-        m, anchor = state["exp_avg"], state["proj_anchor"]
+        m, anchor = moments.read_one(state, "exp_avg"), state["proj_anchor"]
         change = float(torch.linalg.vector_norm(m - anchor, dtype=torch.float64))
         scale = float(torch.linalg.vector_norm(G, dtype=torch.float64))
         if not math.isfinite(scale) or change < self._get(group, "converge_tol") * scale:
@@ -193,14 +196,13 @@ class AdaptiveRank(ProjectionKind):
         new, old = state[f"proj_{side}"], previous.get(f"proj_{side}")
         if old is new:  # the refresh kept the previous basis (zero gradient)
             return
+        exp_avg, exp_avg_sq = moments.read(state)  # 8-bit moments: decoded, transformed, encoded again
         if old is None:  # first basis: the moments are still zero, only their shape follows the rank
-            for key in ("exp_avg", "exp_avg_sq"):
-                state[key] = state[key].new_zeros(layout.projected_shape)
+            exp_avg, exp_avg_sq = (x.new_zeros(layout.projected_shape) for x in (exp_avg, exp_avg_sq))
         else:
-            state["exp_avg"], state["exp_avg_sq"] = transform_moments(
-                state["exp_avg"], state["exp_avg_sq"], new, old, side
-            )
-        state["proj_anchor"] = state["exp_avg"].clone()
+            exp_avg, exp_avg_sq = transform_moments(exp_avg, exp_avg_sq, new, old, side)
+        moments.write(state, exp_avg, exp_avg_sq)
+        state["proj_anchor"] = moments.read_one(state, "exp_avg").clone()
 
     def projection(self, state, layout):
         return matrix_projection(state, layout)

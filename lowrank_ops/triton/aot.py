@@ -30,7 +30,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 MODULES = ("lowrank_ops.triton.sketch", "lowrank_ops.triton.lowrank_adam", "lowrank_ops.triton.lowrank_adam_multi",
-           "lowrank_ops.triton.quant", "lowrank_ops.triton.dct", "lowrank_ops.triton.apollo")
+           "lowrank_ops.triton.quant", "lowrank_ops.triton.dct", "lowrank_ops.triton.apollo",
+           "lowrank_ops.triton.blockwise8")
 DEFAULT_ARCHS = (80, 90)
 
 

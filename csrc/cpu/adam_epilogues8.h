@@ -1,0 +1,55 @@
+// The moment epilogue of the fused low-rank AdamW step on blockwise 8-bit moments (docs/DESIGN.md §3 "8-bit
+// optimizer moments"), on the CPU: for a run of projected elements of one row, block by block, decode the
+// stored moments (kernels/blockwise8.h), update them with kernels/adam.h's arithmetic in the compute type T
+// (the direction to unproject replaces r, from the updated values before encoding), round them to float32 and
+// encode each block again. Used by the single-matrix kernel (csrc/cpu/lowrank_adam.cpp) and the multi-tensor
+// one (csrc/cpu/lowrank_adam_multi.cpp) wherever adam_epilogues.h's adam_moments_run runs on float moments.
+#pragma once
+#include <cstdint>
+
+#include "../../kernels/adam.h"
+#include "../../kernels/blockwise8.h"
+
+namespace lowrank_ops {
+namespace cpu {
+
+// The 8-bit moments of one matrix: codes [rows, cols] (row-major) and absmax [rows, ceil(cols / block)].
+struct Q8Moments {
+  uint8_t* m;
+  float* m_absmax;
+  uint8_t* v;
+  float* v_absmax;
+  int64_t cols, block;
+  const lro::Q8Table* signed_table;    // exp_avg's code
+  const lro::Q8Table* unsigned_table;  // exp_avg_sq's code
+};
+
+// Row `row`, columns [c0, c0 + n): c0 a multiple of `block`, and n a multiple of it or reaching the row's end,
+// so the run holds whole blocks. delta (adapter mode) points at the run's first element, or is null.
+// `scratch` holds 2 * min(block, cols) floats.
+template <typename T>
+void adam_moments_run8(T* __restrict__ r, const Q8Moments& q, int64_t row, int64_t c0, int64_t n,
+                       T* __restrict__ delta, const lro::AdamStep<T>& s, float* scratch) {
+  const int64_t blocks = (q.cols + q.block - 1) / q.block;
+  float* mb = scratch;
+  float* vb = scratch + (q.block < q.cols ? q.block : q.cols);
+  for (int64_t b0 = 0; b0 < n; b0 += q.block) {
+    const int64_t len = n - b0 < q.block ? n - b0 : q.block;
+    const int64_t at = row * q.cols + c0 + b0, ab = row * blocks + (c0 + b0) / q.block;
+    const float am = q.m_absmax[ab], av = q.v_absmax[ab];
+    for (int64_t i = 0; i < len; ++i) {
+      T m = static_cast<T>(lro::q8_decode(q.m[at + i], am, q.signed_table->code));
+      T v = static_cast<T>(lro::q8_decode(q.v[at + i], av, q.unsigned_table->code));
+      T direction = lro::adam_moments(r[b0 + i], &m, &v, s);
+      if (delta != nullptr) direction = lro::adam_adapter_direction(direction, delta + b0 + i, s);
+      r[b0 + i] = direction;
+      mb[i] = static_cast<float>(m);
+      vb[i] = static_cast<float>(v);
+    }
+    q.m_absmax[ab] = lro::q8_encode_block(mb, len, q.signed_table->mid, q.m + at);
+    q.v_absmax[ab] = lro::q8_encode_block(vb, len, q.unsigned_table->mid, q.v + at);
+  }
+}
+
+}  // namespace cpu
+}  // namespace lowrank_ops
