@@ -436,5 +436,5 @@ def test_cpp_op_rejects_bad_arguments(override, message):
                 eps=[1e-8, 1e-8], weight_decay=[0.0, 0.0], step=[1, 1], scale=[1.0, 1.0], wd_mode=["full", "full"])
     args.update(override)
     with pytest.raises(RuntimeError) as info:
-        torch.ops.lowrank_ops.lowrank_adamw_multi_step_(*args.values(), "cpu")
+        torch.ops.lowrank_ops.lowrank_adamw_multi_step_(*args.values(), backend="cpu")
     assert f"lowrank_ops.lowrank_adamw_multi_step_: {message}" in str(info.value), str(info.value)
