@@ -340,8 +340,8 @@ def test_opcheck(backend, rng):
     args = (W, G, m, v, delta, ["none", "none", "dct"], [0, 0, 0], [0, 0, 5], [None, None, indices],
             ["gaussian", "matrix", "none"], [LARGE_SEED - 2**64, 0, 0], [3, 4, 0], [None, P, None],
             [1e-3, 2e-3, 3e-3], [0.9] * 3, [0.999] * 3, [1e-8] * 3, [0.01, 0.0, 0.1], [2, 1, 5], [1.0, 0.5, 2.0],
-            ["full", "adapter", "full"], backend)
-    torch.library.opcheck(torch.ops.lowrank_ops.lowrank_adamw_multi_step_.default, args)
+            ["full", "adapter", "full"])
+    torch.library.opcheck(torch.ops.lowrank_ops.lowrank_adamw_multi_step_.default, args, {"backend": backend})
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
