@@ -149,10 +149,10 @@ bool same_args(const AdamArgs& a, const AdamArgs& b) {
          a.weight_decay == b.weight_decay && a.scale == b.scale && a.step == b.step && a.adapter == b.adapter;
 }
 
-// Whether two matrices can share one moment pass: the same shapes, dtypes, side kinds and ranks, and the same
-// step scalars (kernels/adam.h's AdamStep is one per pass).
+// Whether two matrices can share one moment pass: float moments (an 8-bit matrix runs run_adam_step alone), the
+// same shapes, dtypes, side kinds and ranks, and the same step scalars (kernels/adam.h's AdamStep is one per pass).
 bool same_group(const AdamMatrix& a, const AdamMatrix& b) {
-  return a.W.sizes() == b.W.sizes() && a.W.scalar_type() == b.W.scalar_type() &&
+  return !a.quantized() && !b.quantized() && a.W.sizes() == b.W.sizes() && a.W.scalar_type() == b.W.scalar_type() &&
          a.G.scalar_type() == b.G.scalar_type() && a.exp_avg.scalar_type() == b.exp_avg.scalar_type() &&
          a.exp_avg_sq.scalar_type() == b.exp_avg_sq.scalar_type() &&
          (!a.args.adapter || a.delta->scalar_type() == b.delta->scalar_type()) && same_side(a.left, b.left) &&
@@ -224,23 +224,29 @@ void lowrank_adamw_step8_(const AdamDevice& device, const at::Tensor& W, const a
                           int64_t state_block_size) {
   const auto sides = check_adam_args(W, G, exp_avg, exp_avg_sq, delta, left_kind, left_seed, left_rank, left_matrix,
                                      right_kind, right_seed, right_rank, right_matrix, step, wd_mode, true);
+  const AdamArgs args{lr, beta1, beta2, eps, weight_decay, scale, step, wd_mode == "adapter"};
+  AdamMatrix matrix{W, G, exp_avg, exp_avg_sq, delta, sides.first, sides.second, args};
+  attach_q8_moments(matrix, exp_avg_absmax, exp_avg_sq_absmax, state_block_size);
+  const c10::DeviceGuard guard(W.device());
+  run_adam_step(device, matrix);
+}
+
+void attach_q8_moments(AdamMatrix& matrix, const at::Tensor& exp_avg_absmax, const at::Tensor& exp_avg_sq_absmax,
+                       int64_t state_block_size) {
   TORCH_CHECK(state_block_size >= 1, "lowrank_ops.", kAdamOp, ": argument 'state_block_size' must be >= 1, got ",
               state_block_size);
-  const int64_t rows = exp_avg.size(0), blocks = (exp_avg.size(1) + state_block_size - 1) / state_block_size;
+  const int64_t rows = matrix.exp_avg.size(0);
+  const int64_t blocks = (matrix.exp_avg.size(1) + state_block_size - 1) / state_block_size;
   for (const auto& [name, absmax] : {std::pair<const char*, const at::Tensor*>{"exp_avg_absmax", &exp_avg_absmax},
                                      {"exp_avg_sq_absmax", &exp_avg_sq_absmax}}) {
     TORCH_CHECK(absmax->scalar_type() == at::kFloat && absmax->dim() == 2 && absmax->size(0) == rows &&
-                    absmax->size(1) == blocks && absmax->device() == W.device(),
+                    absmax->size(1) == blocks && absmax->device() == matrix.W.device(),
                 "lowrank_ops.", kAdamOp, ": argument '", name, "' must be a float32 tensor of shape [", rows, ", ",
                 blocks, "] on W's device, got ", absmax->scalar_type(), " of shape ", shape_str(*absmax));
   }
-  const AdamArgs args{lr, beta1, beta2, eps, weight_decay, scale, step, wd_mode == "adapter"};
-  const c10::DeviceGuard guard(W.device());
-  AdamMatrix matrix{W, G, exp_avg, exp_avg_sq, delta, sides.first, sides.second, args};
   matrix.exp_avg_absmax = exp_avg_absmax;
   matrix.exp_avg_sq_absmax = exp_avg_sq_absmax;
   matrix.state_block = state_block_size;
-  run_adam_step(device, matrix);
 }
 
 void run_adam_steps_grouped(const AdamDevice& device, const std::vector<AdamMatrix>& matrices) {
@@ -307,7 +313,9 @@ std::vector<AdamMatrix> check_multi_step_args(
     const std::vector<int64_t>& right_rank, const std::vector<std::optional<at::Tensor>>& right_matrix,
     const std::vector<double>& lr, const std::vector<double>& beta1, const std::vector<double>& beta2,
     const std::vector<double>& eps, const std::vector<double>& weight_decay, const std::vector<int64_t>& step,
-    const std::vector<double>& scale, const std::vector<std::string>& wd_mode) {
+    const std::vector<double>& scale, const std::vector<std::string>& wd_mode,
+    const std::vector<at::Tensor>& exp_avg_absmax, const std::vector<at::Tensor>& exp_avg_sq_absmax,
+    const std::vector<int64_t>& state_block_size) {
   const size_t count = W.size();
   check_length("G", G, count);
   check_length("exp_avg", exp_avg, count);
@@ -331,20 +339,37 @@ std::vector<AdamMatrix> check_multi_step_args(
   const size_t adapters = static_cast<size_t>(std::count(wd_mode.begin(), wd_mode.end(), "adapter"));
   TORCH_CHECK(delta.size() == adapters, "lowrank_ops.", kMultiOp, ": argument 'delta' must hold one adapter per ",
               "matrix in wd_mode \"adapter\" (", adapters, "), got ", delta.size());
+  TORCH_CHECK(state_block_size.empty() || state_block_size.size() == count, "lowrank_ops.", kMultiOp,
+              ": argument 'state_block_size' must be empty or have one entry per matrix (", count, ", as 'W'), got ",
+              state_block_size.size());
+  const size_t quantized = static_cast<size_t>(
+      std::count_if(state_block_size.begin(), state_block_size.end(), [](int64_t b) { return b != 0; }));
+  for (const auto& [name, list] : {std::pair<const char*, const std::vector<at::Tensor>*>{"exp_avg_absmax",
+                                                                                         &exp_avg_absmax},
+                                   {"exp_avg_sq_absmax", &exp_avg_sq_absmax}}) {
+    TORCH_CHECK(list->size() == quantized, "lowrank_ops.", kMultiOp, ": argument '", name, "' must hold one ",
+                "absmax per matrix with 8-bit moments (state_block_size != 0: ", quantized, "), got ", list->size());
+  }
   std::vector<AdamMatrix> matrices;
   matrices.reserve(count);
-  size_t next_adapter = 0;
+  size_t next_adapter = 0, next_q8 = 0;
   for (size_t i = 0; i < count; ++i) {
     const bool adapter = wd_mode[i] == "adapter";
+    const int64_t block = state_block_size.empty() ? 0 : state_block_size[i];
     const std::optional<at::Tensor> d = adapter ? std::optional<at::Tensor>(delta[next_adapter++]) : std::nullopt;
     try {
       TORCH_CHECK(W[i].device() == W[0].device(), "lowrank_ops.", kAdamOp, ": argument 'W' must be on the device ",
                   "of W[0] (", W[0].device(), "), got ", W[i].device());
       const auto sides = check_adam_args(W[i], G[i], exp_avg[i], exp_avg_sq[i], d, left_kind[i], left_seed[i],
                                          left_rank[i], left_matrix[i], right_kind[i], right_seed[i], right_rank[i],
-                                         right_matrix[i], step[i], wd_mode[i]);
+                                         right_matrix[i], step[i], wd_mode[i], block != 0);
       const AdamArgs args{lr[i], beta1[i], beta2[i], eps[i], weight_decay[i], scale[i], step[i], adapter};
-      matrices.push_back(AdamMatrix{W[i], G[i], exp_avg[i], exp_avg_sq[i], d, sides.first, sides.second, args});
+      AdamMatrix matrix{W[i], G[i], exp_avg[i], exp_avg_sq[i], d, sides.first, sides.second, args};
+      if (block != 0) {
+        attach_q8_moments(matrix, exp_avg_absmax[next_q8], exp_avg_sq_absmax[next_q8], block);
+        ++next_q8;
+      }
+      matrices.push_back(std::move(matrix));
     } catch (const c10::Error& error) {
       rethrow_for_matrix(error, i);
     }

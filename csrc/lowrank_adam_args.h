@@ -140,7 +140,7 @@ inline void check_state(const char* name, const at::Tensor& t, const at::Tensor&
 }
 
 // Checks every argument; returns the two sides (left acts on W's rows, right on its columns). `codes`: the
-// moments are 8-bit codes (uint8; their absmax are checked by lowrank_adamw_step8_).
+// moments are 8-bit codes (uint8; their absmax are checked by attach_q8_moments).
 inline std::pair<SideOp, SideOp> check_adam_args(const at::Tensor& W, const at::Tensor& G, const at::Tensor& exp_avg,
                                                  const at::Tensor& exp_avg_sq, const std::optional<at::Tensor>& delta,
                                                  c10::string_view left_kind, int64_t left_seed, int64_t left_rank,

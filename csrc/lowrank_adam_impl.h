@@ -84,9 +84,17 @@ void run_adam_step(const AdamDevice& device, const AdamMatrix& matrix);
 // caller holds the device guard.
 void run_adam_steps_grouped(const AdamDevice& device, const std::vector<AdamMatrix>& matrices);
 
+// The 8-bit moments of a checked matrix: its absmax (float32 [rows, ceil(cols / state_block_size)] on W's device,
+// checked here with lowrank_adamw_step_'s messages) and block length, attached to `matrix`.
+void attach_q8_moments(AdamMatrix& matrix, const at::Tensor& exp_avg_absmax, const at::Tensor& exp_avg_sq_absmax,
+                       int64_t state_block_size);
+
 // The arguments of lowrank_adamw_multi_step_ (csrc/lowrank_ops.h), checked: one entry per matrix in every list,
 // `delta` one adapter per matrix in wd_mode "adapter" (in order), every W on W[0]'s device, and each matrix as
 // check_adam_args checks it (its errors read "lowrank_ops.lowrank_adamw_multi_step_: matrix i: argument ...").
+// 8-bit moments: `state_block_size` empty (every matrix has float moments) or one per matrix, 0 for float
+// moments and the block length B >= 1 for 8-bit ones, whose absmax are the entries of `exp_avg_absmax` and
+// `exp_avg_sq_absmax` (one per 8-bit matrix, in order).
 std::vector<AdamMatrix> check_multi_step_args(
     const std::vector<at::Tensor>& W, const std::vector<at::Tensor>& G, const std::vector<at::Tensor>& exp_avg,
     const std::vector<at::Tensor>& exp_avg_sq, const std::vector<at::Tensor>& delta,
@@ -96,6 +104,25 @@ std::vector<AdamMatrix> check_multi_step_args(
     const std::vector<int64_t>& right_rank, const std::vector<std::optional<at::Tensor>>& right_matrix,
     const std::vector<double>& lr, const std::vector<double>& beta1, const std::vector<double>& beta2,
     const std::vector<double>& eps, const std::vector<double>& weight_decay, const std::vector<int64_t>& step,
-    const std::vector<double>& scale, const std::vector<std::string>& wd_mode);
+    const std::vector<double>& scale, const std::vector<std::string>& wd_mode,
+    const std::vector<at::Tensor>& exp_avg_absmax = {}, const std::vector<at::Tensor>& exp_avg_sq_absmax = {},
+    const std::vector<int64_t>& state_block_size = {});
+
+namespace cpu {
+// lowrank_adamw_multi_step_ with 8-bit moments (the lists of check_multi_step_args): the CPU kernel of the op
+// (csrc/cpu/lowrank_adam_multi.cpp); cpu::lowrank_adamw_multi_step_ is it with no 8-bit matrix.
+void lowrank_adamw_multi_step8_(
+    const std::vector<at::Tensor>& W, const std::vector<at::Tensor>& G, const std::vector<at::Tensor>& exp_avg,
+    const std::vector<at::Tensor>& exp_avg_sq, const std::vector<at::Tensor>& delta,
+    const std::vector<std::string>& left_kind, const std::vector<int64_t>& left_seed,
+    const std::vector<int64_t>& left_rank, const std::vector<std::optional<at::Tensor>>& left_matrix,
+    const std::vector<std::string>& right_kind, const std::vector<int64_t>& right_seed,
+    const std::vector<int64_t>& right_rank, const std::vector<std::optional<at::Tensor>>& right_matrix,
+    const std::vector<double>& lr, const std::vector<double>& beta1, const std::vector<double>& beta2,
+    const std::vector<double>& eps, const std::vector<double>& weight_decay, const std::vector<int64_t>& step,
+    const std::vector<double>& scale, const std::vector<std::string>& wd_mode,
+    const std::vector<at::Tensor>& exp_avg_absmax, const std::vector<at::Tensor>& exp_avg_sq_absmax,
+    const std::vector<int64_t>& state_block_size);
+}  // namespace cpu
 
 }  // namespace lowrank_ops

@@ -100,6 +100,8 @@ PYBIND11_MODULE(_C, m) {
                                           right_matrix, lr, beta1, beta2, eps, weight_decay, step, scale, wd_mode,
                                           exp_avg_absmax, exp_avg_sq_absmax, state_block_size);
       });
+  lowrank_ops::def(  // lowrank_adamw_multi_step_ with 8-bit moments (the op's CPU kernel calls it when there are any)
+      cpu_module, "lowrank_adamw_multi_step8_", &lowrank_ops::cpu::lowrank_adamw_multi_step8_);
 #ifdef LOWRANK_OPS_CUDA
   auto cuda_module = m.def_submodule("cuda", "CUDA kernels");
   LOWRANK_OPS_DEF_DEVICE_OPS(cuda_module, cuda);

@@ -146,6 +146,22 @@ def _adamw_step(float_step, step8=None):
     return run
 
 
+def _adamw_multi_step(multi_step, step, multi8=None):
+    """lowrank_adamw_multi_step_'s implementation on a backend: `multi8`, its kernel with the 8-bit lists (the C++
+    CPU one), where the backend has one; else the matrices with float moments through the backend's float kernel
+    `multi_step` (the schema's arguments up to wd_mode) and each 8-bit one through `step`, lowrank_adamw_step_'s
+    implementation on the backend (pure_torch/lowrank_adam8.py's multi_step_around)."""
+
+    def run(*args):
+        *schema, exp_avg_absmax, exp_avg_sq_absmax, blocks = args
+        lists = (*schema, exp_avg_absmax or [], exp_avg_sq_absmax or [], blocks)  # None: no 8-bit matrix
+        if multi8 is not None:
+            return multi8(*lists)
+        return lowrank_adam8.multi_step_around(multi_step, step, *lists)
+
+    return run
+
+
 def _implementations(op: str) -> dict:
     table = {"reference": PURE_TORCH[op]}
     for device_type in ("cpu", "cuda"):
@@ -157,6 +173,10 @@ def _implementations(op: str) -> dict:
     if op == "lowrank_adamw_step_":  # 8-bit moments: the C++ CPU kernel takes them (csrc/cpu/adam_epilogues8.h)
         cpu8 = getattr(_extension.compiled("cpu"), "lowrank_adamw_step8_", None)
         table = {name: _adamw_step(f, cpu8 if name == "cpu" else None) for name, f in table.items()}
+    if op == "lowrank_adamw_multi_step_":  # 8-bit moments: the C++ CPU kernel takes them (blocked path's epilogue)
+        cpu8 = getattr(_extension.compiled("cpu"), "lowrank_adamw_multi_step8_", None)
+        single = _implementations("lowrank_adamw_step_")
+        table = {name: _adamw_multi_step(f, single[name], cpu8 if name == "cpu" else None) for name, f in table.items()}
     return table
 
 

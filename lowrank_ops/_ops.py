@@ -254,12 +254,17 @@ _define("lowrank_apollo_multi_step_",
 # The same step for a list of matrices in one call (lowrank_ops/ops/lowrank_adam_multi.py): entry i of every
 # list is matrix i's argument of lowrank_adamw_step_, hyperparameters included (so one call serves several
 # parameter groups and per-matrix step counts). `delta` holds the adapters of the matrices whose wd_mode is
-# "adapter", in order (a list of optional mutable tensors does not functionalize in torch.compile).
+# "adapter", in order (a list of optional mutable tensors does not functionalize in torch.compile). 8-bit
+# moments: `state_block_size` is empty (float moments only) or one per matrix, 0 where matrix i has float
+# moments and its block length where exp_avg[i], exp_avg_sq[i] are 8-bit codes; `exp_avg_absmax` and
+# `exp_avg_sq_absmax` hold the absmax of the 8-bit matrices, in order (as `delta`; None: no 8-bit matrix).
 _define("lowrank_adamw_multi_step_",
         "(Tensor(a!)[] W, Tensor[] G, Tensor(b!)[] exp_avg, Tensor(c!)[] exp_avg_sq, Tensor(d!)[] delta, "
         "str[] left_kind, int[] left_seed, int[] left_rank, Tensor?[] left_matrix, str[] right_kind, "
         "int[] right_seed, int[] right_rank, Tensor?[] right_matrix, float[] lr, float[] beta1, float[] beta2, "
-        "float[] eps, float[] weight_decay, int[] step, float[] scale, str[] wd_mode, str? backend=None) -> ()",
+        "float[] eps, float[] weight_decay, int[] step, float[] scale, str[] wd_mode, "
+        "Tensor(e!)[]? exp_avg_absmax=None, Tensor(f!)[]? exp_avg_sq_absmax=None, int[] state_block_size=[], "
+        "str? backend=None) -> ()",
         lambda *args, **kwargs: None)
 
 # --------------------------------------------------------------------------------------------------------

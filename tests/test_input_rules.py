@@ -135,7 +135,8 @@ def test_the_rules_come_from_the_schemas_and_cover_direct_calls():
                                                "exp_avg_sq_absmax"],
                        "lowrank_apollo_step_": ["W", "exp_avg", "exp_avg_sq", "limiter_norm"],
                        "lowrank_apollo_multi_step_": ["W", "exp_avg", "exp_avg_sq", "limiter_norm"],
-                       "lowrank_adamw_multi_step_": ["W", "exp_avg", "exp_avg_sq", "delta"]}
+                       "lowrank_adamw_multi_step_": ["W", "exp_avg", "exp_avg_sq", "delta", "exp_avg_absmax",
+                                                     "exp_avg_sq_absmax"]}
     out = torch.empty(3, 7)
     version = out._version
     LIB.sketch_fill_(out, 1, "gaussian")

@@ -340,8 +340,8 @@ def test_opcheck(backend, rng):
     args = (W, G, m, v, delta, ["none", "none", "dct"], [0, 0, 0], [0, 0, 5], [None, None, indices],
             ["gaussian", "matrix", "none"], [LARGE_SEED - 2**64, 0, 0], [3, 4, 0], [None, P, None],
             [1e-3, 2e-3, 3e-3], [0.9] * 3, [0.999] * 3, [1e-8] * 3, [0.01, 0.0, 0.1], [2, 1, 5], [1.0, 0.5, 2.0],
-            ["full", "adapter", "full"], backend)
-    torch.library.opcheck(torch.ops.lowrank_ops.lowrank_adamw_multi_step_.default, args)
+            ["full", "adapter", "full"])
+    torch.library.opcheck(torch.ops.lowrank_ops.lowrank_adamw_multi_step_.default, args, {"backend": backend})
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -436,5 +436,5 @@ def test_cpp_op_rejects_bad_arguments(override, message):
                 eps=[1e-8, 1e-8], weight_decay=[0.0, 0.0], step=[1, 1], scale=[1.0, 1.0], wd_mode=["full", "full"])
     args.update(override)
     with pytest.raises(RuntimeError) as info:
-        torch.ops.lowrank_ops.lowrank_adamw_multi_step_(*args.values(), "cpu")
+        torch.ops.lowrank_ops.lowrank_adamw_multi_step_(*args.values(), backend="cpu")
     assert f"lowrank_ops.lowrank_adamw_multi_step_: {message}" in str(info.value), str(info.value)

@@ -135,7 +135,8 @@ def _check_8bit_parity(case, rng, our_step):
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_optimizer_8bit_step_matches_float64_oracle_with_the_same_quantization(case, backend, multi, rng):
     """The optimizers' 8-bit step (the fused op on the 8-bit state, through multi_step.lowrank_step with and
-    without a multi-tensor collector, every backend) against the oracle."""
+    without a multi-tensor collector: lowrank_adamw_step_ or lowrank_adamw_multi_step_, every backend) against
+    the oracle."""
     if backend == "triton" and CASES[case][4] == torch.float64:
         pytest.skip("the Triton step does not take float64 weights")
 
@@ -145,10 +146,181 @@ def test_optimizer_8bit_step_matches_float64_oracle_with_the_same_quantization(c
         lowrank_step(collector, backend, W, G, exp_avg, exp_avg_sq, projection, step=t, wd_mode=wd_mode,
                      delta=delta, **eight_bit, **HYPER)
         if collector is not None:
-            assert not collector.calls  # 8-bit steps run at once on the single-matrix op
+            assert len(collector.calls) == 1  # collected: it runs in the multi-tensor op's call
             collector.run()
 
     _check_8bit_parity(case, rng, step)
+
+
+# The multi-tensor op on 8-bit moments: ONE call of every matrix below (float and 8-bit mixed). The large
+# left-side matrices make the C++ CPU kernel's blocked path cut W's columns into chunks (r = 256: 512 columns
+# for a float32 W, 254 for a bfloat16 one), rounded to whole moment blocks: B = 100 gives chunks of 500 and 200
+# with a short last one; B = 700, above the chunk, gives chunks of 700. Two-sided projections run
+# lowrank_adamw_step_'s 8-bit kernel there.
+MULTI_BACKENDS = backends("lowrank_adamw_multi_step_")
+MULTI_CASES = [  # (shape, (left, right) as (kind, rank) or None, block (None: float moments), W dtype, wd_mode)
+    ((37, 29), (("rademacher", 5), None), 4, torch.float32, "full"),
+    ((23, 41), (None, ("rademacher", 5)), 256, torch.bfloat16, "adapter"),
+    ((260, 1201), (("rademacher", 256), None), 100, torch.float32, "full"),
+    ((260, 1201), (("rademacher", 256), None), 700, torch.bfloat16, "adapter"),
+    ((300, 45), (None, ("matrix", 7)), 3, torch.float32, "adapter"),
+    ((1, 9), (("rademacher", 1), None), 2, torch.float32, "full"),
+    ((31, 26), (("rademacher", 4), ("rademacher", 3)), 5, torch.float32, "full"),
+    ((29, 37), (("rademacher", 5), None), None, torch.float32, "full"),
+]
+
+
+def _multi_case_projection(sides, shape, rng):
+    ops_ = []
+    for (kind_rank, d) in zip(sides, shape):
+        if kind_rank is None:
+            ops_.append(None)
+            continue
+        kind, rank = kind_rank
+        ops_.append(SideOperator("matrix", rank, matrix=torch.randn(rank, d, generator=rng) / d**0.5)
+                    if kind == "matrix" else SideOperator(kind, rank, seed=2**64 - 5 - rank))
+    return Projection(*ops_)
+
+
+@pytest.mark.parametrize("backend", MULTI_BACKENDS)
+def test_multi_op_8bit_matches_float64_oracle_and_single_op(backend, rng):
+    """lowrank_adamw_multi_step_ on a mixed call over three steps: each 8-bit matrix against the oracle (W under
+    the tolerance rule, the re-encoded moments within the quantization bound), and bit-identical to
+    lowrank_adamw_step_ on the same backend where both run the same arithmetic (the reference and Triton
+    kernels loop over the single op; the C++ CPU kernel hands it the two-sided matrices, on one thread)."""
+    from lowrank_ops import ops
+
+    # the large matrices exercise the C++ CPU kernel's column chunks; elsewhere they only cost time
+    cases = MULTI_CASES if backend == "cpu" else [c for c in MULTI_CASES if max(c[0]) < 1000]
+    projections = [_multi_case_projection(c[1], c[0], rng) for c in cases]
+    Ws = [torch.randn(c[0], generator=rng).to(c[3]) for c in cases]
+    states, singles, deltas, single_deltas = [], [], [], []
+    for case, projection in zip(cases, projections):
+        shape, _, block, _, wd_mode = case
+        projected = projection.projected_shape(shape)
+        if block is None:
+            state = {"exp_avg": torch.zeros(projected), "exp_avg_sq": torch.zeros(projected)}
+        else:
+            state = _state(projected, block, rng, steps_done=1)
+        states.append(state)
+        singles.append({k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()})
+        delta = torch.randn(projected, generator=rng) * 1e-3 if wd_mode == "adapter" else None
+        deltas.append(delta)
+        single_deltas.append(None if delta is None else delta.clone())
+    single_Ws = [W.clone() for W in Ws]
+    for t in range(2, 5):
+        Gs = [torch.randn(c[0], generator=rng) for c in cases]
+        expected = []
+        for i, case in enumerate(cases):
+            if case[2] is None:
+                expected.append(None)
+                continue
+            before = {k: v.clone() if torch.is_tensor(v) else v for k, v in states[i].items()}
+            W_prev, delta_prev = Ws[i].clone(), None if deltas[i] is None else deltas[i].clone()
+            expected.append((W_prev, _exact_step(W_prev, Gs[i], before, projections[i], t, case[4], delta_prev),
+                             _plain_step(W_prev, Gs[i], before, projections[i], t, case[4], delta_prev)))
+        eight_bit = [moment_arguments(state)[2] for state in states]
+        ops.lowrank_adamw_multi_step_(
+            Ws, Gs, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], projections, step=t,
+            wd_mode=[c[4] for c in cases], delta=deltas, backend=backend, **HYPER,
+            exp_avg_absmax=[k.get("exp_avg_absmax") for k in eight_bit],
+            exp_avg_sq_absmax=[k.get("exp_avg_sq_absmax") for k in eight_bit],
+            state_block_size=[c[2] or 256 for c in cases])
+        for i, case in enumerate(cases):
+            exp_avg, exp_avg_sq, keywords = moment_arguments(singles[i])
+            ops.lowrank_adamw_step_(single_Ws[i], Gs[i], exp_avg, exp_avg_sq, projections[i], step=t,
+                                    wd_mode=case[4], delta=single_deltas[i], backend=backend, **HYPER, **keywords)
+        for i, case in enumerate(cases):
+            what = f"{backend} step {t} matrix {i} {case[0]} B={case[2]} W {case[3]} {case[4]}"
+            if backend != "cpu" or (case[1][0] is not None and case[1][1] is not None):
+                assert torch.equal(Ws[i], single_Ws[i]), f"{what}: W differs from lowrank_adamw_step_"
+                for key, value in states[i].items():
+                    assert not torch.is_tensor(value) or torch.equal(value, singles[i][key]), f"{what}: {key}"
+            if expected[i] is None:
+                continue
+            W_prev, exact, plain = expected[i]
+            W64 = W_prev.double()
+            assert_within_torch_error(Ws[i].double() - W64, exact[0] - W64, plain[0].double() - W64, what + " W - W0",
+                                      k=max(case[0]))
+            if deltas[i] is not None:
+                assert_within_torch_error(deltas[i], exact[3], plain[3], what + " delta", k=max(case[0]))
+            for name, signed, j in (("exp_avg", True, 1), ("exp_avg_sq", False, 2)):
+                _check_moment(f"{what} {name}", signed, states[i], states[i][name],
+                              states[i][moments.absmax_key(name)], exact[j], plain[j], case[2])
+
+
+@pytest.mark.parametrize("backend", MULTI_BACKENDS)
+def test_opcheck_multi_op_on_8bit_moments(backend, rng):
+    """torch.library.opcheck of lowrank_adamw_multi_step_ with an 8-bit and a float matrix (schema, fake kernel,
+    in-place annotations of the absmax lists)."""
+    state = _state((3, 13), 4, rng, steps_done=1)
+    W = [torch.randn(21, 13, generator=rng), torch.randn(9, 13, generator=rng)]
+    G = [torch.randn(21, 13, generator=rng), torch.randn(9, 13, generator=rng).to(torch.bfloat16)]
+    torch.library.opcheck(
+        torch.ops.lowrank_ops.lowrank_adamw_multi_step_.default,
+        (W, G, [state["exp_avg"], torch.zeros(9, 2)], [state["exp_avg_sq"], torch.zeros(9, 2)], [torch.zeros(9, 2)],
+         ["rademacher", "none"], [5, 0], [3, 0], [None, None], ["none", "gaussian"], [0, 7], [0, 2], [None, None],
+         [1e-3, 2e-3], [0.9, 0.9], [0.999, 0.99], [1e-8, 1e-8], [0.01, 0.0], [2, 1], [1.0, 0.5], ["full", "adapter"],
+         [state["exp_avg_absmax"]], [state["exp_avg_sq_absmax"]], [4, 0]),
+        {"backend": backend})
+
+
+def _multi_call_8bit(rng, **override):
+    """A two-matrix call of the public multi-tensor op, matrix 1 on 8-bit moments (block 4), with `override`."""
+    from lowrank_ops import ops
+
+    state = _state((3, 13), 4, rng, steps_done=1)
+    args = {"W": [torch.randn(21, 13), torch.randn(21, 13)], "G": [torch.randn(21, 13), torch.randn(21, 13)],
+            "exp_avg": [torch.zeros(3, 13), state["exp_avg"]], "exp_avg_sq": [torch.zeros(3, 13), state["exp_avg_sq"]],
+            "projections": [Projection(SideOperator("rademacher", 3, seed=5), None)] * 2}
+    kwargs = {"exp_avg_absmax": [None, state["exp_avg_absmax"]],
+              "exp_avg_sq_absmax": [None, state["exp_avg_sq_absmax"]], "state_block_size": 4}
+    for key, value in override.items():
+        (args if key in args else kwargs)[key] = value
+    ops.lowrank_adamw_multi_step_(*args.values(), step=1, **HYPER, **kwargs)
+
+
+@pytest.mark.parametrize("override,error,message", [
+    ({"exp_avg_absmax": [None]}, ValueError, "argument 'exp_avg_absmax' must have one entry per matrix (2, as 'W')"),
+    ({"exp_avg_sq_absmax": [None, None]}, ValueError,
+     "matrix 1: argument 'exp_avg_sq_absmax' must be a tensor when the other absmax is given"),
+    ({"exp_avg_sq_absmax": [None, torch.zeros(3, 3)]}, ValueError,
+     "matrix 1: argument 'exp_avg_sq_absmax' must be a float32 tensor of shape [3, 4] (one absmax per 4"),
+    ({"state_block_size": [4, 0]}, ValueError, "matrix 1: argument 'state_block_size' must be >= 1, got 0"),
+    ({"state_block_size": [4]}, ValueError, "argument 'state_block_size' must be an int or a sequence of 2"),
+    ({"exp_avg": [torch.zeros(3, 13), torch.zeros(3, 13)]}, ValueError,
+     "matrix 1: argument 'exp_avg' must be a uint8 tensor (8-bit codes) of the projected shape"),
+    ({"exp_avg_absmax": None}, ValueError, "matrix 1: argument 'exp_avg_absmax' must be a tensor when the other"),
+])
+def test_multi_op_8bit_arguments_are_checked(override, error, message, rng):
+    with pytest.raises(error) as info:
+        _multi_call_8bit(rng, **override)
+    assert f"lowrank_ops.lowrank_adamw_multi_step_: {message}" in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("backend", MULTI_BACKENDS)
+@pytest.mark.parametrize("override,message", [
+    ({"state_block_size": [4]}, "argument 'state_block_size' must be empty or have one entry per matrix (2, as 'W'), "
+                                "got 1"),
+    ({"exp_avg_absmax": []}, ("argument 'exp_avg_absmax' must hold one absmax per matrix with 8-bit moments "
+                              "(state_block_size != 0: 1), got 0")),
+    ({"state_block_size": [0, 0]}, ("argument 'exp_avg_absmax' must hold one absmax per matrix with 8-bit moments "
+                                    "(state_block_size != 0: 0), got 1")),
+])
+def test_multi_op_8bit_lists_are_checked_by_the_kernels(backend, override, message, rng):
+    """torch.ops callers reach the kernels unchecked: every backend checks the 8-bit lists itself."""
+    state = _state((3, 13), 4, rng, steps_done=1)
+    args = dict(W=[torch.randn(21, 13), torch.randn(21, 13)], G=[torch.randn(21, 13), torch.randn(21, 13)],
+                exp_avg=[torch.zeros(3, 13), state["exp_avg"]], exp_avg_sq=[torch.zeros(3, 13), state["exp_avg_sq"]],
+                delta=[], left_kind=["rademacher"] * 2, left_seed=[5, 5], left_rank=[3, 3], left_matrix=[None, None],
+                right_kind=["none"] * 2, right_seed=[0, 0], right_rank=[0, 0], right_matrix=[None, None],
+                lr=[1e-3] * 2, beta1=[0.9] * 2, beta2=[0.999] * 2, eps=[1e-8] * 2, weight_decay=[0.0] * 2,
+                step=[1, 1], scale=[1.0] * 2, wd_mode=["full"] * 2, exp_avg_absmax=[state["exp_avg_absmax"]],
+                exp_avg_sq_absmax=[state["exp_avg_sq_absmax"]], state_block_size=[0, 4])
+    args.update(override)
+    with pytest.raises((RuntimeError, ValueError)) as info:
+        torch.ops.lowrank_ops.lowrank_adamw_multi_step_(*args.values(), backend=backend)
+    assert f"lowrank_ops.lowrank_adamw_multi_step_: {message}" in str(info.value), str(info.value)
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))

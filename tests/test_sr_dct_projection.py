@@ -316,7 +316,7 @@ def test_opcheck_multi(backend, rng):
     n = len(shapes)
     torch.library.opcheck(torch.ops.lowrank_ops.lowrank_adamw_multi_step_.default,
                           (W, G, m, v, [], *columns, [1e-3] * n, [0.9] * n, [0.999] * n, [1e-8] * n, [0.01] * n,
-                           [2] * n, [1.0] * n, ["full"] * n, backend))
+                           [2] * n, [1.0] * n, ["full"] * n), {"backend": backend})
 
 
 def _call(projection, shape=(6, 5)):

@@ -9,6 +9,7 @@
 
 #include "../../kernels/adam.h"
 #include "../../kernels/blockwise8.h"
+#include "../lowrank_adam_impl.h"
 
 namespace lowrank_ops {
 namespace cpu {
@@ -23,6 +24,29 @@ struct Q8Moments {
   const lro::Q8Table* signed_table;    // exp_avg's code
   const lro::Q8Table* unsigned_table;  // exp_avg_sq's code
 };
+
+// The signed (exp_avg) and unsigned (exp_avg_sq) code tables, filled once on first use.
+struct Q8Tables {
+  lro::Q8Table signed_table, unsigned_table;
+};
+
+inline const Q8Tables& q8_tables() {
+  static const Q8Tables tables = [] {
+    Q8Tables t;
+    lro::q8_fill_table(true, &t.signed_table);
+    lro::q8_fill_table(false, &t.unsigned_table);
+    return t;
+  }();
+  return tables;
+}
+
+// The 8-bit moments of a matrix with them (AdamMatrix::quantized; codes and absmax contiguous).
+inline Q8Moments q8_moments(const AdamMatrix& matrix) {
+  const Q8Tables& tables = q8_tables();
+  return {matrix.exp_avg.data_ptr<uint8_t>(), matrix.exp_avg_absmax->data_ptr<float>(),
+          matrix.exp_avg_sq.data_ptr<uint8_t>(), matrix.exp_avg_sq_absmax->data_ptr<float>(),
+          matrix.exp_avg.size(1), matrix.state_block, &tables.signed_table, &tables.unsigned_table};
+}
 
 // Row `row`, columns [c0, c0 + n): c0 a multiple of `block`, and n a multiple of it or reaching the row's end,
 // so the run holds whole blocks. delta (adapter mode) points at the run's first element, or is null.

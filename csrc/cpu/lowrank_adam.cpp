@@ -53,13 +53,8 @@ void moments8(at::Tensor& r, const AdamMatrix& matrix, at::Tensor* delta) {
   TORCH_CHECK(matrix.exp_avg.is_contiguous() && matrix.exp_avg_sq.is_contiguous() &&
                   matrix.exp_avg_absmax->is_contiguous() && matrix.exp_avg_sq_absmax->is_contiguous(),
               "lowrank_ops.", kAdamOp, ": 8-bit moments and their absmax must be contiguous");
-  lro::Q8Table signed_table, unsigned_table;
-  lro::q8_fill_table(true, &signed_table);
-  lro::q8_fill_table(false, &unsigned_table);
   const int64_t rows = r.size(0), cols = r.size(1);
-  const Q8Moments q{matrix.exp_avg.data_ptr<uint8_t>(), matrix.exp_avg_absmax->data_ptr<float>(),
-                    matrix.exp_avg_sq.data_ptr<uint8_t>(), matrix.exp_avg_sq_absmax->data_ptr<float>(),
-                    cols, matrix.state_block, &signed_table, &unsigned_table};
+  const Q8Moments q = q8_moments(matrix);
   AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "lowrank_adamw_step_ 8-bit moments", [&] {
     const lro::AdamStep<scalar_t> s = adam_step<scalar_t>(matrix.args);
     scalar_t* rp = r.data_ptr<scalar_t>();

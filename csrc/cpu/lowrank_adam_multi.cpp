@@ -20,6 +20,9 @@
 // (bfloat16, float64, fully strided), ranks above kDirectMaxRank and blocks under kDirectMinLen (where BLAS would
 // round W more than once) get U_b in a per-thread buffer and kernels/adam.h's update. No m x r, and
 // no m x n, temporary is formed.
+// 8-bit moments (docs/DESIGN.md §3 "8-bit optimizer moments"): the epilogue is adam_moments_run8 on the block,
+// which decodes, updates and encodes whole blocks of B elements of a moment row: a right-side R_b holds whole
+// moment rows; a left-side block's len is a multiple of B (but the last), so R_b's rows hold whole blocks too.
 //
 // Rounding against lowrank_adamw_step_ (csrc/cpu/lowrank_adam.cpp): the same float32 (float64) math, in
 // other summation orders: one GEMM over all of d instead of tiles of d, and, through BLAS's epilogue, W's
@@ -28,8 +31,8 @@
 // W's own rounding dominating both). Results agree within the tolerance rule (docs/DESIGN.md §5), not bit for
 // bit. Matrices the blocked path does not take run lowrank_adamw_step_'s own kernel inside the same region
 // (single-threaded there) and equal it bit for bit on one thread: two-sided projections, moments that are not
-// contiguous in the compute dtype, an empty projected dimension, sizes past BLAS's 32-bit integers, or a torch
-// whose BLAS does not export the Fortran sgemm_/dgemm_ symbols.
+// contiguous in the compute dtype (8-bit: codes or absmax not contiguous), an empty projected dimension, sizes
+// past BLAS's 32-bit integers, or a torch whose BLAS does not export the Fortran sgemm_/dgemm_ symbols.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -45,6 +48,7 @@
 #include "../lowrank_adam_impl.h"
 #include "../lowrank_ops.h"
 #include "adam_epilogues.h"
+#include "adam_epilogues8.h"
 #include "sketch_impl.h"
 
 // The Fortran BLAS of torch's own build (MKL or OpenBLAS inside libtorch_cpu, which exports them; torch's
@@ -167,7 +171,13 @@ bool blocked_path_takes(const AdamMatrix& x) {
   const int64_t other = x.left.present() ? x.W.size(1) : x.W.size(0);
   if (side.dim == 0 || other == 0 || !fits_int(side.dim) || !fits_int(side.rank) || !fits_int(other)) return false;
   if (!fits_int(side.rank * std::max<int64_t>(side.dim, other))) return false;
-  if (!contiguous_in<T>(x.exp_avg) || !contiguous_in<T>(x.exp_avg_sq)) return false;
+  if (x.quantized()) {  // codes and absmax as adam_moments_run8 reads them
+    if (!x.exp_avg.is_contiguous() || !x.exp_avg_sq.is_contiguous() || !x.exp_avg_absmax->is_contiguous() ||
+        !x.exp_avg_sq_absmax->is_contiguous())
+      return false;
+  } else if (!contiguous_in<T>(x.exp_avg) || !contiguous_in<T>(x.exp_avg_sq)) {
+    return false;
+  }
   if (x.args.adapter && !contiguous_in<T>(*x.delta)) return false;
   return side.kind != kSideMatrix || blas_usable(view_of<T>(side.matrix));
 }
@@ -235,13 +245,19 @@ void step_blocked(const AdamMatrix& x, Workspace<T>& ws) {
   const bool w_direct = std::is_same<T, float>::value && x.W.scalar_type() == at::kFloat &&
                         blas_usable(view_of<T>(x.W)) && r <= kDirectMaxRank;
   const int64_t per_unit = r + (g_direct ? 0 : d) + (w_direct ? 0 : d);  // buffer elements per unit of `other`
-  const int64_t block = std::max<int64_t>(1, std::min<int64_t>(other, kBlockBytes / (per_unit * sizeof(T))));
+  int64_t block = std::max<int64_t>(1, std::min<int64_t>(other, kBlockBytes / (per_unit * sizeof(T))));
+  if (x.quantized() && left && block < other) {  // column chunks of whole moment blocks (B | block)
+    block = std::min(other, std::max(x.state_block, block / x.state_block * x.state_block));
+  }
   T* R = ws.take(ws.r, block * r);
   T* Gbuf = g_direct ? nullptr : ws.take(ws.g, block * d);
   T* U = w_direct ? nullptr : ws.take(ws.u, block * d);
-  T* m = x.exp_avg.data_ptr<T>();
-  T* v = x.exp_avg_sq.data_ptr<T>();
+  T* m = x.quantized() ? nullptr : x.exp_avg.data_ptr<T>();
+  T* v = x.quantized() ? nullptr : x.exp_avg_sq.data_ptr<T>();
   T* delta = x.args.adapter ? x.delta->data_ptr<T>() : nullptr;
+  // 8-bit moments (r x other left, other x r right): adam_moments_run8 on whole blocks of a row
+  const Q8Moments q8 = x.quantized() ? q8_moments(x) : Q8Moments{};
+  std::vector<float> scratch(x.quantized() ? 2 * std::min(x.state_block, left ? other : r) : 0);
 
   for (int64_t c0 = 0; c0 < other; c0 += block) {
     const int64_t len = std::min(block, other - c0);
@@ -251,14 +267,26 @@ void step_blocked(const AdamMatrix& x, Workspace<T>& ws) {
       gemm<T>(T(1), P, Gb, T(0), Rb);
       for (int64_t i = 0; i < r; ++i) {  // state rows are rows of the r x n moments
         const int64_t at = i * other + c0;
-        adam_moments_run(R + i * len, m + at, v + at, delta != nullptr ? delta + at : nullptr, len, s);
+        T* d_at = delta != nullptr ? delta + at : nullptr;
+        if (x.quantized()) {  // c0 and len are multiples of B, or len reaches the row's end
+          adam_moments_run8(R + i * len, q8, i, c0, len, d_at, s, scratch.data());
+        } else {
+          adam_moments_run(R + i * len, m + at, v + at, d_at, len, s);
+        }
       }
     } else {  // G_b = G[c0 : c0 + len, :] (len x d); R_b = G_b P^T (len x r, the moments' rows c0..)
       const View<T> Gb = g_direct ? view_of<T>(x.G).block_rows(c0, len) : converted<T>(x.G, c0, 0, len, d, Gbuf);
       const View<T> Rb{R, len, r, r, 1};
       gemm<T>(T(1), Gb, P.t(), T(0), Rb);
       const int64_t at = c0 * r;
-      adam_moments_run(R, m + at, v + at, delta != nullptr ? delta + at : nullptr, len * r, s);
+      if (x.quantized()) {  // whole rows of the m x r moments
+        for (int64_t i = 0; i < len; ++i) {
+          adam_moments_run8(R + i * r, q8, c0 + i, 0, r, delta != nullptr ? delta + at + i * r : nullptr, s,
+                            scratch.data());
+        }
+      } else {
+        adam_moments_run(R, m + at, v + at, delta != nullptr ? delta + at : nullptr, len * r, s);
+      }
     }
     // W_b <- weight_multiplier W_b - update_scale U_b, U_b = P^T N_b (left) or N_b P (right)
     const View<T> A = left ? P.t() : View<T>{R, len, r, r, 1};
@@ -332,10 +360,27 @@ void lowrank_adamw_multi_step_(
     const std::vector<double>& lr, const std::vector<double>& beta1, const std::vector<double>& beta2,
     const std::vector<double>& eps, const std::vector<double>& weight_decay, const std::vector<int64_t>& step,
     const std::vector<double>& scale, const std::vector<std::string>& wd_mode) {
+  lowrank_adamw_multi_step8_(W, G, exp_avg, exp_avg_sq, delta, left_kind, left_seed, left_rank, left_matrix,
+                             right_kind, right_seed, right_rank, right_matrix, lr, beta1, beta2, eps, weight_decay,
+                             step, scale, wd_mode, {}, {}, {});
+}
+
+void lowrank_adamw_multi_step8_(
+    const std::vector<at::Tensor>& W, const std::vector<at::Tensor>& G, const std::vector<at::Tensor>& exp_avg,
+    const std::vector<at::Tensor>& exp_avg_sq, const std::vector<at::Tensor>& delta,
+    const std::vector<std::string>& left_kind, const std::vector<int64_t>& left_seed,
+    const std::vector<int64_t>& left_rank, const std::vector<std::optional<at::Tensor>>& left_matrix,
+    const std::vector<std::string>& right_kind, const std::vector<int64_t>& right_seed,
+    const std::vector<int64_t>& right_rank, const std::vector<std::optional<at::Tensor>>& right_matrix,
+    const std::vector<double>& lr, const std::vector<double>& beta1, const std::vector<double>& beta2,
+    const std::vector<double>& eps, const std::vector<double>& weight_decay, const std::vector<int64_t>& step,
+    const std::vector<double>& scale, const std::vector<std::string>& wd_mode,
+    const std::vector<at::Tensor>& exp_avg_absmax, const std::vector<at::Tensor>& exp_avg_sq_absmax,
+    const std::vector<int64_t>& state_block_size) {
   const std::vector<AdamMatrix> matrices =
       check_multi_step_args(W, G, exp_avg, exp_avg_sq, delta, left_kind, left_seed, left_rank, left_matrix, right_kind,
                             right_seed, right_rank, right_matrix, lr, beta1, beta2, eps, weight_decay, step, scale,
-                            wd_mode);
+                            wd_mode, exp_avg_absmax, exp_avg_sq_absmax, state_block_size);
   if (matrices.empty()) return;
   TORCH_CHECK(matrices[0].W.device().is_cpu(), "lowrank_ops.lowrank_adamw_multi_step_: the CPU kernel takes CPU "
               "tensors, got ", matrices[0].W.device());

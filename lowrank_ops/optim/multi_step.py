@@ -15,6 +15,7 @@ from ..ops.lowrank_adam_multi import lowrank_adamw_multi_step_
 from ..projections import moments
 
 ARGS = ("lr", "beta1", "beta2", "eps", "weight_decay", "step", "scale", "wd_mode")
+EIGHT_BIT = ("exp_avg_absmax", "exp_avg_sq_absmax")  # moment_arguments' tensors of 8-bit moments
 
 
 class FusedSteps:
@@ -25,7 +26,8 @@ class FusedSteps:
         self.calls: list[tuple] = []
 
     def add(self, W: torch.Tensor, G: torch.Tensor, exp_avg, exp_avg_sq, projection, *, delta=None, **hyper):
-        """Records lowrank_adamw_step_(W, G, exp_avg, exp_avg_sq, projection, delta=delta, **hyper)."""
+        """Records lowrank_adamw_step_(W, G, exp_avg, exp_avg_sq, projection, delta=delta, **hyper) (float
+        moments, or 8-bit ones with the keywords of moment_arguments)."""
         self.calls.append((W, G, exp_avg, exp_avg_sq, projection, delta, hyper))
 
     def run(self) -> None:
@@ -38,15 +40,19 @@ class FusedSteps:
             lists = list(zip(*(call[:6] for call in group)))
             hyper = {name: [call[6][name] for call in group] for name in ARGS}
             delta = None if all(d is None for d in lists[5]) else list(lists[5])
-            lowrank_adamw_multi_step_(*(list(x) for x in lists[:5]), delta=delta, backend=self.backend, **hyper)
+            eight_bit = {}
+            if any(EIGHT_BIT[0] in call[6] for call in group):  # float and 8-bit moments mixed in one call
+                eight_bit = {name: [call[6].get(name) for call in group] for name in EIGHT_BIT}
+                eight_bit["state_block_size"] = [call[6].get("state_block_size", 0) for call in group]
+            lowrank_adamw_multi_step_(*(list(x) for x in lists[:5]), delta=delta, backend=self.backend, **hyper,
+                                      **eight_bit)
 
 
 def lowrank_step(collector: FusedSteps | None, backend, *args, **kwargs) -> None:
     """One low-rank step: recorded in `collector` when the optimizer collects (its `step()`), else run at once
-    through the single-matrix op (the per-layer mode, per-matrix optimizers). A step on 8-bit moments (keywords
-    of moment_arguments) always runs at once through the single-matrix op: the multi-tensor op does not take
-    8-bit moments yet."""
-    if collector is None or "exp_avg_absmax" in kwargs:
+    through the single-matrix op (the per-layer mode, per-matrix optimizers); float or 8-bit moments (the
+    keywords of moment_arguments) alike."""
+    if collector is None:
         lowrank_adamw_step_(*args, backend=backend, **kwargs)
     else:
         collector.add(*args, **kwargs)
