@@ -56,6 +56,10 @@ def _triton_lowrank_adamw_step_(*args):
     _triton("lowrank_adam").lowrank_adamw_step_(*args)
 
 
+def _triton_lowrank_adamw_step8_(*args):
+    _triton("lowrank_adam").lowrank_adamw_step8_(*args)
+
+
 def _triton_lowrank_apollo_step_(W, G, exp_avg, exp_avg_sq, limiter_norm, side, kind, seed, *args):
     _triton("apollo").lowrank_apollo_step_(W, G, exp_avg, exp_avg_sq, limiter_norm, side, kind, seed % UINT64, *args)
 
@@ -154,9 +158,10 @@ def _implementations(op: str) -> dict:
             table[device_type] = getattr(module, op)
     if op in TRITON:
         table["triton"] = TRITON[op]
-    if op == "lowrank_adamw_step_":  # 8-bit moments: the C++ CPU kernel takes them (csrc/cpu/adam_epilogues8.h)
-        cpu8 = getattr(_extension.compiled("cpu"), "lowrank_adamw_step8_", None)
-        table = {name: _adamw_step(f, cpu8 if name == "cpu" else None) for name, f in table.items()}
+    if op == "lowrank_adamw_step_":  # 8-bit moments: the kernels that take them (their epilogues decode/encode)
+        step8 = {"cpu": getattr(_extension.compiled("cpu"), "lowrank_adamw_step8_", None),
+                 "triton": _triton_lowrank_adamw_step8_}
+        table = {name: _adamw_step(f, step8.get(name)) for name, f in table.items()}
     return table
 
 
