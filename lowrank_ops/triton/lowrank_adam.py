@@ -56,7 +56,7 @@ STORE, ADAM, UPDATE, ADAM8 = 0, 1, 2, 3  # epilogues
 # The widest moment block (next power of two of state_block_size) the fused 8-bit epilogue takes as one tile
 # row: BLOCK_M (>= 16, tl.dot's minimum) x this many accumulators live in registers. Longer blocks run the
 # float kernel on decoded moments (lowrank_adamw_step8_).
-MAX_FUSED_BLOCK = 1024
+MAX_FUSED_BLOCK = 512
 # The float64 scalar arguments of _project_kernel's ADAM epilogue, in order (adam_scalars).
 PROJECT_SCALARS = ("beta1_weight", "beta2", "one_minus_beta2", "bias1", "bias2_sqrt", "eps", "lr", "adapter_decay")
 
