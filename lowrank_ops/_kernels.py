@@ -136,8 +136,10 @@ COMPOSITE = {"range_finder": (range_finder.range_finder, "sketch_project")}
 def _adamw_step(float_step, step8=None):
     """lowrank_adamw_step_'s implementation on a backend from its kernel on float moments (the schema's
     arguments up to wd_mode) and, where the backend has one, its kernel on 8-bit moments (`step8`: the same
-    arguments, then exp_avg_absmax, exp_avg_sq_absmax, state_block_size). A backend without one decodes the 8-bit
-    moments, runs its float kernel and encodes them (pure_torch/lowrank_adam8.py): not yet fused there."""
+    arguments, then exp_avg_absmax, exp_avg_sq_absmax, state_block_size: the C++ CPU and CUDA kernels, the
+    Triton one). A backend without one (the pure-torch kernel; a build of the extension without
+    lowrank_adamw_step8_) decodes the 8-bit moments, runs its float kernel and encodes them
+    (pure_torch/lowrank_adam8.py)."""
 
     def run(*args):
         *schema, exp_avg_absmax, exp_avg_sq_absmax, block = args
@@ -159,8 +161,8 @@ def _implementations(op: str) -> dict:
     if op in TRITON:
         table["triton"] = TRITON[op]
     if op == "lowrank_adamw_step_":  # 8-bit moments: the kernels that take them (their epilogues decode/encode)
-        step8 = {"cpu": getattr(_extension.compiled("cpu"), "lowrank_adamw_step8_", None),
-                 "triton": _triton_lowrank_adamw_step8_}
+        step8 = {device_type: getattr(_extension.compiled(device_type), "lowrank_adamw_step8_", None)
+                 for device_type in ("cpu", "cuda")} | {"triton": _triton_lowrank_adamw_step8_}
         table = {name: _adamw_step(f, step8.get(name)) for name, f in table.items()}
     return table
 
