@@ -42,7 +42,7 @@ from ._common import INTERPRETED as _INTERPRETED
 from ._common import dot_acc, tile_ids
 from .blockwise8 import q8_adam_epilogue
 from .dct import PI, _div_rn, _row_scale
-from ..spec import SRDCT_SIGN_ROW
+from ..spec import SRDCT_SIGN_ROW, STATE_BLOCK_SIZE
 from .sketch import _TRITON_TYPES, AOT_RANK, KIND_IDS, _cast, _philox_offset, _sketch_tile, gemm_config
 
 MATRIX = 2  # side kind id of an explicit P, next to the sketch kinds RADEMACHER = 0, GAUSSIAN = 1
@@ -53,10 +53,10 @@ SIDE_KIND_IDS = {**KIND_IDS, "matrix": MATRIX, "dct": DCT, "sr_dct": SR_DCT}
 SIGN_ROW = tl.constexpr(SRDCT_SIGN_ROW)
 
 STORE, ADAM, UPDATE, ADAM8 = 0, 1, 2, 3  # epilogues
-# The widest moment block (next power of two of state_block_size) the fused 8-bit epilogue takes as one tile
-# row: BLOCK_M (>= 16, tl.dot's minimum) x this many accumulators live in registers. Longer blocks run the
+# The longest moment block (state_block_size) the fused 8-bit epilogue takes as one tile row: BLOCK_M (>= 16,
+# tl.dot's minimum) x its width live in registers, 16 x 256 without spills (_q8_config). Longer blocks run the
 # float kernel on decoded moments (lowrank_adamw_step8_).
-MAX_FUSED_BLOCK = 512
+MAX_FUSED_BLOCK = 256
 # The float64 scalar arguments of _project_kernel's ADAM epilogue, in order (adam_scalars).
 PROJECT_SCALARS = ("beta1_weight", "beta2", "one_minus_beta2", "bias1", "bias2_sqrt", "eps", "lr", "adapter_decay")
 
@@ -366,9 +366,13 @@ def _grid(cfg: dict, M: int, N: int, column_step: int | None = None) -> tuple:
 
 def _q8_config(cfg: dict, block: int) -> dict:
     """The projection's config for the 8-bit epilogue: BLOCK_N the block's width rounded up to a power of two
-    (>= 16), BLOCK_M shrunk so the tile keeps the float tile's size at most (>= 16, tl.dot's minimum)."""
+    (>= 16), BLOCK_M = 4096 // BLOCK_N (>= 16, tl.dot's minimum; within the float config's), BLOCK_K at most 32.
+    With 32 x 256 tiles, or BLOCK_K 64, the default block's kernel spills on sm_80 and sm_90 for a bfloat16 G
+    (python -m lowrank_ops.triton.aot). Tiles under 64 rows do not take Hopper's wgmma: the 8-bit GEMM runs
+    mma.sync."""
     width = max(16, triton.next_power_of_2(block))
-    return {**cfg, "BLOCK_N": width, "BLOCK_M": max(16, min(cfg["BLOCK_M"], 8192 // width))}
+    return {**cfg, "BLOCK_N": width, "BLOCK_M": max(16, min(cfg["BLOCK_M"], 4096 // width)),
+            "BLOCK_K": min(cfg["BLOCK_K"], 32)}
 
 
 def _config(op: str, left: bool, rank: int, dtype: torch.dtype, kind: int) -> dict:
@@ -523,6 +527,28 @@ def _aot_p_type(kind_id: int, placeholder: str) -> str:
     return {MATRIX: "*fp32", DCT: "*i32", SR_DCT: "*i32"}.get(kind_id, f"*{placeholder}")
 
 
+def _aot_project_entry(label: str, kind_id: int, left: bool, g_dtype: torch.dtype, cfg: dict, epilogue: int):
+    """_project_kernel with the ADAM (float32 moments) or ADAM8 (8-bit moments, block STATE_BLOCK_SIZE)
+    epilogue, as the launcher runs it; the 8-bit pointers are placeholders for ADAM (never read)."""
+    from .aot import AotEntry
+
+    ty = _TRITON_TYPES[g_dtype]
+    state = "*u8" if epilogue == ADAM8 else "*fp32"
+    q8 = ("am_ptr", "av_ptr", "scode_ptr", "smid_ptr", "ucode_ptr", "umid_ptr")
+    return AotEntry(
+        label, _project_kernel,
+        signature={"x_ptr": f"*{ty}", "p_ptr": _aot_p_type(kind_id, ty), "out_ptr": "*fp32", "exp_avg_ptr": state,
+                   "exp_avg_sq_ptr": state, "delta_ptr": "*fp32", **{name: "*fp32" for name in q8}, "seed": "u64",
+                   "M": "i32", "N": "i32", "K": "i32", "rank": "i32", "d": "i32", "stride_x0": "i32",
+                   "stride_p0": "i32", **{name: "fp64" for name in PROJECT_SCALARS}},
+        constexprs={"stride_x1": 1, "stride_p1": 1, "KIND": kind_id, "LEFT": left, "EPILOGUE": epilogue,
+                    "ADAPTER": False, "INTERPRETED": False, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"],
+                    "BLOCK_K": cfg["BLOCK_K"], "STATE_BLOCK": STATE_BLOCK_SIZE if epilogue == ADAM8 else 0},
+        expects_wgmma=g_dtype == torch.bfloat16 and cfg["BLOCK_M"] >= 64, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
+        divisible_by_16=("x_ptr", "out_ptr", "exp_avg_ptr", "exp_avg_sq_ptr", "M", "N", "K", "d", "stride_x0"))
+
+
 def aot_entries() -> list:
     """The kernels as the launcher runs them on contiguous, aligned tensors: the fused projection (ADAM
     epilogue) for bfloat16 and float32 G and the fused unprojection (UPDATE epilogue) for float32 and
@@ -537,18 +563,11 @@ def aot_entries() -> list:
             for g_dtype in (torch.bfloat16, torch.float32):
                 ty = _TRITON_TYPES[g_dtype]
                 cfg = _config("project", left, AOT_RANK, g_dtype, kind_id)
-                entries.append(AotEntry(
-                    f"lowrank_adam project/{side} {kind} G {ty}", _project_kernel,
-                    signature={"x_ptr": f"*{ty}", "p_ptr": _aot_p_type(kind_id, ty), "out_ptr": "*fp32", "exp_avg_ptr": "*fp32",
-                               "exp_avg_sq_ptr": "*fp32", "delta_ptr": "*fp32", "seed": "u64", "M": "i32", "N": "i32",
-                               "K": "i32", "rank": "i32", "d": "i32", "stride_x0": "i32", "stride_p0": "i32",
-                               **{name: "fp64" for name in PROJECT_SCALARS}},
-                    constexprs={"stride_x1": 1, "stride_p1": 1, "KIND": kind_id, "LEFT": left, "EPILOGUE": ADAM,
-                                "ADAPTER": False, "INTERPRETED": False, "BLOCK_M": cfg["BLOCK_M"],
-                                "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"]},
-                    expects_wgmma=g_dtype == torch.bfloat16, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-                    divisible_by_16=("x_ptr", "out_ptr", "exp_avg_ptr", "exp_avg_sq_ptr", "M", "N", "K", "d",
-                                     "stride_x0")))
+                entries.append(_aot_project_entry(f"lowrank_adam project/{side} {kind} G {ty}", kind_id, left,
+                                                  g_dtype, cfg, ADAM))
+                if kind_id == KIND_IDS["rademacher"]:  # the 8-bit epilogue (default block) on one kind
+                    entries.append(_aot_project_entry(f"lowrank_adam project8/{side} {kind} G {ty}", kind_id, left,
+                                                      g_dtype, _q8_config(cfg, STATE_BLOCK_SIZE), ADAM8))
             for w_dtype in (torch.float32, torch.bfloat16):
                 ty = _TRITON_TYPES[w_dtype]
                 cfg = _config("unproject", left, AOT_RANK, w_dtype, kind_id)
