@@ -38,11 +38,11 @@ import triton.language as tl
 
 from ..pure_torch.blockwise8 import code_table, midpoints
 from ..pure_torch.lowrank_adam8 import step_around
+from ..spec import SRDCT_SIGN_ROW, STATE_BLOCK_SIZE
 from ._common import INTERPRETED as _INTERPRETED
 from ._common import dot_acc, tile_ids
 from .blockwise8 import q8_adam_epilogue
 from .dct import PI, _div_rn, _row_scale
-from ..spec import SRDCT_SIGN_ROW, STATE_BLOCK_SIZE
 from .sketch import _TRITON_TYPES, AOT_RANK, KIND_IDS, _cast, _philox_offset, _sketch_tile, gemm_config
 
 MATRIX = 2  # side kind id of an explicit P, next to the sketch kinds RADEMACHER = 0, GAUSSIAN = 1
