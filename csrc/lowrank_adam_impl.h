@@ -44,8 +44,8 @@ struct AdamDevice {
   SketchKernel sketch_project;
   SketchKernel sketch_unproject;
   // The moments of r on 8-bit moments (docs/DESIGN.md §3 "8-bit optimizer moments"): the matrix's codes and
-  // absmax in place, r overwritten with the direction, delta (compute dtype, contiguous) in the adapter mode.
-  // Null on a device whose C++ kernels do not take 8-bit moments yet.
+  // absmax in place, r overwritten with the direction, delta (compute dtype, contiguous) in the adapter mode
+  // (CPU: csrc/cpu/adam_epilogues8.h; CUDA: kernels/blockwise8.cuh). Null on a device without it.
   void (*moments8)(at::Tensor& r, const AdamMatrix& matrix, at::Tensor* delta) = nullptr;
 };
 

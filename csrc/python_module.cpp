@@ -35,6 +35,24 @@ void def_lowrank_adam(py::module_& m, const AdamDevice& device) {
       });
 }
 
+// lowrank_adamw_step_ on 8-bit moments with the device table bound (the op's kernel calls it when the absmax
+// are given; lowrank_ops/_kernels.py): the schema's arguments, then exp_avg_absmax, exp_avg_sq_absmax,
+// state_block_size.
+void def_lowrank_adam8(py::module_& m, const AdamDevice& device) {
+  def(m, "lowrank_adamw_step8_",
+      [&device](const at::Tensor& W, const at::Tensor& G, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
+                const std::optional<at::Tensor>& delta, c10::string_view left_kind, int64_t left_seed,
+                int64_t left_rank, const std::optional<at::Tensor>& left_matrix, c10::string_view right_kind,
+                int64_t right_seed, int64_t right_rank, const std::optional<at::Tensor>& right_matrix, double lr,
+                double beta1, double beta2, double eps, double weight_decay, int64_t step, double scale,
+                c10::string_view wd_mode, const at::Tensor& exp_avg_absmax, const at::Tensor& exp_avg_sq_absmax,
+                int64_t state_block_size) {
+        lowrank_adamw_step8_(device, W, G, exp_avg, exp_avg_sq, delta, left_kind, left_seed, left_rank, left_matrix,
+                             right_kind, right_seed, right_rank, right_matrix, lr, beta1, beta2, eps, weight_decay,
+                             step, scale, wd_mode, exp_avg_absmax, exp_avg_sq_absmax, state_block_size);
+      });
+}
+
 // The multi-tensor APOLLO step with the device's single step bound.
 void def_apollo_multi(py::module_& m, ApolloStepFn device_step) {
   def(m, "lowrank_apollo_multi_step_",
@@ -75,6 +93,7 @@ void def_apollo_multi(py::module_& m, ApolloStepFn device_step) {
     def(m, "lowrank_apollo_step_", &device::lowrank_apollo_step_);           \
     def_apollo_multi(m, &device::lowrank_apollo_step_);                      \
     def_lowrank_adam(m, device::kAdamDevice);                                \
+    def_lowrank_adam8(m, device::kAdamDevice);                               \
     def(m, "lowrank_adamw_multi_step_", &device::lowrank_adamw_multi_step_); \
   } while (false)
 
@@ -87,19 +106,6 @@ PYBIND11_MODULE(_C, m) {
   lowrank_ops::def(cpu_module, "blockwise8_encode", &lowrank_ops::cpu::blockwise8_encode);  // not ops: the
   lowrank_ops::def(cpu_module, "blockwise8_decode", &lowrank_ops::cpu::blockwise8_decode);  // 8-bit moment format
   lowrank_ops::def(cpu_module, "blockwise8_adam_moments_", &lowrank_ops::cpu::blockwise8_adam_moments_);
-  lowrank_ops::def(  // lowrank_adamw_step_ on 8-bit moments (the op's CPU kernel calls it when absmax are given)
-      cpu_module, "lowrank_adamw_step8_",
-      [](const at::Tensor& W, const at::Tensor& G, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
-         const std::optional<at::Tensor>& delta, c10::string_view left_kind, int64_t left_seed, int64_t left_rank,
-         const std::optional<at::Tensor>& left_matrix, c10::string_view right_kind, int64_t right_seed,
-         int64_t right_rank, const std::optional<at::Tensor>& right_matrix, double lr, double beta1, double beta2,
-         double eps, double weight_decay, int64_t step, double scale, c10::string_view wd_mode,
-         const at::Tensor& exp_avg_absmax, const at::Tensor& exp_avg_sq_absmax, int64_t state_block_size) {
-        lowrank_ops::lowrank_adamw_step8_(lowrank_ops::cpu::kAdamDevice, W, G, exp_avg, exp_avg_sq, delta, left_kind,
-                                          left_seed, left_rank, left_matrix, right_kind, right_seed, right_rank,
-                                          right_matrix, lr, beta1, beta2, eps, weight_decay, step, scale, wd_mode,
-                                          exp_avg_absmax, exp_avg_sq_absmax, state_block_size);
-      });
   lowrank_ops::def(  // lowrank_adamw_multi_step_ with 8-bit moments (the op's CPU kernel calls it when there are any)
       cpu_module, "lowrank_adamw_multi_step8_", &lowrank_ops::cpu::lowrank_adamw_multi_step8_);
 #ifdef LOWRANK_OPS_CUDA

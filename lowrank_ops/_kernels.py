@@ -56,6 +56,10 @@ def _triton_lowrank_adamw_step_(*args):
     _triton("lowrank_adam").lowrank_adamw_step_(*args)
 
 
+def _triton_lowrank_adamw_step8_(*args):
+    _triton("lowrank_adam").lowrank_adamw_step8_(*args)
+
+
 def _triton_lowrank_apollo_step_(W, G, exp_avg, exp_avg_sq, limiter_norm, side, kind, seed, *args):
     _triton("apollo").lowrank_apollo_step_(W, G, exp_avg, exp_avg_sq, limiter_norm, side, kind, seed % UINT64, *args)
 
@@ -132,8 +136,10 @@ COMPOSITE = {"range_finder": (range_finder.range_finder, "sketch_project")}
 def _adamw_step(float_step, step8=None):
     """lowrank_adamw_step_'s implementation on a backend from its kernel on float moments (the schema's
     arguments up to wd_mode) and, where the backend has one, its kernel on 8-bit moments (`step8`: the same
-    arguments, then exp_avg_absmax, exp_avg_sq_absmax, state_block_size). A backend without one decodes the 8-bit
-    moments, runs its float kernel and encodes them (pure_torch/lowrank_adam8.py): not yet fused there."""
+    arguments, then exp_avg_absmax, exp_avg_sq_absmax, state_block_size: the C++ CPU and CUDA kernels, the
+    Triton one). A backend without one (the pure-torch kernel; a build of the extension without
+    lowrank_adamw_step8_) decodes the 8-bit moments, runs its float kernel and encodes them
+    (pure_torch/lowrank_adam8.py)."""
 
     def run(*args):
         *schema, exp_avg_absmax, exp_avg_sq_absmax, block = args
@@ -170,9 +176,10 @@ def _implementations(op: str) -> dict:
             table[device_type] = getattr(module, op)
     if op in TRITON:
         table["triton"] = TRITON[op]
-    if op == "lowrank_adamw_step_":  # 8-bit moments: the C++ CPU kernel takes them (csrc/cpu/adam_epilogues8.h)
-        cpu8 = getattr(_extension.compiled("cpu"), "lowrank_adamw_step8_", None)
-        table = {name: _adamw_step(f, cpu8 if name == "cpu" else None) for name, f in table.items()}
+    if op == "lowrank_adamw_step_":  # 8-bit moments: the kernels that take them (their epilogues decode/encode)
+        step8 = {device_type: getattr(_extension.compiled(device_type), "lowrank_adamw_step8_", None)
+                 for device_type in ("cpu", "cuda")} | {"triton": _triton_lowrank_adamw_step8_}
+        table = {name: _adamw_step(f, step8.get(name)) for name, f in table.items()}
     if op == "lowrank_adamw_multi_step_":  # 8-bit moments: the C++ CPU kernel takes them (blocked path's epilogue)
         cpu8 = getattr(_extension.compiled("cpu"), "lowrank_adamw_multi_step8_", None)
         single = _implementations("lowrank_adamw_step_")

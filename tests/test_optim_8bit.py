@@ -94,6 +94,8 @@ CASES = [  # (shape, side, kind, block, W dtype, wd_mode)
     ((1, 1), "left", "rademacher", 256, torch.float32, "full"),
     ((19, 300), "left", "matrix", 7, torch.bfloat16, "full"),
     ((9, 13), "left", "rademacher", 1, torch.float64, "full"),
+    ((31, 26), "both", "rademacher", 3, torch.float32, "adapter"),  # two sides: the second GEMM's epilogue
+    ((6, 700), "left", "matrix", 300, torch.float32, "full"),  # a block wider than a Triton tile row
 ]
 
 
@@ -107,7 +109,10 @@ def _check_8bit_parity(case, rng, our_step):
     d = m if side == "left" else n
     op = (SideOperator(kind, rank, seed=2**64 - 5) if kind != "matrix"
           else SideOperator("matrix", rank, matrix=torch.randn(rank, d, generator=rng) / d**0.5))
-    projection = Projection(op, None) if side == "left" else Projection(None, op)
+    if side == "both":  # `kind` (seeded) on the left, a 7-row matrix on the right
+        projection = Projection(op, SideOperator("matrix", 7, matrix=torch.randn(7, n, generator=rng) / n**0.5))
+    else:
+        projection = Projection(op, None) if side == "left" else Projection(None, op)
     projected = projection.projected_shape(shape)
     state = _state(projected, block, rng, steps_done=1)
     delta = torch.randn(projected, generator=rng) * 1e-3 if wd_mode == "adapter" else None
@@ -401,6 +406,51 @@ def test_8bit_moment_epilogue_matches_float64_oracle(shape, block, dtype, adapte
         assert_within_torch_error(ours_delta, exact[3], plain[3], "delta")
     for name, signed, i in (("exp_avg", True, 1), ("exp_avg_sq", False, 2)):
         _check_moment(name, signed, state, state[name], state[moments.absmax_key(name)], exact[i], plain[i], block)
+
+
+@pytest.mark.parametrize("backend", ["triton"])
+@pytest.mark.parametrize("side", ["left", "right", "both"])
+@pytest.mark.parametrize("wd_mode", ["full", "adapter"])
+def test_fused_8bit_step_encodes_bit_identically_to_the_cpu_kernel(wd_mode, side, backend, rng):
+    """Given the same float32 projected gradient, the fused 8-bit step of `backend` (Triton: the projection
+    GEMM's ADAM8 epilogue, in the interpreter without a GPU) writes the same codes, absmax and delta as the
+    C++ CPU kernel, bit for bit (docs/DESIGN.md §3: identical float32 inputs encode to identical bytes). The
+    projected gradient is exact in float32 in every summation order: sides of entries in {-1, 0, 1}, an integer
+    gradient. Blocks of 7 do not divide the projected rows."""
+    if not hasattr(_extension.compiled("cpu"), "lowrank_adamw_step8_"):
+        pytest.skip("lowrank_ops._C is not built (with lowrank_adamw_step8_)")
+    reason = lowrank_backends.unavailable_reason(backend, "lowrank_adamw_step_", torch.device("cpu"))
+    if reason is not None:
+        pytest.skip(str(reason))
+    from lowrank_ops import ops
+
+    shape, rank, block = (29, 45), 11, 7
+
+    def side_operator(d):
+        return SideOperator("matrix", rank, matrix=torch.randint(-1, 2, (rank, d), generator=rng).float())
+
+    left = side_operator(shape[0]) if side in ("left", "both") else None
+    right = side_operator(shape[1]) if side in ("right", "both") else None
+    projection = Projection(left, right)
+    projected = projection.projected_shape(shape)
+    state = _state(projected, block, rng, steps_done=1)
+    G = torch.randint(-8, 9, shape, generator=rng).float()
+    W = torch.randn(shape, generator=rng)
+    delta = torch.randn(projected, generator=rng) * 1e-3 if wd_mode == "adapter" else None
+    results = {}
+    for name in ("cpu", backend):
+        st = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+        d = None if delta is None else delta.clone()
+        ops.lowrank_adamw_step_(W.clone(), G, st["exp_avg"], st["exp_avg_sq"], projection, step=3, wd_mode=wd_mode,
+                                delta=d, exp_avg_absmax=st["exp_avg_absmax"],
+                                exp_avg_sq_absmax=st["exp_avg_sq_absmax"], state_block_size=block, backend=name,
+                                **HYPER)
+        results[name] = [st[k] for k in ("exp_avg", "exp_avg_sq")]
+        results[name] += [x.view(torch.int32) for x in (st["exp_avg_absmax"], st["exp_avg_sq_absmax"], d)
+                          if x is not None]
+    for what, ours, cpu in zip(("exp_avg", "exp_avg_sq", "exp_avg_absmax", "exp_avg_sq_absmax", "delta"),
+                               results[backend], results["cpu"]):
+        assert torch.equal(ours, cpu), f"{what}: {int((ours != cpu).sum())} of {ours.numel()} differ"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

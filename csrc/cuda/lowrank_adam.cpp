@@ -2,7 +2,8 @@
 // the same driver, checks and GEMM order as on the CPU). The GEMMs run on tiles with cuBLAS through ATen; the
 // sketch and DCT basis tiles, the moment epilogue and the weight-update epilogue are the launchers of
 // kernels/lowrank_adam.cuh, whose per-element math (kernels/adam.h, kernels/sketch.h) the CPU tests
-// exercise. U = P^T Y or Y P is formed one tile of P's columns at a time (at most 1/8 of W), never as an
+// exercise; on 8-bit moments the moment epilogue is kernels/blockwise8.cuh's, which decodes, updates and encodes
+// the codes in place (no float copy of the moments). U = P^T Y or Y P is formed one tile of P's columns at a time (at most 1/8 of W), never as an
 // m x n temporary. The multi-tensor step (lowrank_adamw_multi_step_) runs the driver's grouped form: one
 // moment kernel over each group of matrices of one shape, kinds and step scalars (run_adam_steps_grouped).
 #include <ATen/ATen.h>
@@ -11,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "../../kernels/blockwise8.cuh"
 #include "../../kernels/lowrank_adam.cuh"
 #include "../lowrank_adam_impl.h"
 #include "../lowrank_ops.h"
@@ -35,6 +37,26 @@ void moments(at::Tensor& r, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, at::Ten
   };
   const cudaError_t err = r.scalar_type() == at::kDouble ? launch(double{}) : launch(float{});
   check_launch(err, kAdamOp, "the moment update of " + std::to_string(r.numel()) + " elements");
+}
+
+// The moments of r on the matrix's 8-bit moments (docs/DESIGN.md §3 "8-bit optimizer moments"): one launch of
+// launch_q8_adam_moments over r [rows, cols], the codes and absmax written in place (contiguous: the caller's
+// tensors, made contiguous by the op layer), r overwritten with the direction, delta updated in the adapter mode.
+void moments8(at::Tensor& r, const AdamMatrix& matrix, at::Tensor* delta) {
+  TORCH_CHECK(matrix.exp_avg.is_contiguous() && matrix.exp_avg_sq.is_contiguous() &&
+                  matrix.exp_avg_absmax->is_contiguous() && matrix.exp_avg_sq_absmax->is_contiguous(),
+              "lowrank_ops.", kAdamOp, ": 8-bit moments and their absmax must be contiguous");
+  if (r.numel() == 0) return;
+  const auto launch = [&](auto tag) {  // float, or double for a float64 step
+    using T = decltype(tag);
+    return lro::launch_q8_adam_moments(data_as<T>(r), data_as<uint8_t>(matrix.exp_avg),
+                                       data_as<float>(*matrix.exp_avg_absmax), data_as<uint8_t>(matrix.exp_avg_sq),
+                                       data_as<float>(*matrix.exp_avg_sq_absmax),
+                                       delta != nullptr ? data_as<T>(*delta) : nullptr, r.size(0), r.size(1),
+                                       matrix.state_block, adam_step<T>(matrix.args), stream_of(r));
+  };
+  const cudaError_t err = r.scalar_type() == at::kDouble ? launch(double{}) : launch(float{});
+  check_launch(err, kAdamOp, "the 8-bit moment update of " + std::to_string(r.numel()) + " elements");
 }
 
 // tile (rank x width, compute dtype) <- P[:, k0 : k0 + width] of a seeded side.
@@ -106,7 +128,7 @@ void unproject_update(const SideOp& side, bool left, const at::Tensor& Y, const 
 
 }  // namespace
 
-const AdamDevice kAdamDevice{&moments, &unproject_update, &fill_dct, &sketch_project, &sketch_unproject};
+const AdamDevice kAdamDevice{&moments, &unproject_update, &fill_dct, &sketch_project, &sketch_unproject, &moments8};
 
 void lowrank_adamw_multi_step_(
     const std::vector<at::Tensor>& W, const std::vector<at::Tensor>& G, const std::vector<at::Tensor>& exp_avg,

@@ -123,8 +123,9 @@ def lowrank_adamw_step_(W: torch.Tensor, G: torch.Tensor, exp_avg: torch.Tensor,
 
     8-bit moments (docs/DESIGN.md §3 "8-bit optimizer moments"): exp_avg and exp_avg_sq hold uint8 codes of the
     projected shape and `exp_avg_absmax`, `exp_avg_sq_absmax` their float32 absmax per `state_block_size`
-    elements of a row, all updated in place; the step decodes, updates and encodes them (inside the C++ CPU
-    kernel's moment epilogue; around the float kernel on the Triton and CUDA backends, for now)."""
+    elements of a row, all updated in place; the step decodes, updates and encodes them inside the moment
+    epilogue of the C++ CPU, CUDA and Triton kernels (around the float kernel on the pure-torch backend, and on
+    Triton for a state_block_size over 256)."""
     _check(W, G, exp_avg, exp_avg_sq, projection, step, wd_mode, delta, exp_avg_absmax, exp_avg_sq_absmax,
            state_block_size, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, scale=scale)
     backend = backends.check(OP, backend, W.device)

@@ -4,8 +4,12 @@ lowrank_ops/pure_torch/lowrank_adam.py, lowrank_ops/ops/projection.py).
 Two GEMM kernels, each with its epilogue, on a side operator P (r x d) and a data matrix X:
   _project_kernel     C = P X (left) or X P^T (right); EPILOGUE "adam": the moment update of every element
                       of C and the direction (N, or N + wd D in the adapter mode) written out, so the
-                      projected gradient never goes to memory. EPILOGUE "store": C written out (the first
-                      GEMM of a two-sided projection).
+                      projected gradient never goes to memory. EPILOGUE "adam8": the same on blockwise 8-bit
+                      moments (docs/DESIGN.md §3 "8-bit optimizer moments"): a program's tile is BLOCK_M rows
+                      of one moment block (its columns past the block are computed and dropped), so the
+                      epilogue decodes, updates and encodes whole blocks (blockwise8.q8_adam_epilogue) and no
+                      float copy of the moments exists. EPILOGUE "store": C written out (the first GEMM of a
+                      two-sided projection).
   _unproject_kernel   C = P^T Y (left) or Y P (right); EPILOGUE "update": W <- W (1 - lr wd) - lr scale C
                       (one rounding to W's dtype) on the W tile the program owns, so no m x n temporary
                       exists. EPILOGUE "store": C written out (the first GEMM of a two-sided unprojection).
@@ -32,10 +36,13 @@ import torch
 import triton
 import triton.language as tl
 
+from ..pure_torch.blockwise8 import code_table, midpoints
+from ..pure_torch.lowrank_adam8 import step_around
+from ..spec import SRDCT_SIGN_ROW, STATE_BLOCK_SIZE
 from ._common import INTERPRETED as _INTERPRETED
 from ._common import dot_acc, tile_ids
+from .blockwise8 import q8_adam_epilogue
 from .dct import PI, _div_rn, _row_scale
-from ..spec import SRDCT_SIGN_ROW
 from .sketch import _TRITON_TYPES, AOT_RANK, KIND_IDS, _cast, _philox_offset, _sketch_tile, gemm_config
 
 MATRIX = 2  # side kind id of an explicit P, next to the sketch kinds RADEMACHER = 0, GAUSSIAN = 1
@@ -45,7 +52,11 @@ BASIS = (DCT, SR_DCT)  # the kinds whose tensor is an index vector
 SIDE_KIND_IDS = {**KIND_IDS, "matrix": MATRIX, "dct": DCT, "sr_dct": SR_DCT}
 SIGN_ROW = tl.constexpr(SRDCT_SIGN_ROW)
 
-STORE, ADAM, UPDATE = 0, 1, 2  # epilogues
+STORE, ADAM, UPDATE, ADAM8 = 0, 1, 2, 3  # epilogues
+# The longest moment block (state_block_size) the fused 8-bit epilogue takes as one tile row: BLOCK_M (>= 16,
+# tl.dot's minimum) x its width live in registers, 16 x 256 without spills (_q8_config). Longer blocks run the
+# float kernel on decoded moments (lowrank_adamw_step8_).
+MAX_FUSED_BLOCK = 256
 # The float64 scalar arguments of _project_kernel's ADAM epilogue, in order (adam_scalars).
 PROJECT_SCALARS = ("beta1_weight", "beta2", "one_minus_beta2", "bias1", "bias2_sqrt", "eps", "lr", "adapter_decay")
 
@@ -200,6 +211,13 @@ def project_dot_type(x_type, acc_type):
 
 
 @triton.constexpr_function
+def project_column_step(epilogue, state_block, block_n):
+    """The columns between two programs' tiles of a projection: one moment block for the 8-bit epilogue
+    (its tile, BLOCK_N >= state_block wide, computes the block's columns and drops the rest), else BLOCK_N."""
+    return state_block if epilogue == 3 else block_n
+
+
+@triton.constexpr_function
 def unproject_dot_type(out_type, acc_type, epilogue):
     """The operand dtype of an unprojection GEMM: bfloat16 when it updates a bfloat16 W, else the
     accumulation dtype (module docstring)."""
@@ -248,30 +266,42 @@ def _update_epilogue(acc, ptrs, mask, weight_multiplier, update_scale, INTERPRET
 
 
 @triton.jit(do_not_specialize=["seed"])
-def _project_kernel(x_ptr, p_ptr, out_ptr, exp_avg_ptr, exp_avg_sq_ptr, delta_ptr, seed: tl.uint64, M, N, K, rank, d,
-                    stride_x0, stride_x1, stride_p0, stride_p1, beta1_weight: tl.float64, beta2: tl.float64,
-                    one_minus_beta2: tl.float64, bias1: tl.float64, bias2_sqrt: tl.float64, eps: tl.float64,
-                    lr: tl.float64, adapter_decay: tl.float64, KIND: tl.constexpr, LEFT: tl.constexpr,
-                    EPILOGUE: tl.constexpr, ADAPTER: tl.constexpr, INTERPRETED: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _project_kernel(x_ptr, p_ptr, out_ptr, exp_avg_ptr, exp_avg_sq_ptr, delta_ptr, am_ptr, av_ptr, scode_ptr, smid_ptr,
+                    ucode_ptr, umid_ptr, seed: tl.uint64, M, N, K, rank, d, stride_x0, stride_x1, stride_p0, stride_p1,
+                    beta1_weight: tl.float64, beta2: tl.float64, one_minus_beta2: tl.float64, bias1: tl.float64,
+                    bias2_sqrt: tl.float64, eps: tl.float64, lr: tl.float64, adapter_decay: tl.float64,
+                    KIND: tl.constexpr, LEFT: tl.constexpr, EPILOGUE: tl.constexpr, ADAPTER: tl.constexpr,
+                    INTERPRETED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    STATE_BLOCK: tl.constexpr):
     """C = P X (LEFT; M = r, K = d) or X P^T (M x r, K = d), then the epilogue on the contiguous M x N
     buffers out (the compute dtype: float32, or float64), exp_avg, exp_avg_sq and delta (the state dtype):
       STORE: out = C.
       ADAM:  m <- m + (1 - b1)(C - m); v <- b2 v + (1 - b2) C^2; N = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps);
              out = N, or (ADAPTER) out = N + wd D and D <- D - lr out   (kernels/adam.h, same order).
+      ADAM8: ADAM on 8-bit moments: exp_avg / exp_avg_sq are the uint8 codes, am / av their float32 absmax
+             [M, cdiv(N, STATE_BLOCK)], scode / smid and ucode / umid the signed and unsigned code tables and
+             midpoints (pure_torch/blockwise8.py). The program's tile starts at a block's first column and
+             BLOCK_N >= STATE_BLOCK (project_column_step), so each tile row holds one whole block.
     The float64 scalars are rounded to the compute dtype here, as the C++ backends round them on the host."""
     ACC: tl.constexpr = out_ptr.dtype.element_ty
     DOT: tl.constexpr = project_dot_type(x_ptr.dtype.element_ty, ACC)
-    m0, n0 = _program_tile(M, N, BLOCK_M, BLOCK_N, LEFT)
+    STEP_N: tl.constexpr = project_column_step(EPILOGUE, STATE_BLOCK, BLOCK_N)
+    m0, n0 = _program_tile(M, N, BLOCK_M, STEP_N, LEFT)
     acc = _operator_gemm(x_ptr, stride_x0, stride_x1, p_ptr, stride_p0, stride_p1, seed, M, N, K, rank, d, m0, n0,
                          KIND, LEFT, not LEFT, DOT, ACC, INTERPRETED, BLOCK_M, BLOCK_N, BLOCK_K)
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_n = n0 + tl.arange(0, BLOCK_N)
     idx = (offs_m.to(tl.int64) * N)[:, None] + offs_n[None, :]
-    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :] & (offs_n < n0 + STEP_N)[None, :]
     if EPILOGUE == 1:
         out = _adam_epilogue(acc, idx, mask, exp_avg_ptr, exp_avg_sq_ptr, delta_ptr, beta1_weight, beta2,
                              one_minus_beta2, bias1, bias2_sqrt, eps, lr, adapter_decay, ADAPTER)
+    elif EPILOGUE == 3:
+        blocks = tl.cdiv(N, STATE_BLOCK)
+        ab = tl.where(offs_m < M, offs_m.to(tl.int64) * blocks + n0 // STATE_BLOCK, -1)  # the rows' absmax
+        out = q8_adam_epilogue(acc, mask, idx, ab, exp_avg_ptr, am_ptr, exp_avg_sq_ptr, av_ptr, delta_ptr, scode_ptr,
+                               smid_ptr, ucode_ptr, umid_ptr, beta1_weight, beta2, one_minus_beta2, bias1, bias2_sqrt,
+                               eps, lr, adapter_decay, ADAPTER)
     else:
         out = acc
     tl.store(out_ptr + idx, out, mask=mask)
@@ -329,8 +359,20 @@ class _Side:
         return self.matrix, self.matrix.stride(0), self.matrix.stride(1)
 
 
-def _grid(cfg: dict, M: int, N: int) -> tuple:
-    return (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]), )
+def _grid(cfg: dict, M: int, N: int, column_step: int | None = None) -> tuple:
+    """Programs of a GEMM whose tiles start every BLOCK_M rows and every `column_step` (BLOCK_N) columns."""
+    return (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, column_step or cfg["BLOCK_N"]), )
+
+
+def _q8_config(cfg: dict, block: int) -> dict:
+    """The projection's config for the 8-bit epilogue: BLOCK_N the block's width rounded up to a power of two
+    (>= 16), BLOCK_M = 4096 // BLOCK_N (>= 16, tl.dot's minimum; within the float config's), BLOCK_K at most 32.
+    With 32 x 256 tiles, or BLOCK_K 64, the default block's kernel spills on sm_80 and sm_90 for a bfloat16 G
+    (python -m lowrank_ops.triton.aot). Tiles under 64 rows do not take Hopper's wgmma: the 8-bit GEMM runs
+    mma.sync."""
+    width = max(16, triton.next_power_of_2(block))
+    return {**cfg, "BLOCK_N": width, "BLOCK_M": max(16, min(cfg["BLOCK_M"], 4096 // width)),
+            "BLOCK_K": min(cfg["BLOCK_K"], 32)}
 
 
 def _config(op: str, left: bool, rank: int, dtype: torch.dtype, kind: int) -> dict:
@@ -353,9 +395,11 @@ def _config(op: str, left: bool, rank: int, dtype: torch.dtype, kind: int) -> di
     return cfg
 
 
-def _project(x: torch.Tensor, side: _Side, left: bool, out: torch.Tensor, states=None, scalars=None) -> torch.Tensor:
+def _project(x: torch.Tensor, side: _Side, left: bool, out: torch.Tensor, states=None, scalars=None,
+             q8=None) -> torch.Tensor:
     """out = P x (left) or x P^T (right); with `states` = (exp_avg, exp_avg_sq, delta or None) and
-    `scalars` (adam_scalars), the ADAM epilogue instead (out = the direction)."""
+    `scalars` (adam_scalars), the ADAM epilogue instead (out = the direction); with `q8` = (exp_avg_absmax,
+    exp_avg_sq_absmax, block) too, the ADAM8 epilogue on the 8-bit moments (codes in `states`)."""
     M, N = out.shape
     if out.numel() == 0:
         return out
@@ -363,10 +407,17 @@ def _project(x: torch.Tensor, side: _Side, left: bool, out: torch.Tensor, states
     coefficients = [scalars[name] for name in PROJECT_SCALARS] if states is not None else [0.0] * len(PROJECT_SCALARS)
     p, sp0, sp1 = side.pointer_args(x)
     cfg = _config("project", left, side.rank, x.dtype, side.kind)
-    _project_kernel[_grid(cfg, M, N)](
-        x, p, out, exp_avg, exp_avg_sq, delta if delta is not None else exp_avg, side.seed, M, N, side.dim, side.rank,
-        side.dim, x.stride(0), x.stride(1), sp0, sp1, *coefficients, KIND=side.kind, LEFT=left,
-        EPILOGUE=ADAM if states is not None else STORE, ADAPTER=delta is not None, INTERPRETED=_INTERPRETED, **cfg)
+    epilogue = ADAM if states is not None else STORE
+    absmax, tables, block = (out, out), (out, ) * 4, 0
+    if q8 is not None:
+        *absmax, block = q8
+        tables = (code_table(True, x.device), midpoints(True, x.device), code_table(False, x.device),
+                  midpoints(False, x.device))
+        cfg, epilogue = _q8_config(cfg, block), ADAM8
+    _project_kernel[_grid(cfg, M, N, block or None)](
+        x, p, out, exp_avg, exp_avg_sq, delta if delta is not None else exp_avg, *absmax, *tables, side.seed, M, N,
+        side.dim, side.rank, side.dim, x.stride(0), x.stride(1), sp0, sp1, *coefficients, KIND=side.kind, LEFT=left,
+        EPILOGUE=epilogue, ADAPTER=delta is not None, INTERPRETED=_INTERPRETED, STATE_BLOCK=block, **cfg)
     return out
 
 
@@ -403,10 +454,11 @@ def _working(state: torch.Tensor) -> torch.Tensor:
 
 def lowrank_adamw_step_(W, G, exp_avg, exp_avg_sq, delta, left_kind, left_seed, left_rank, left_matrix, right_kind,
                         right_seed, right_rank, right_matrix, lr, beta1, beta2, eps, weight_decay, step, scale,
-                        wd_mode) -> None:
+                        wd_mode, q8=None) -> None:
     """The fused step with the schema's arguments (lowrank_ops/_ops.py), in place on W, the moments and
     delta. Order of the GEMMs as in csrc/lowrank_adam.cpp: the one on G first and, for two sides, the
-    order with fewer flops."""
+    order with fewer flops. `q8` = (exp_avg_absmax, exp_avg_sq_absmax, block): the moments are 8-bit codes
+    (lowrank_adamw_step8_)."""
     if W.dtype == torch.float64 and _INTERPRETED:
         raise NotImplementedError(
             "lowrank_ops.triton.lowrank_adam: the Triton interpreter passes float arguments as float32, so a "
@@ -419,19 +471,24 @@ def lowrank_adamw_step_(W, G, exp_avg, exp_avg_sq, delta, left_kind, left_seed, 
     scalars = adam_scalars(lr, beta1, beta2, eps, weight_decay, step, scale, adapter)
     r1 = left.rank if left else m
     r2 = right.rank if right else n
-    states = tuple(_working(s) for s in (exp_avg, exp_avg_sq)) + ((_working(delta), ) if adapter else (None, ))
+    targets = (exp_avg, exp_avg_sq, delta if adapter else None)
+    states = tuple(_working(s) if s is not None else None for s in targets)
+    work8 = None
+    if q8 is not None:
+        work8 = (_working(q8[0]), _working(q8[1]), q8[2])
+        targets, states = targets + tuple(q8[:2]), states + work8[:2]
     direction = torch.empty((r1, r2), dtype=compute, device=W.device)
 
     if left and right:
         if m * n * r2 + r1 * m * r2 <= r1 * m * n + r1 * n * r2:
             inner = _project(G, right, False, torch.empty((m, r2), dtype=compute, device=W.device))
-            _project(inner, left, True, direction, states, scalars)
+            _project(inner, left, True, direction, states[:3], scalars, work8)
         else:
             inner = _project(G, left, True, torch.empty((r1, n), dtype=compute, device=W.device))
-            _project(inner, right, False, direction, states, scalars)
+            _project(inner, right, False, direction, states[:3], scalars, work8)
     else:
-        _project(G, left or right, left is not None, direction, states, scalars)
-    for work, state in zip(states, (exp_avg, exp_avg_sq, delta)):
+        _project(G, left or right, left is not None, direction, states[:3], scalars, work8)
+    for work, state in zip(states, targets):
         if work is not None and work is not state:
             state.copy_(work)
 
@@ -447,6 +504,19 @@ def lowrank_adamw_step_(W, G, exp_avg, exp_avg_sq, delta, left_kind, left_seed, 
         _unproject(direction, left or right, left is not None, W, update)
 
 
+def lowrank_adamw_step8_(W, G, exp_avg, exp_avg_sq, delta, *args) -> None:
+    """The fused step on blockwise 8-bit moments (docs/DESIGN.md §3 "8-bit optimizer moments"): the schema's
+    arguments up to wd_mode, then exp_avg_absmax, exp_avg_sq_absmax, state_block_size; the codes, absmax (and
+    delta) updated in place. The projection's ADAM8 epilogue decodes, updates and encodes whole blocks in its
+    tiles. A block wider than MAX_FUSED_BLOCK does not fit a tile row: the float kernel runs on the decoded
+    moments then (pure_torch/lowrank_adam8.step_around, the same arithmetic with float temporaries)."""
+    *schema, exp_avg_absmax, exp_avg_sq_absmax, block = args
+    if block > MAX_FUSED_BLOCK:
+        step_around(lowrank_adamw_step_, W, G, exp_avg, exp_avg_sq, delta, *args)
+        return
+    lowrank_adamw_step_(W, G, exp_avg, exp_avg_sq, delta, *schema, q8=(exp_avg_absmax, exp_avg_sq_absmax, block))
+
+
 # --------------------------------------------------------------------------------------------------------
 # Ahead-of-time compile entries (tier-3 check, lowrank_ops.triton.aot)
 # --------------------------------------------------------------------------------------------------------
@@ -455,6 +525,28 @@ def lowrank_adamw_step_(W, G, exp_avg, exp_avg_sq, delta, left_kind, left_seed, 
 def _aot_p_type(kind_id: int, placeholder: str) -> str:
     """p_ptr's type: fp32 P (MATRIX), int32 indices (DCT, SR_DCT), or the placeholder's (seeded kinds)."""
     return {MATRIX: "*fp32", DCT: "*i32", SR_DCT: "*i32"}.get(kind_id, f"*{placeholder}")
+
+
+def _aot_project_entry(label: str, kind_id: int, left: bool, g_dtype: torch.dtype, cfg: dict, epilogue: int):
+    """_project_kernel with the ADAM (float32 moments) or ADAM8 (8-bit moments, block STATE_BLOCK_SIZE)
+    epilogue, as the launcher runs it; the 8-bit pointers are placeholders for ADAM (never read)."""
+    from .aot import AotEntry
+
+    ty = _TRITON_TYPES[g_dtype]
+    state = "*u8" if epilogue == ADAM8 else "*fp32"
+    q8 = ("am_ptr", "av_ptr", "scode_ptr", "smid_ptr", "ucode_ptr", "umid_ptr")
+    return AotEntry(
+        label, _project_kernel,
+        signature={"x_ptr": f"*{ty}", "p_ptr": _aot_p_type(kind_id, ty), "out_ptr": "*fp32", "exp_avg_ptr": state,
+                   "exp_avg_sq_ptr": state, "delta_ptr": "*fp32", **{name: "*fp32" for name in q8}, "seed": "u64",
+                   "M": "i32", "N": "i32", "K": "i32", "rank": "i32", "d": "i32", "stride_x0": "i32",
+                   "stride_p0": "i32", **{name: "fp64" for name in PROJECT_SCALARS}},
+        constexprs={"stride_x1": 1, "stride_p1": 1, "KIND": kind_id, "LEFT": left, "EPILOGUE": epilogue,
+                    "ADAPTER": False, "INTERPRETED": False, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"],
+                    "BLOCK_K": cfg["BLOCK_K"], "STATE_BLOCK": STATE_BLOCK_SIZE if epilogue == ADAM8 else 0},
+        expects_wgmma=g_dtype == torch.bfloat16 and cfg["BLOCK_M"] >= 64, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
+        divisible_by_16=("x_ptr", "out_ptr", "exp_avg_ptr", "exp_avg_sq_ptr", "M", "N", "K", "d", "stride_x0"))
 
 
 def aot_entries() -> list:
@@ -471,18 +563,11 @@ def aot_entries() -> list:
             for g_dtype in (torch.bfloat16, torch.float32):
                 ty = _TRITON_TYPES[g_dtype]
                 cfg = _config("project", left, AOT_RANK, g_dtype, kind_id)
-                entries.append(AotEntry(
-                    f"lowrank_adam project/{side} {kind} G {ty}", _project_kernel,
-                    signature={"x_ptr": f"*{ty}", "p_ptr": _aot_p_type(kind_id, ty), "out_ptr": "*fp32", "exp_avg_ptr": "*fp32",
-                               "exp_avg_sq_ptr": "*fp32", "delta_ptr": "*fp32", "seed": "u64", "M": "i32", "N": "i32",
-                               "K": "i32", "rank": "i32", "d": "i32", "stride_x0": "i32", "stride_p0": "i32",
-                               **{name: "fp64" for name in PROJECT_SCALARS}},
-                    constexprs={"stride_x1": 1, "stride_p1": 1, "KIND": kind_id, "LEFT": left, "EPILOGUE": ADAM,
-                                "ADAPTER": False, "INTERPRETED": False, "BLOCK_M": cfg["BLOCK_M"],
-                                "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"]},
-                    expects_wgmma=g_dtype == torch.bfloat16, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-                    divisible_by_16=("x_ptr", "out_ptr", "exp_avg_ptr", "exp_avg_sq_ptr", "M", "N", "K", "d",
-                                     "stride_x0")))
+                entries.append(_aot_project_entry(f"lowrank_adam project/{side} {kind} G {ty}", kind_id, left,
+                                                  g_dtype, cfg, ADAM))
+                if kind_id == KIND_IDS["rademacher"]:  # the 8-bit epilogue (default block) on one kind
+                    entries.append(_aot_project_entry(f"lowrank_adam project8/{side} {kind} G {ty}", kind_id, left,
+                                                      g_dtype, _q8_config(cfg, STATE_BLOCK_SIZE), ADAM8))
             for w_dtype in (torch.float32, torch.bfloat16):
                 ty = _TRITON_TYPES[w_dtype]
                 cfg = _config("unproject", left, AOT_RANK, w_dtype, kind_id)
