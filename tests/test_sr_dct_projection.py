@@ -115,6 +115,22 @@ def test_lowrank_adamw_follows_its_formulas(side, dtype, rng):
     assert_within_torch_error(W.detach(), ref64, plain, f"sr_dct LowRankAdamW {side} {dtype}")
 
 
+def test_the_rows_are_drawn_once_per_refresh(monkeypatch, rng):
+    """The row order (Philox keys and a sort over d) is computed at the first step after each refresh, not at
+    every step: 8 steps with update_gap 3 are 3 refreshes, so 3 orders for the one matrix."""
+    drawn = []
+    real_order = sr_dct_kind.order
+    monkeypatch.setattr(sr_dct_kind, "order", lambda *a, **k: drawn.append(a) or real_order(*a, **k))
+    sr_dct_kind._step_rows.cache_clear()
+    W0, X, Y = quadratic_problem((14, 9), rng)
+    W = torch.nn.Parameter(W0)
+    opt = LowRankAdamW([dict(params=[W], rank=3, projection="sr_dct", update_gap=3)], lr=2e-2, seed=78)
+    for _ in range(8):
+        W.grad = quadratic_grad(W.detach(), X, Y)
+        opt.step()
+    assert len(drawn) == 3, drawn
+
+
 def test_tiny_model_decreases_the_loss():
     """The tiny MLP of tests/tiny_models.py (rank 8, update_gap 25, 200 steps), both sides and weight dtypes:
     the criterion every other kind meets there (final < half the initial)."""

@@ -23,6 +23,8 @@ is never materialized (docs/DESIGN.md §3). Code that needs P itself (the adapte
 blocks) gets it from signed_rows below, through its side_matrix (lowrank_ops.projections, lowrank_ops.nn).
 """
 
+import functools
+
 import torch
 
 from ..ops.dct import dct_basis
@@ -92,6 +94,14 @@ def matrix(rank: int, dim: int, seed: int, dtype: torch.dtype = torch.float64, d
     return signed_rows(dim, chosen, seed, dtype, backend=backend)
 
 
+@functools.lru_cache(maxsize=4096)
+def _step_rows(rank: int, dim: int, seed: int, block, device) -> torch.Tensor:
+    """rows(rank, dim, seed, block, device), computed once per (layer, refresh): the projection is asked for
+    at every step, and the Philox keys plus the sort of `dim` rows cost more than the rest of a small
+    matrix's step. Read-only for its users (the fused ops only read the index vector)."""
+    return rows(rank, dim, seed, block, device)
+
+
 def _state_device(state: dict):
     """The device of the state's tensors (the optimizer's moments); None (CPU) if it has none."""
     return next((value.device for value in state.values() if isinstance(value, torch.Tensor)), None)
@@ -108,7 +118,8 @@ class SubsampledRandomizedDCT(ProjectionKind):
     def projection(self, state, layout: Layout) -> Projection:
         ((side, rank, d),) = layout.sides()
         seed = state["proj_seed"]
-        chosen = rows(rank, d, seed, layout.block, _state_device(state))
+        block = None if layout.block is None else tuple(layout.block)
+        chosen = _step_rows(rank, d, seed, block, _state_device(state))
         return Projection.one_sided(SideOperator("sr_dct", rank, seed=seed, indices=chosen), side)
 
 
