@@ -161,35 +161,39 @@ inline void q8_fill_table(bool is_signed, Q8Table* table) {
   }
 }
 
-// The absmax of v[0 : n], propagating NaN (the block's scale is then NaN and it decodes to NaN): the largest
-// bits(|v|) as an integer, which orders non-negative floats as their values and puts every NaN above +inf
-// (a branch-free reduction the compiler vectorizes; a NaN block's absmax is one of its NaNs).
+// The absmax of a block, propagating NaN (the block's scale is then NaN and it decodes to NaN), as a running
+// integer maximum: bits(|v|) as an int32 orders non-negative floats as their values and puts every NaN above
+// +inf, so max over the block of q8_absmax_bits is bits(absmax) (a NaN block's absmax is one of its NaNs).
+// Branch-free: the reduction vectorizes, and a loop that computes the values can carry it.
+inline int32_t q8_absmax_bits(int32_t running, float v) {
+  const int32_t a = static_cast<int32_t>(q8_float_bits(v) & 0x7fffffffu);
+  return a > running ? a : running;
+}
+
+// The absmax of v[0 : n].
 inline float q8_absmax(const float* __restrict__ v, int64_t n) {
   int32_t m = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const int32_t a = static_cast<int32_t>(q8_float_bits(v[i]) & 0x7fffffffu);
-    m = a > m ? a : m;
-  }
+  for (int64_t i = 0; i < n; ++i) m = q8_absmax_bits(m, v[i]);
   return q8_bits_float(static_cast<uint32_t>(m));
 }
 
-// One block: codes of v[0 : n] and its absmax (returned). v is overwritten with v / absmax (the x that are
+// Codes of v[0 : n] for the block's absmax (q8_absmax of v). v is overwritten with v / absmax (the x that are
 // encoded), so that the divisions run as one vector loop.
-inline float q8_encode_block(float* __restrict__ v, int64_t n, const Q8Table& table, uint8_t* __restrict__ codes) {
-  const float absmax = q8_absmax(v, n);
+inline void q8_encode_scaled(float* __restrict__ v, int64_t n, float absmax, const Q8Table& table,
+                             uint8_t* __restrict__ codes) {
   if (absmax == 0.0f) {
     for (int64_t i = 0; i < n; ++i) v[i] = 0.0f;
   } else {
     for (int64_t i = 0; i < n; ++i) v[i] = v[i] / absmax;
   }
   for (int64_t i = 0; i < n; ++i) codes[i] = q8_encode_bucket(v[i], table);
-  return absmax;
 }
 
-// out[0 : n] = code[q[i]] * absmax.
-inline void q8_decode_block(const uint8_t* __restrict__ q, int64_t n, float absmax, const float* __restrict__ code,
-                            float* __restrict__ out) {
-  for (int64_t i = 0; i < n; ++i) out[i] = q8_decode(q[i], absmax, code);
+// One block: codes of v[0 : n] and its absmax (returned); v is overwritten (q8_encode_scaled).
+inline float q8_encode_block(float* __restrict__ v, int64_t n, const Q8Table& table, uint8_t* __restrict__ codes) {
+  const float absmax = q8_absmax(v, n);
+  q8_encode_scaled(v, n, absmax, table, codes);
+  return absmax;
 }
 
 // Rows [0, rows) of a moment with `cols` columns (row-major, contiguous), blocks of `block` columns:
@@ -213,7 +217,10 @@ inline void q8_decode_rows(const uint8_t* codes, const float* absmax, int64_t ro
   for (int64_t i = 0; i < rows; ++i) {
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t c0 = b * block, n = cols - c0 < block ? cols - c0 : block;
-      q8_decode_block(codes + i * cols + c0, n, absmax[i * blocks + b], code, v + i * cols + c0);
+      const float a = absmax[i * blocks + b];
+      const uint8_t* q = codes + i * cols + c0;
+      float* out = v + i * cols + c0;
+      for (int64_t j = 0; j < n; ++j) out[j] = q8_decode(q[j], a, code);
     }
   }
 }
