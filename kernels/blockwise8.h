@@ -29,6 +29,11 @@
 #pragma once
 #include "common.h"
 
+#if !defined(__CUDACC_RTC__)
+#include <cstring>
+#include <stdexcept>
+#endif
+
 namespace lro {
 
 constexpr int kQ8Codes = 256;
@@ -58,12 +63,6 @@ LRO_HD double q8_code_value64(bool is_signed, int q) {
   return sign * ((two_p + 9.0 * (k + 1.0)) / (two_p * ten));
 }
 
-// The code values (ascending) and the 255 midpoints between neighbours, in float32.
-struct Q8Table {
-  float code[kQ8Codes];
-  float mid[kQ8Codes - 1];
-};
-
 // Code value q in float32 (one rounding of the exact value).
 LRO_HD float q8_code(bool is_signed, int q) { return static_cast<float>(q8_code_value64(is_signed, q)); }
 
@@ -73,13 +72,8 @@ LRO_HD float q8_mid(const float* code, int i) {
   return static_cast<float>((static_cast<double>(code[i]) + static_cast<double>(code[i + 1])) * 0.5);
 }
 
-LRO_HD void q8_fill_table(bool is_signed, Q8Table* table) {
-  for (int q = 0; q < kQ8Codes; ++q) table->code[q] = q8_code(is_signed, q);
-  for (int i = 0; i + 1 < kQ8Codes; ++i) table->mid[i] = q8_mid(table->code, i);
-}
-
 // q = #{ i : mid[i] < x }, by binary search (8 comparisons): the nearest code, ties to the lower index; NaN
-// compares false everywhere and gives 0.
+// compares false everywhere and gives 0. The CUDA kernels' encode; the CPU uses q8_encode_bucket (below).
 LRO_HD uint8_t q8_encode(float x, const float* mid) {
   int lo = 0, hi = kQ8Codes - 1;
   while (lo < hi) {
@@ -93,44 +87,131 @@ LRO_HD uint8_t q8_encode(float x, const float* mid) {
   return static_cast<uint8_t>(lo);
 }
 
-// The absmax of v[0 : n], propagating NaN (the block's scale is then NaN and it decodes to NaN).
-LRO_HD float q8_absmax(const float* v, int64_t n) {
-  float m = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    const float a = fabsf(v[i]);
-    if (a > m || a != a) m = a;
-    if (m != m) break;
-  }
-  return m;
-}
-
 // x = v / absmax, 0 for a zero absmax.
 LRO_HD float q8_normalize(float v, float absmax) { return absmax == 0.0f ? 0.0f : v / absmax; }
 
-// One block: codes of v[0 : n] and its absmax (returned).
-LRO_HD float q8_encode_block(const float* v, int64_t n, const float* mid, uint8_t* codes) {
+LRO_HD float q8_decode(uint8_t q, float absmax, const float* code) { return code[q] * absmax; }
+
+#if !defined(__CUDACC_RTC__)
+// ---- CPU (host-only) form: the same bytes as q8_encode in O(1) per element, and branch-free block loops. ----
+//
+// Bucket encode. The top 16 bits of x's float32 pattern (sign, exponent, first 7 mantissa bits) split the
+// float32 line into 65536 buckets, each an interval [lo, hi] of x (a negative bucket's lo is the pattern with
+// the low 16 bits set); bucket[key] holds t = q(lo) = #{ i : mid[i] < lo }.
+// Exactness: the midpoints are ascending, so the t midpoints below lo are mid[0 .. t) and mid[t] is the
+// smallest one >= lo. If at most one midpoint lies in [lo, hi] (checked for every bucket when the table is
+// built: q8_fill_table throws otherwise), then for every x of the bucket
+//     #{ i : mid[i] < x } = t + (mid[t] < x)
+// since no midpoint above hi is below x. mid[255] = +inf pads t = 255. The exponent-255 buckets hold +-inf
+// (their lo and hi are taken as +-inf) and NaNs, which the rule would give 0 or 255: NaN is set to 0
+// explicitly. Denormals, +-0 and |x| > 1 are ordinary buckets.
+// With 7 mantissa bits a bucket is at most 2^-7 of its binade's lower end wide, narrower than the gap between
+// neighbouring codes near the top of each decade (0.9 10^-e / 2^f, f <= 7); 6 bits leave two midpoints in
+// some unsigned buckets. A table is 64 KiB, of which a block touches the few lines of its x's exponents
+// (x = v / absmax lies in [-1, 1], most of it in a few binades below 1).
+constexpr int kQ8BucketShift = 16;  // 32 - 1 sign bit - 8 exponent bits - 7 mantissa bits
+constexpr uint32_t kQ8Buckets = 1u << (32 - kQ8BucketShift);
+
+// The code values (ascending), the 255 midpoints between neighbours in float32 padded with +inf, and the
+// bucket table of q8_encode_bucket.
+struct Q8Table {
+  float code[kQ8Codes];
+  float mid[kQ8Codes];
+  uint8_t bucket[kQ8Buckets];
+};
+
+inline uint32_t q8_float_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return u;
+}
+
+inline float q8_bits_float(uint32_t u) {
+  float x;
+  std::memcpy(&x, &u, sizeof x);
+  return x;
+}
+
+// q8_encode(x, table.mid) in O(1) (the rule above).
+inline uint8_t q8_encode_bucket(float x, const Q8Table& table) {
+  const uint32_t t = table.bucket[q8_float_bits(x) >> kQ8BucketShift];
+  const uint32_t q = t + (table.mid[t] < x ? 1u : 0u);
+  return static_cast<uint8_t>(x == x ? q : 0u);
+}
+
+// Fills the table (once per process on the CPU backend: 64 Ki buckets, each an 8-step binary search);
+// throws std::logic_error if a bucket holds more than one midpoint (the rule would not be exact there).
+inline void q8_fill_table(bool is_signed, Q8Table* table) {
+  for (int q = 0; q < kQ8Codes; ++q) table->code[q] = q8_code(is_signed, q);
+  for (int i = 0; i + 1 < kQ8Codes; ++i) table->mid[i] = q8_mid(table->code, i);
+  table->mid[kQ8Codes - 1] = HUGE_VALF;
+  for (uint32_t key = 0; key < kQ8Buckets; ++key) {
+    const uint32_t first = key << kQ8BucketShift, last = first | ((1u << kQ8BucketShift) - 1);
+    const bool negative = (key >> 15) != 0;
+    float lo = q8_bits_float(negative ? last : first), hi = q8_bits_float(negative ? first : last);
+    if (((key >> 7) & 0xffu) == 0xffu) lo = hi = negative ? -HUGE_VALF : HUGE_VALF;  // +-inf and NaNs
+    const int t = q8_encode(lo, table->mid);
+    int inside = 0;  // midpoints in [lo, hi]
+    for (int i = t; i + 1 < kQ8Codes && table->mid[i] <= hi; ++i) ++inside;
+    if (inside > 1) {
+      throw std::logic_error("lowrank_ops: kernels/blockwise8.h q8_fill_table: a bucket of the 8-bit encode "
+                             "holds more than one midpoint");
+    }
+    table->bucket[key] = static_cast<uint8_t>(t);
+  }
+}
+
+// The absmax of a block, propagating NaN (the block's scale is then NaN and it decodes to NaN), as a running
+// integer maximum: bits(|v|) as an int32 orders non-negative floats as their values and puts every NaN above
+// +inf, so max over the block of q8_absmax_bits is bits(absmax) (a NaN block's absmax is one of its NaNs).
+// Branch-free: the reduction vectorizes, and a loop that computes the values can carry it.
+inline int32_t q8_absmax_bits(int32_t running, float v) {
+  const int32_t a = static_cast<int32_t>(q8_float_bits(v) & 0x7fffffffu);
+  return a > running ? a : running;
+}
+
+// The absmax of v[0 : n].
+inline float q8_absmax(const float* __restrict__ v, int64_t n) {
+  int32_t m = 0;
+  for (int64_t i = 0; i < n; ++i) m = q8_absmax_bits(m, v[i]);
+  return q8_bits_float(static_cast<uint32_t>(m));
+}
+
+// Codes of v[0 : n] for the block's absmax (q8_absmax of v). v is overwritten with v / absmax (the x that are
+// encoded), so that the divisions run as one vector loop.
+inline void q8_encode_scaled(float* __restrict__ v, int64_t n, float absmax, const Q8Table& table,
+                             uint8_t* __restrict__ codes) {
+  if (absmax == 0.0f) {
+    for (int64_t i = 0; i < n; ++i) v[i] = 0.0f;
+  } else {
+    for (int64_t i = 0; i < n; ++i) v[i] = v[i] / absmax;
+  }
+  for (int64_t i = 0; i < n; ++i) codes[i] = q8_encode_bucket(v[i], table);
+}
+
+// One block: codes of v[0 : n] and its absmax (returned); v is overwritten (q8_encode_scaled).
+inline float q8_encode_block(float* __restrict__ v, int64_t n, const Q8Table& table, uint8_t* __restrict__ codes) {
   const float absmax = q8_absmax(v, n);
-  for (int64_t i = 0; i < n; ++i) codes[i] = q8_encode(q8_normalize(v[i], absmax), mid);
+  q8_encode_scaled(v, n, absmax, table, codes);
   return absmax;
 }
 
-LRO_HD float q8_decode(uint8_t q, float absmax, const float* code) { return code[q] * absmax; }
-
 // Rows [0, rows) of a moment with `cols` columns (row-major, contiguous), blocks of `block` columns:
-// codes [rows, cols] and absmax [rows, ceil(cols / block)] of v.
-LRO_HD void q8_encode_rows(const float* v, int64_t rows, int64_t cols, int64_t block, const float* mid,
-                           uint8_t* codes, float* absmax) {
+// codes [rows, cols] and absmax [rows, ceil(cols / block)] of v. `scratch` holds min(block, cols) floats.
+inline void q8_encode_rows(const float* v, int64_t rows, int64_t cols, int64_t block, const Q8Table& table,
+                           uint8_t* codes, float* absmax, float* scratch) {
   const int64_t blocks = (cols + block - 1) / block;
   for (int64_t i = 0; i < rows; ++i) {
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t c0 = b * block, n = cols - c0 < block ? cols - c0 : block;
-      absmax[i * blocks + b] = q8_encode_block(v + i * cols + c0, n, mid, codes + i * cols + c0);
+      std::memcpy(scratch, v + i * cols + c0, n * sizeof(float));
+      absmax[i * blocks + b] = q8_encode_block(scratch, n, table, codes + i * cols + c0);
     }
   }
 }
 
 // The inverse of q8_encode_rows: v [rows, cols] from codes and absmax.
-LRO_HD void q8_decode_rows(const uint8_t* codes, const float* absmax, int64_t rows, int64_t cols, int64_t block,
+inline void q8_decode_rows(const uint8_t* codes, const float* absmax, int64_t rows, int64_t cols, int64_t block,
                            const float* code, float* v) {
   const int64_t blocks = (cols + block - 1) / block;
   for (int64_t i = 0; i < rows; ++i) {
@@ -143,5 +224,6 @@ LRO_HD void q8_decode_rows(const uint8_t* codes, const float* absmax, int64_t ro
     }
   }
 }
+#endif  // !defined(__CUDACC_RTC__)
 
 }  // namespace lro

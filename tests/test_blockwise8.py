@@ -146,6 +146,30 @@ def test_ties_go_to_the_lower_index(impl, signed):
         assert torch.equal(codes.view(-1)[1:].long(), expected)
 
 
+@pytest.mark.parametrize("signed", SIGNS)
+def test_cpp_encode_at_every_change_point(signed):
+    """The C++ encode (an O(1) bucket table on the top 16 bits of x, kernels/blockwise8.h) gives the pure-torch
+    codes (searchsorted over the midpoints) wherever the code or the bucket changes: at every bucket's first
+    and last float32 pattern in [-1, 1] and their neighbours, at every midpoint and its two neighbours each
+    way, at +-0 and the denormals' ends. One row whose first element is 1, so absmax = 1 and x = v."""
+    cpu = _cpp()
+    keys = torch.arange(0x3F80 + 1, dtype=torch.int64)  # magnitudes up to 1.0's bucket
+    starts = (keys << 16).to(torch.int32).view(torch.float32)
+    ends = ((keys << 16) | 0xFFFF).to(torch.int32).view(torch.float32)
+    mid = production.midpoints(signed)
+    base = torch.cat([starts, ends, mid, torch.tensor([0.0, 1.4e-45, 1.1754942e-38, 1.1754944e-38])])
+    up, down = torch.full_like(base, 2.0), torch.full_like(base, -2.0)
+    up1, down1 = torch.nextafter(base, up), torch.nextafter(base, down)
+    x = torch.cat([base, up1, torch.nextafter(up1, up), down1, torch.nextafter(down1, down)])
+    x = torch.cat([x, -x]) if signed else x
+    x = x[x.abs() <= 1.0]
+    row = torch.cat([torch.ones(1), x]).view(1, -1)
+    codes, absmax = cpu.blockwise8_encode(row, signed, row.shape[1])
+    expected, expected_absmax = production.encode(row, signed, row.shape[1])
+    assert float(absmax) == 1.0 and torch.equal(absmax, expected_absmax)
+    assert torch.equal(codes, expected)
+
+
 @pytest.mark.parametrize("impl", _encoders())
 @pytest.mark.parametrize("signed", SIGNS)
 def test_round_trip(impl, signed, rng):

@@ -1,6 +1,7 @@
 """The host unit tests of kernels/ (kernels/tests/*.cpp: Philox known answers, sketch segment == entry,
-Rademacher +-1, Gaussian moments), built with CMake without torch and run with ctest in a temporary build
-directory. Skipped, with the reason, when cmake or ctest is not on PATH."""
+Rademacher +-1, Gaussian moments; the 8-bit bucket encode == the midpoint count at every change point),
+built with CMake without torch and run with ctest in a temporary build directory. Skipped, with the reason,
+when cmake or ctest is not on PATH."""
 
 import shutil
 import subprocess

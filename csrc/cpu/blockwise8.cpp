@@ -39,13 +39,14 @@ std::tuple<at::Tensor, at::Tensor> blockwise8_encode(const at::Tensor& values, b
   const int64_t rows = v.size(0), cols = v.size(1), blocks = (cols + block - 1) / block;
   at::Tensor codes = at::empty({rows, cols}, v.options().dtype(at::kByte));
   at::Tensor absmax = at::empty({rows, blocks}, v.options());
-  lro::Q8Table table;
-  lro::q8_fill_table(is_signed, &table);
+  const lro::Q8Table& table = q8_table(is_signed);
   const float* vp = v.const_data_ptr<float>();
   uint8_t* cp = codes.data_ptr<uint8_t>();
   float* ap = absmax.data_ptr<float>();
   at::parallel_for(0, rows, kRowsGrain, [&](int64_t begin, int64_t end) {
-    lro::q8_encode_rows(vp + begin * cols, end - begin, cols, block, table.mid, cp + begin * cols, ap + begin * blocks);
+    std::vector<float> scratch(std::min(block, cols));
+    lro::q8_encode_rows(vp + begin * cols, end - begin, cols, block, table, cp + begin * cols, ap + begin * blocks,
+                        scratch.data());
   });
   return {codes, absmax};
 }
@@ -62,8 +63,7 @@ at::Tensor blockwise8_decode(const at::Tensor& codes, const at::Tensor& absmax, 
               blocks, "], got ", absmax.scalar_type(), " of shape ", shape_str(absmax));
   const at::Tensor c = codes.contiguous(), a = absmax.contiguous();
   at::Tensor out = at::empty({rows, cols}, a.options());
-  lro::Q8Table table;
-  lro::q8_fill_table(is_signed, &table);
+  const lro::Q8Table& table = q8_table(is_signed);
   const uint8_t* cp = c.const_data_ptr<uint8_t>();
   const float* ap = a.const_data_ptr<float>();
   float* op = out.data_ptr<float>();
@@ -96,11 +96,8 @@ void blockwise8_adam_moments_(const at::Tensor& r, const at::Tensor& exp_avg, co
   TORCH_CHECK(!adapter || (delta.has_value() && delta->scalar_type() == r.scalar_type() && delta->is_contiguous() &&
                            delta->sizes() == r.sizes()),
               "lowrank_ops.", op, ": the adapter mode needs a contiguous 'delta' of r's shape and dtype");
-  lro::Q8Table signed_table, unsigned_table;
-  lro::q8_fill_table(true, &signed_table);
-  lro::q8_fill_table(false, &unsigned_table);
   const Q8Moments q{exp_avg.data_ptr<uint8_t>(), exp_avg_absmax.data_ptr<float>(), exp_avg_sq.data_ptr<uint8_t>(),
-                    exp_avg_sq_absmax.data_ptr<float>(), cols, block, &signed_table, &unsigned_table};
+                    exp_avg_sq_absmax.data_ptr<float>(), cols, block, &q8_table(true), &q8_table(false)};
   AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), op, [&] {
     const auto s = lro::make_adam_step<scalar_t>(lr, beta1, beta2, eps, weight_decay, step, 1.0, adapter);
     scalar_t* rp = r.data_ptr<scalar_t>();
