@@ -11,6 +11,7 @@
 // slabs nor on the threads; N = m / (sqrt(v) + eps) runs as three loops (moments, sqrt, quotient) so that the
 // sqrt can be vectorized explicitly (sqrt_run). The multi-tensor step (csrc/apollo.cpp) runs this kernel on
 // whole matrices in one parallel region.
+#pragma GCC optimize("fp-contract=off")
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -32,8 +33,8 @@ namespace lowrank_ops {
 namespace cpu {
 namespace {
 
-// Independent partial sums per row sum (a multiple of every SIMD width in doubles).
-constexpr int64_t kLanes = 8;
+// Independent partial sums per row sum: enough for the adds of several SIMD registers of doubles in flight.
+constexpr int64_t kLanes = 16;
 // Elements of G per converted slab of the explicit-P pass over G (256 KiB of float32).
 constexpr int64_t kSlabElems = 64 * 1024;
 
@@ -43,20 +44,50 @@ double square(T x) {
   return y * y;
 }
 
-// out[j] += x[j]^2 for j < len.
+// out[j] += x[i * s0 + j]^2 for i < rows, j < len, in i's order for each j (four rows per pass over out, each
+// sum still added row after row).
 template <typename T>
-void add_squares(const T* __restrict__ x, int64_t len, double* __restrict__ out) {
-  for (int64_t j = 0; j < len; ++j) out[j] += square(x[j]);
+inline __attribute__((always_inline)) void column_squares(const T* x, int64_t rows, int64_t s0, int64_t len,
+                                                          double* __restrict__ out) {
+  int64_t i = 0;
+  for (; i + 4 <= rows; i += 4) {
+    const T* __restrict__ x0 = x + i * s0;
+    const T* __restrict__ x1 = x0 + s0;
+    const T* __restrict__ x2 = x1 + s0;
+    const T* __restrict__ x3 = x2 + s0;
+    for (int64_t j = 0; j < len; ++j) out[j] = out[j] + square(x0[j]) + square(x1[j]) + square(x2[j]) + square(x3[j]);
+  }
+  for (; i < rows; ++i) {
+    const T* __restrict__ xi = x + i * s0;
+    for (int64_t j = 0; j < len; ++j) out[j] += square(xi[j]);
+  }
 }
 
 // lanes[t mod kLanes] += x[t * s]^2 for t < len, lane by lane in t's order.
 template <typename T>
-void add_lanes(const T* x, int64_t len, int64_t s, double* __restrict__ lanes) {
+inline __attribute__((always_inline)) void lane_squares(const T* x, int64_t len, int64_t s,
+                                                        double* __restrict__ lanes) {
   int64_t t = 0;
   for (; t + kLanes <= len; t += kLanes)
     for (int64_t l = 0; l < kLanes; ++l) lanes[l] += square(x[(t + l) * s]);
   for (int64_t l = 0; t + l < len; ++l) lanes[l] += square(x[(t + l) * s]);
 }
+
+// The two above for float32 (G's slabs, R and N), compiled for AVX-512 and AVX2 besides the baseline (the
+// file is compiled without floating-point contraction, so every clone returns the same bits), and for double.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void add_squares(const float* x, int64_t rows,
+                                                                               int64_t s0, int64_t len,
+                                                                               double* out) {
+  column_squares(x, rows, s0, len, out);
+}
+void add_squares(const double* x, int64_t rows, int64_t s0, int64_t len, double* out) {
+  column_squares(x, rows, s0, len, out);
+}
+__attribute__((target_clones("avx512f", "avx2", "default"))) void add_lanes(const float* x, int64_t len,
+                                                                             double* lanes) {
+  lane_squares(x, len, 1, lanes);
+}
+void add_lanes(const double* x, int64_t len, double* lanes) { lane_squares(x, len, 1, lanes); }
 
 double sum_lanes(const double* lanes) {
   double total = 0.0;
@@ -98,15 +129,17 @@ class ChannelSquares {
     AT_DISPATCH_FLOATING_TYPES(slab.scalar_type(), "lowrank_apollo_step_ channel norms", [&] {
       const scalar_t* x = slab.const_data_ptr<scalar_t>();
       const int64_t rows = slab.size(0), cols = slab.size(1), s0 = slab.stride(0), s1 = slab.stride(1);
+      if (left_ && s1 == 1) {
+        add_squares(x, rows, s0, cols, sums_.data() + c0);
+        return;
+      }
       for (int64_t i = 0; i < rows; ++i) {
-        if (left_ && s1 == 1) {
-          add_squares(x + i * s0, cols, sums_.data() + c0);
-        } else if (left_) {
+        if (left_) {
           for (int64_t j = 0; j < cols; ++j) sums_[c0 + j] += square(x[i * s0 + j * s1]);
         } else if (s1 == 1) {
-          add_lanes(x + i * s0, cols, 1, sums_.data() + (c0 + i) * kLanes);
+          add_lanes(x + i * s0, cols, sums_.data() + (c0 + i) * kLanes);
         } else {
-          add_lanes(x + i * s0, cols, s1, sums_.data() + (c0 + i) * kLanes);
+          lane_squares(x + i * s0, cols, s1, sums_.data() + (c0 + i) * kLanes);
         }
       }
     });
@@ -173,12 +206,12 @@ void moments_rows(const T* r, T* m, T* v, int64_t cols, int64_t i0, int64_t i1, 
     sqrt_run(vi, nv, len);
     for (int64_t j = 0; j < len; ++j) nv[j] = lro::apollo_normalized(mi[j], nv[j], betas.eps);
     if (left) {
-      add_squares(nv, len, n_sq + j0);
-      add_squares(ri, len, r_sq + j0);
+      add_squares(nv, 1, len, len, n_sq + j0);
+      add_squares(ri, 1, len, len, r_sq + j0);
     } else {
       double n_lanes[kLanes] = {}, r_lanes[kLanes] = {};
-      add_lanes(nv, len, 1, n_lanes);
-      add_lanes(ri, len, 1, r_lanes);
+      add_lanes(nv, len, n_lanes);
+      add_lanes(ri, len, r_lanes);
       n_sq[i] = sum_lanes(n_lanes);
       r_sq[i] = sum_lanes(r_lanes);
     }
