@@ -33,14 +33,27 @@ LRO_HD ApolloBetas<T> make_apollo_betas(double beta1, double beta2, double eps) 
           static_cast<T>(eps)};
 }
 
-// The Adam moments of one entry r of R, in place; returns N's entry m / (sqrt(v) + eps).
+// The Adam moments of one entry r of R, in place.
 template <typename T>
-LRO_HD T apollo_moments(T r, T* m, T* v, const ApolloBetas<T>& b) {
+LRO_HD void apollo_update_moments(T r, T* m, T* v, const ApolloBetas<T>& b) {
   const T mm = b.beta1 * *m + b.one_minus_beta1 * r;
   const T vv = b.beta2 * *v + b.one_minus_beta2 * r * r;
   *m = mm;
   *v = vv;
-  return mm / (apollo_sqrt(vv) + b.eps);
+}
+
+// N's entry m / (sqrt(v) + eps) from the updated moments m and sqrt_v = sqrt(v).
+template <typename T>
+LRO_HD T apollo_normalized(T m, T sqrt_v, T eps) {
+  return m / (sqrt_v + eps);
+}
+
+// The Adam moments of one entry r of R, in place; returns N's entry m / (sqrt(v) + eps). (The CPU kernel runs
+// the two halves as loops of their own, with a vectorized sqrt between them: csrc/cpu/apollo.cpp.)
+template <typename T>
+LRO_HD T apollo_moments(T r, T* m, T* v, const ApolloBetas<T>& b) {
+  apollo_update_moments(r, m, v, b);
+  return apollo_normalized(*m, apollo_sqrt(*v), b.eps);
 }
 
 // s = ||N|| / (||R|| + eps) from the squared norms (accumulated in double).

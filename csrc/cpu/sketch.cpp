@@ -54,9 +54,11 @@ void sketch_fill_(const at::Tensor& out, int64_t seed, c10::string_view kind) {
 // generates its rows of each column tile and runs a single-threaded GEMM into its own rows (left) or
 // columns (right) of R. A fork/join per tile and per GEMM would cost more than the GEMMs on 2 cores
 // (bench/results/sketch_cpu.json, diag rows). The tiles of all threads together hold rank x kb values,
-// at most 1/8 of P.
-at::Tensor sketch_project(const at::Tensor& G, int64_t seed, int64_t rank, c10::string_view kind,
-                          c10::string_view side, std::optional<at::ScalarType> out_dtype) {
+// at most 1/8 of P. After each GEMM, visit(slab, k0, begin, end) sees the slab of G it read while it is in
+// cache (sketch_impl.h).
+at::Tensor sketch_project_visiting(const at::Tensor& G, int64_t seed, int64_t rank, c10::string_view kind,
+                                   c10::string_view side, std::optional<at::ScalarType> out_dtype,
+                                   ProjectSlabVisitor visit) {
   const ProjectionArgs a = check_project_args("sketch_project", G, rank, kind, side);
   const at::ScalarType compute = compute_dtype(G.scalar_type());
   const int64_t d = a.dim;
@@ -72,14 +74,22 @@ at::Tensor sketch_project(const at::Tensor& G, int64_t seed, int64_t rank, c10::
     for (int64_t k0 = 0; k0 < d; k0 += kb) {
       const int64_t w = std::min(kb, d - k0);
       at::Tensor p = sketch_tile_rows(a.kind, static_cast<uint64_t>(seed), d, begin, k0, rows.narrow(1, 0, w));
+      const at::Tensor slab = (a.left ? G.narrow(0, k0, w) : G.narrow(1, k0, w)).to(compute);
       if (a.left) {
-        out.addmm_(p, G.narrow(0, k0, w).to(compute));
+        out.addmm_(p, slab);
       } else {
-        out.addmm_(G.narrow(1, k0, w).to(compute), p.t());
+        out.addmm_(slab, p.t());
       }
+      visit(slab, k0, begin, end);
     }
   });
   return acc.to(out_dtype.value_or(G.scalar_type()));
+}
+
+at::Tensor sketch_project(const at::Tensor& G, int64_t seed, int64_t rank, c10::string_view kind,
+                          c10::string_view side, std::optional<at::ScalarType> out_dtype) {
+  return sketch_project_visiting(G, seed, rank, kind, side, out_dtype,
+                                 [](const at::Tensor&, int64_t, int64_t, int64_t) {});
 }
 
 // Column tiles of P map to disjoint rows (left) or columns (right) of the result, so threads split the

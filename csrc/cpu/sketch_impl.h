@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <c10/util/FunctionRef.h>
 
 #include <algorithm>
 #include <cmath>
@@ -51,5 +52,18 @@ inline at::Tensor sketch_tile(int kind, uint64_t seed, int64_t rank, int64_t d, 
   });
   return tile;
 }
+
+// Called by cpu::sketch_project_visiting on each thread after its GEMM on a slab of G: visit(slab, k0, begin,
+// end), slab = G's rows (left) or columns (right) k0 .. k0 + slab's width - 1 in the compute dtype (a view of G
+// when G has it), [begin, end) the thread's share of P's rows; the shares of all threads partition [0, rank), so
+// a visitor that maps a share to its own part of the slab's work sees every part exactly once.
+using ProjectSlabVisitor = c10::function_ref<void(const at::Tensor&, int64_t, int64_t, int64_t)>;
+
+namespace cpu {
+// cpu::sketch_project (csrc/lowrank_ops.h), calling `visit` on every slab of G it multiplies (csrc/cpu/sketch.cpp).
+at::Tensor sketch_project_visiting(const at::Tensor& G, int64_t seed, int64_t rank, c10::string_view kind,
+                                   c10::string_view side, std::optional<at::ScalarType> out_dtype,
+                                   ProjectSlabVisitor visit);
+}  // namespace cpu
 
 }  // namespace lowrank_ops
