@@ -8,8 +8,8 @@
 //   3. W <- (W - (a / lam) s_j G) (1 - lr wd), rows in parallel, one rounding to W's dtype.
 // Every loop walks memory contiguously and vectorizes: sums along a row go to kLanes independent partial sums
 // (column j to lane j mod kLanes, the lanes added in order at the end), so their order depends neither on the
-// slabs nor on the threads; N = m / (sqrt(v) + eps) runs as three loops (moments, sqrt, quotient) so that the
-// sqrt can be vectorized explicitly (sqrt_run). The multi-tensor step (csrc/apollo.cpp) runs this kernel on
+// slabs nor on the threads; N = m / (sqrt(v) + eps) runs as three loops (moments, sqrt, quotient) so that each
+// vectorizes (sqrt_run). The multi-tensor step (csrc/apollo.cpp) runs this kernel on
 // whole matrices in one parallel region.
 #pragma GCC optimize("fp-contract=off")
 #include <ATen/ATen.h>
@@ -24,10 +24,6 @@
 
 #include "../apollo_impl.h"
 #include "sketch_impl.h"
-
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 
 namespace lowrank_ops {
 namespace cpu {
@@ -73,9 +69,15 @@ inline __attribute__((always_inline)) void lane_squares(const T* x, int64_t len,
   for (int64_t l = 0; t + l < len; ++l) lanes[l] += square(x[(t + l) * s]);
 }
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define LRO_X86_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define LRO_X86_CLONES
+#endif
+
 // The two above for float32 (G's slabs, R and N), compiled for AVX-512 and AVX2 besides the baseline (the
 // file is compiled without floating-point contraction, so every clone returns the same bits), and for double.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void add_squares(const float* x, int64_t rows,
+LRO_X86_CLONES void add_squares(const float* x, int64_t rows,
                                                                                int64_t s0, int64_t len,
                                                                                double* out) {
   column_squares(x, rows, s0, len, out);
@@ -83,7 +85,7 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void add_squares(co
 void add_squares(const double* x, int64_t rows, int64_t s0, int64_t len, double* out) {
   column_squares(x, rows, s0, len, out);
 }
-__attribute__((target_clones("avx512f", "avx2", "default"))) void add_lanes(const float* x, int64_t len,
+LRO_X86_CLONES void add_lanes(const float* x, int64_t len,
                                                                              double* lanes) {
   lane_squares(x, len, 1, lanes);
 }
@@ -95,23 +97,11 @@ double sum_lanes(const double* lanes) {
   return total;
 }
 
-// out[j] = sqrt(x[j]) for j < len, correctly rounded (as std::sqrt). A loop of std::sqrt stays scalar: sqrt may
-// set errno and this extension is not built with -fno-math-errno; SSE2's sqrt instructions take 4 floats or 2
-// doubles at once.
-void sqrt_run(const float* x, float* out, int64_t len) {
-  int64_t j = 0;
-#if defined(__SSE2__)
-  for (; j + 4 <= len; j += 4) _mm_storeu_ps(out + j, _mm_sqrt_ps(_mm_loadu_ps(x + j)));
-#endif
-  for (; j < len; ++j) out[j] = std::sqrt(x[j]);
-}
-
-void sqrt_run(const double* x, double* out, int64_t len) {
-  int64_t j = 0;
-#if defined(__SSE2__)
-  for (; j + 2 <= len; j += 2) _mm_storeu_pd(out + j, _mm_sqrt_pd(_mm_loadu_pd(x + j)));
-#endif
-  for (; j < len; ++j) out[j] = std::sqrt(x[j]);
+// out[j] = sqrt(x[j]) for j < len, correctly rounded: a loop of its own, which vectorizes (the extension is built
+// with -fno-math-errno, so std::sqrt is the hardware instruction).
+template <typename T>
+void sqrt_run(const T* __restrict__ x, T* __restrict__ out, int64_t len) {
+  for (int64_t j = 0; j < len; ++j) out[j] = std::sqrt(x[j]);
 }
 
 // ||G_j||^2 of the kept channels, added slab by slab: a slab is G's rows (left: the channels are the columns)

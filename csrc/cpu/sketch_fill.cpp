@@ -55,8 +55,9 @@ inline float uniform(uint32_t x) {
   return static_cast<float>(i ^ (i >> 31)) * 4.6566127342e-10f;
 }
 
-// sqrt(y) for y >= 0 (or -0) without the C library: a loop that calls sqrt is not vectorized, since sqrt may
-// set errno (this extension is not built with -fno-math-errno). Newton's iteration for 1/sqrt(y),
+// sqrt(y) for y >= 0 (or -0) without the C library: written when a loop that called sqrt was not vectorized
+// (sqrt could set errno; the extension is now built with -fno-math-errno, and this form is kept so that the
+// Gaussian entries keep their bits). Newton's iteration for 1/sqrt(y),
 // r <- r (3/2 - (y/2) r^2), from r0 = the bit-pattern estimate (relative error < 0.035; a step maps the error
 // e to about 1.5 e^2: 2e-3, 5e-6, 3e-11, then float64 rounding), four steps; sqrt(y) = y r. y = 0 gives 0 (the
 // products never form r^2 alone, so no infinity meets a zero).
